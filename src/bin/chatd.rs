@@ -1,0 +1,82 @@
+//! The chatd binary: parse the command line, then serve or mint a token.
+
+use std::process::ExitCode;
+
+use chatd::auth::{Keys, load_secret};
+use chatd::config::{Cli, Command};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) => match EnvFilter::try_new(&spec) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("RUST_LOG: invalid filter {spec:?}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => EnvFilter::new("info"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match cli.command {
+        Some(Command::Token(args)) => {
+            load_secret(args.secret.jwt_secret.as_deref(), &args.secret.data_dir)
+                .and_then(|(secret, _)| {
+                    Keys::new(&secret).mint(&args.user_id, args.name.as_deref(), Some(args.ttl))
+                })
+                .map(|token| println!("{token}"))
+        }
+        Some(Command::Serve(config)) => serve(config),
+        None => serve(cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: chatd::config::Config) -> chatd::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| chatd::Error::Config(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let app = chatd::Application::build(config).await?;
+        app.run_until(shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,294 @@
+//! Command line and configuration: flags with environment fallbacks.
+//!
+//! A bad value stops start-up with clap's message, which names the flag and
+//! (as its value name) the environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// chatd: gRPC chat rooms with durable, gapless history.
+#[derive(Debug, Parser)]
+#[command(name = "chatd", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve chat.v1 (the default when no command is given).
+    Serve(Config),
+    /// Print a token signed with the server's secret.
+    Token(TokenArgs),
+}
+
+/// Everything `chatd serve` reads.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to serve gRPC and grpc-web on (one port).
+    #[arg(
+        long = "addr",
+        env = "CHAT_ADDR",
+        value_name = "CHAT_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub addr: SocketAddr,
+
+    /// PostgreSQL URL for history.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        value_parser = parse_database_url
+    )]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub secret: SecretArgs,
+
+    /// Largest text message, in bytes of UTF-8.
+    #[arg(
+        long = "max-message-bytes",
+        env = "CHAT_MAX_MESSAGE_BYTES",
+        value_name = "CHAT_MAX_MESSAGE_BYTES",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_048_576)
+    )]
+    pub max_message_bytes: u32,
+
+    /// Allowed browser origins for grpc-web, comma separated; unset allows
+    /// any origin (auth is a bearer header, not a cookie).
+    #[arg(
+        long = "cors-origins",
+        env = "CHAT_CORS_ORIGINS",
+        value_name = "CHAT_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_parser = parse_origin
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Largest request body a call may send, in bytes; larger calls get
+    /// RESOURCE_EXHAUSTED. Must leave room for the largest message.
+    #[arg(
+        long = "max-request-bytes",
+        env = "CHAT_MAX_REQUEST_BYTES",
+        value_name = "CHAT_MAX_REQUEST_BYTES",
+        default_value_t = 65_536,
+        value_parser = clap::value_parser!(u32).range(1024..=16_777_216)
+    )]
+    pub max_request_bytes: u32,
+
+    /// Most client connections open at once; further clients wait to be
+    /// accepted.
+    #[arg(
+        long = "max-connections",
+        env = "CHAT_MAX_CONNECTIONS",
+        value_name = "CHAT_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+
+    /// Most concurrent calls (HTTP/2 streams) on one connection.
+    #[arg(
+        long = "max-streams-per-connection",
+        env = "CHAT_MAX_STREAMS_PER_CONNECTION",
+        value_name = "CHAT_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// HTTP/2 keepalive ping interval; idle peers that do not answer within
+    /// the keepalive timeout are disconnected.
+    #[arg(
+        long = "keepalive-interval",
+        env = "CHAT_KEEPALIVE_INTERVAL",
+        value_name = "CHAT_KEEPALIVE_INTERVAL",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered.
+    #[arg(
+        long = "keepalive-timeout",
+        env = "CHAT_KEEPALIVE_TIMEOUT",
+        value_name = "CHAT_KEEPALIVE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub keepalive_timeout: Duration,
+
+    /// Database connections in the pool.
+    #[arg(
+        long = "db-pool-size",
+        env = "CHAT_DB_POOL_SIZE",
+        value_name = "CHAT_DB_POOL_SIZE",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(2..=1000)
+    )]
+    pub db_pool_size: u32,
+
+    /// Events buffered per room for its streams; a stream that falls further
+    /// behind is caught up from history.
+    #[arg(
+        long = "room-buffer",
+        env = "CHAT_ROOM_BUFFER",
+        value_name = "CHAT_ROOM_BUFFER",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(16..=1_048_576)
+    )]
+    pub room_buffer: u32,
+
+    /// On SIGINT / SIGTERM, how long in-flight calls get to finish.
+    #[arg(
+        long = "shutdown-grace",
+        env = "CHAT_SHUTDOWN_GRACE",
+        value_name = "CHAT_SHUTDOWN_GRACE",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub shutdown_grace: Duration,
+}
+
+/// Where the signing secret comes from.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// HS256 secret for bearer tokens (at least 16 bytes). When unset, a
+    /// generated one is kept in `<data dir>/jwt-secret`.
+    #[arg(
+        long = "jwt-secret",
+        env = "CHAT_JWT_SECRET",
+        value_name = "CHAT_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Directory for chatd's own files (the generated secret).
+    #[arg(
+        long = "data-dir",
+        env = "CHAT_DATA_DIR",
+        value_name = "CHAT_DATA_DIR",
+        default_value = "./chatd-data"
+    )]
+    pub data_dir: PathBuf,
+}
+
+/// `chatd token <user-id> [--name NAME] [--ttl DURATION]`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    pub user_id: String,
+    /// Display name (`name` claim); defaults to the user id.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long the token is valid, e.g. 30m, 24h, 7d.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
+impl Config {
+    /// Checks that hold between settings; the message names them.
+    pub fn validate(&self) -> Result<(), String> {
+        // A text message of the maximum size, its other fields and framing
+        // must fit in a request.
+        let needed = u64::from(self.max_message_bytes) + 512;
+        if u64::from(self.max_request_bytes) < needed {
+            return Err(format!(
+                "CHAT_MAX_REQUEST_BYTES ({}) must be at least CHAT_MAX_MESSAGE_BYTES + 512 ({needed})",
+                self.max_request_bytes
+            ));
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
+            return Err(
+                "CHAT_KEEPALIVE_INTERVAL and CHAT_KEEPALIVE_TIMEOUT must be above zero".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m, 24h)"))
+}
+
+fn parse_database_url(s: &str) -> Result<String, String> {
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        Ok(s.to_owned())
+    } else {
+        Err("must start with postgres:// or postgresql://".into())
+    }
+}
+
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = (s.starts_with("http://") || s.starts_with("https://"))
+        && http::HeaderValue::from_str(s).is_ok()
+        && !s.ends_with('/');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an origin like https://app.example.com"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("chatd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_subcommands() {
+        let cli = parse(&[]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.config.addr.to_string(), "127.0.0.1:50051");
+        assert!(cli.config.validate().is_ok());
+        assert!(matches!(
+            parse(&["serve"]).unwrap().command,
+            Some(Command::Serve(_))
+        ));
+        let cli = parse(&["token", "alice", "--name", "Alice", "--ttl", "1h"]).unwrap();
+        match cli.command {
+            Some(Command::Token(t)) => assert_eq!(
+                (t.user_id.as_str(), t.ttl),
+                ("alice", Duration::from_secs(3600))
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let err = parse(&["--addr", "nope"]).unwrap_err().to_string();
+        assert!(err.contains("CHAT_ADDR"), "{err}");
+        let err = parse(&["--cors-origins", "https://a.example,ftp://x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CHAT_CORS_ORIGINS"), "{err}");
+        let err = parse(&["--max-message-bytes", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CHAT_MAX_MESSAGE_BYTES"), "{err}");
+        let cli = parse(&["--max-message-bytes", "100000"]).unwrap();
+        assert!(
+            cli.config
+                .validate()
+                .unwrap_err()
+                .contains("CHAT_MAX_REQUEST_BYTES")
+        );
+    }
+}

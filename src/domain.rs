@@ -1,0 +1,359 @@
+//! Domain types that parse client input once.
+//!
+//! Every value a client sends is turned into one of these at the service
+//! boundary; the rest of the code never sees raw strings or numbers, so a
+//! value that got past `parse` is known to be valid.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// The longest room name, in bytes (all allowed characters are ASCII).
+pub const ROOM_NAME_MAX: usize = 64;
+/// The longest image or file URL, in bytes.
+pub const URL_MAX_BYTES: usize = 2048;
+/// The longest client_message_id, in characters.
+pub const CLIENT_MESSAGE_ID_MAX_CHARS: usize = 64;
+/// The default and the largest ListHistory page.
+pub const PAGE_SIZE_DEFAULT: u32 = 50;
+pub const PAGE_SIZE_MAX: u32 = 500;
+/// The largest seq a client may name: seqs are stored as BIGINT.
+pub const SEQ_MAX: u64 = i64::MAX as u64;
+
+/// A normalized room name: trimmed, lowercased, matching
+/// `^[a-z0-9][a-z0-9._:-]{0,63}$`. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomName(Arc<str>);
+
+impl RoomName {
+    pub fn parse(raw: &str) -> Result<Self> {
+        const RULE: &str = "must match ^[a-z0-9][a-z0-9._:-]{0,63}$ after trimming and lowercasing";
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(Error::invalid("room", "is required"));
+        }
+        // Every allowed character is one ASCII byte, so a longer input can
+        // be refused before lowercasing it.
+        if trimmed.len() > ROOM_NAME_MAX {
+            return Err(Error::invalid("room", RULE));
+        }
+        let name = trimmed.to_ascii_lowercase();
+        let mut bytes = name.bytes();
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let rest_ok = bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':' | b'-')
+        });
+        if !(first_ok && rest_ok) {
+            return Err(Error::invalid("room", RULE));
+        }
+        Ok(RoomName(name.into()))
+    }
+
+    /// A name read back from our own storage, already normalized.
+    pub(crate) fn from_stored(name: String) -> Self {
+        RoomName(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who is calling, taken from a verified token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The token's `sub`.
+    pub user_id: Arc<str>,
+    /// The token's `name`, or `sub` when it has none.
+    pub display_name: Arc<str>,
+}
+
+/// What a message's content is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i16)]
+pub enum ContentKind {
+    Text = 1,
+    Image = 2,
+    File = 3,
+}
+
+impl ContentKind {
+    /// The stored code, equal to the chat.v1.ContentType number.
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_code(code: i16) -> Option<Self> {
+        match code {
+            1 => Some(ContentKind::Text),
+            2 => Some(ContentKind::Image),
+            3 => Some(ContentKind::File),
+            _ => None,
+        }
+    }
+}
+
+/// A validated message body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Content {
+    pub kind: ContentKind,
+    pub body: String,
+}
+
+impl Content {
+    /// Validates `body` for the wire content type `content_type`
+    /// (0 = unspecified = text). Text is at most `max_text_bytes`.
+    pub fn parse(content_type: i32, body: String, max_text_bytes: usize) -> Result<Self> {
+        let kind = match content_type {
+            0 | 1 => ContentKind::Text,
+            2 => ContentKind::Image,
+            3 => ContentKind::File,
+            other => {
+                return Err(Error::invalid(
+                    "content_type",
+                    format!("unknown content type {other}"),
+                ));
+            }
+        };
+        if body.contains('\0') {
+            return Err(Error::invalid("content", "must not contain NUL characters"));
+        }
+        match kind {
+            ContentKind::Text => {
+                if body.trim().is_empty() {
+                    return Err(Error::invalid("content", "text must not be blank"));
+                }
+                if body.len() > max_text_bytes {
+                    return Err(Error::invalid(
+                        "content",
+                        format!(
+                            "text is {} bytes, the maximum is {max_text_bytes}",
+                            body.len()
+                        ),
+                    ));
+                }
+            }
+            ContentKind::Image | ContentKind::File => check_url(&body)?,
+        }
+        Ok(Content { kind, body })
+    }
+}
+
+/// An image or file URL: `http://` or `https://`, a host, no whitespace or
+/// control characters, at most [`URL_MAX_BYTES`].
+fn check_url(url: &str) -> Result<()> {
+    if url.len() > URL_MAX_BYTES {
+        return Err(Error::invalid(
+            "content",
+            format!("URL is {} bytes, the maximum is {URL_MAX_BYTES}", url.len()),
+        ));
+    }
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return Err(Error::invalid(
+            "content",
+            "images and files must be an http:// or https:// URL",
+        ));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(Error::invalid("content", "URL has no host"));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid(
+            "content",
+            "URL must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A sender's idempotency key: 1 to 64 characters, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientMessageId(String);
+
+impl ClientMessageId {
+    /// An empty string means "no key".
+    pub fn parse(raw: String) -> Result<Option<Self>> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        if raw.chars().count() > CLIENT_MESSAGE_ID_MAX_CHARS {
+            return Err(Error::invalid(
+                "client_message_id",
+                format!("must be at most {CLIENT_MESSAGE_ID_MAX_CHARS} characters"),
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "client_message_id",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Some(ClientMessageId(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A message to store, as accepted from a client.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub room: RoomName,
+    pub sender: Identity,
+    pub content: Content,
+    pub client_message_id: Option<ClientMessageId>,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub room: RoomName,
+    pub seq: u64,
+    pub sender_id: String,
+    pub sender_name: String,
+    pub kind: ContentKind,
+    pub content: String,
+    pub client_message_id: Option<String>,
+    /// Microseconds since the Unix epoch.
+    pub sent_at_micros: i64,
+}
+
+/// A seq named by a client, checked to fit storage.
+pub fn parse_seq(field: &'static str, value: u64) -> Result<u64> {
+    if value > SEQ_MAX {
+        return Err(Error::invalid(field, format!("must be at most {SEQ_MAX}")));
+    }
+    Ok(value)
+}
+
+/// Which page of history to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryCursor {
+    /// The newest page.
+    Newest,
+    /// The page of seqs just below this one.
+    Before(u64),
+    /// The page starting right after this seq.
+    After(u64),
+}
+
+/// A validated ListHistory request.
+#[derive(Clone, Debug)]
+pub struct HistoryQuery {
+    pub room: RoomName,
+    /// 1 to [`PAGE_SIZE_MAX`].
+    pub limit: u32,
+    pub cursor: HistoryCursor,
+}
+
+impl HistoryQuery {
+    pub fn parse(
+        room: &str,
+        page_size: u32,
+        before_seq: Option<u64>,
+        after_seq: Option<u64>,
+    ) -> Result<Self> {
+        let room = RoomName::parse(room)?;
+        let limit = match page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n => n.min(PAGE_SIZE_MAX),
+        };
+        let cursor = match (before_seq, after_seq) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "before_seq",
+                    "before_seq and after_seq cannot both be set",
+                ));
+            }
+            (Some(0), None) => {
+                return Err(Error::invalid("before_seq", "must be at least 1"));
+            }
+            (Some(b), None) => HistoryCursor::Before(parse_seq("before_seq", b)?),
+            (None, Some(a)) => HistoryCursor::After(parse_seq("after_seq", a)?),
+            (None, None) => HistoryCursor::Newest,
+        };
+        Ok(HistoryQuery {
+            room,
+            limit,
+            cursor,
+        })
+    }
+}
+
+/// One page of history, ascending.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryPage {
+    pub messages: Vec<StoredMessage>,
+    pub has_more: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_normalize_and_validate() {
+        assert_eq!(RoomName::parse("  Lobby ").unwrap().as_str(), "lobby");
+        assert_eq!(RoomName::parse("a.b_c:d-9").unwrap().as_str(), "a.b_c:d-9");
+        assert!(RoomName::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "   ", "-x", ".x", "a b", "é", "a/b", &"a".repeat(65)] {
+            assert!(RoomName::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn content_rules() {
+        assert!(Content::parse(0, "hi".into(), 10).is_ok());
+        assert!(Content::parse(1, " \n\t".into(), 10).is_err());
+        assert!(Content::parse(1, "x".repeat(11), 10).is_err());
+        assert!(Content::parse(1, "a\0b".into(), 10).is_err());
+        assert!(Content::parse(2, "https://e.x/a.png".into(), 10).is_ok());
+        assert!(Content::parse(3, "HTTP://e.x".into(), 10).is_ok());
+        assert!(Content::parse(2, "ftp://e.x/a.png".into(), 10).is_err());
+        assert!(Content::parse(2, "https:///a.png".into(), 10).is_err());
+        assert!(Content::parse(2, "https://e.x/a b".into(), 10).is_err());
+        assert!(Content::parse(2, format!("https://e.x/{}", "a".repeat(2048)), 10).is_err());
+        assert!(Content::parse(9, "hi".into(), 10).is_err());
+    }
+
+    #[test]
+    fn client_message_ids() {
+        assert_eq!(ClientMessageId::parse(String::new()).unwrap(), None);
+        assert!(ClientMessageId::parse("é".repeat(64)).unwrap().is_some());
+        assert!(ClientMessageId::parse("a".repeat(65)).is_err());
+        assert!(ClientMessageId::parse("a\nb".into()).is_err());
+    }
+
+    #[test]
+    fn history_queries() {
+        let q = HistoryQuery::parse("r", 0, None, None).unwrap();
+        assert_eq!((q.limit, q.cursor), (50, HistoryCursor::Newest));
+        assert_eq!(
+            HistoryQuery::parse("r", 9999, None, None).unwrap().limit,
+            500
+        );
+        assert!(HistoryQuery::parse("r", 1, Some(1), Some(1)).is_err());
+        assert!(HistoryQuery::parse("r", 1, Some(0), None).is_err());
+        assert!(HistoryQuery::parse("r", 1, None, Some(u64::MAX)).is_err());
+        assert_eq!(
+            HistoryQuery::parse("r", 1, None, Some(0)).unwrap().cursor,
+            HistoryCursor::After(0)
+        );
+    }
+}

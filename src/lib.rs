@@ -1,0 +1,36 @@
+//! chatd: gRPC chat rooms with durable, gapless history.
+//!
+//! A request flows through these modules:
+//!
+//! - [`config`]: flags with environment fallbacks (clap).
+//! - [`server`]: [`server::Application`] builds the tonic server (gRPC and
+//!   grpc-web on one port, CORS, reflection, health), runs it, and shuts it
+//!   down in order.
+//! - [`limits`]: the connection limit and the request body limit.
+//! - [`auth`]: HS256 bearer tokens, the interceptor that turns them into an
+//!   [`domain::Identity`], and the secret file.
+//! - [`service`]: chat.v1.ChatService, converting proto to domain and back.
+//! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
+//! - [`writer`]: the write path; batches sends into one transaction per
+//!   batch (group commit) and publishes after commit.
+//! - [`rooms`]: the registry of live rooms: broadcast fan-out, presence, and
+//!   the per-stream reader that guarantees exactly-once, gapless delivery.
+//! - [`storage`]: PostgreSQL through diesel-async; the only module that
+//!   knows SQL.
+//! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
+//! - [`error`]: the one error type and its mapping to gRPC statuses.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod limits;
+pub mod proto;
+pub mod rooms;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod writer;
+
+pub use error::{Error, Result};
+pub use server::Application;

@@ -1,0 +1,201 @@
+//! Limits on what clients can make the server hold: connections and request
+//! bodies.
+//!
+//! - [`incoming`] accepts connections only while a [`Semaphore`] permit is
+//!   free; each connection holds its permit until it closes.
+//! - [`BodyLimitLayer`] ends a request whose body grows past the limit with
+//!   RESOURCE_EXHAUSTED, before tonic buffers it whole.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// An accepted connection and the permit it holds while open.
+#[derive(Debug)]
+pub struct LimitedConn {
+    stream: TcpStream,
+    /// Released when the connection is dropped, letting another client in.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for LimitedConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Connections from `listener`, at most `limit` open at once, with
+/// TCP_NODELAY set (chat events are small and latency matters). Accept
+/// errors (such as running out of file descriptors) are logged and retried
+/// after a pause rather than ending the server.
+pub fn incoming(
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+) -> impl Stream<Item = io::Result<LimitedConn>> {
+    futures_util::stream::unfold((listener, limit), |(listener, limit)| async move {
+        let permit = match limit.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed; end the stream if it were.
+            Err(_) => return None,
+        };
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "TCP_NODELAY not set");
+                    }
+                    let conn = LimitedConn {
+                        stream,
+                        _permit: permit,
+                    };
+                    return Some((Ok(conn), (listener, limit)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Limits every request body to `max_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimitLayer {
+    pub max_bytes: usize,
+}
+
+impl<S> tower::Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyLimit {
+            inner,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// See [`BodyLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct BodyLimit<S> {
+    inner: S,
+    max_bytes: usize,
+}
+
+impl<S> tower::Service<http::Request<Body>> for BodyLimit<S>
+where
+    S: tower::Service<http::Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let max_bytes = self.max_bytes;
+        self.inner.call(request.map(|body| {
+            Body::new(LimitedBody {
+                inner: body,
+                remaining: max_bytes,
+                max_bytes,
+            })
+        }))
+    }
+}
+
+struct LimitedBody {
+    inner: Body,
+    remaining: usize,
+    max_bytes: usize,
+}
+
+impl HttpBody for LimitedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref() {
+            if data.len() > self.remaining {
+                return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                    "request is larger than the server's limit of {} bytes",
+                    self.max_bytes
+                )))));
+            }
+            self.remaining -= data.len();
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,270 @@
+//! Building and running the server: services, layers, limits and shutdown.
+//!
+//! [`Application::build`] does everything that can fail at start-up (secret,
+//! migrations, binding) and exposes the bound address, so tests bind port 0
+//! and ask. [`Application::run_until`] serves until its shutdown future
+//! resolves, then shuts down in order:
+//!
+//! 1. health turns NOT_SERVING and no new connection is accepted;
+//! 2. every JoinRoom stream ends with UNAVAILABLE (tonic's own graceful
+//!    shutdown would wait for them forever);
+//! 3. in-flight calls finish, the writers drain their queues, and every task
+//!    chatd spawned has ended, or the grace period is over.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::{Authenticator, Keys, SecretSource, load_secret};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::limits::{BodyLimitLayer, incoming};
+use crate::proto::{self, server::chat_service_server::ChatServiceServer};
+use crate::rooms::Rooms;
+use crate::service::ChatApi;
+use crate::storage::Store;
+use crate::writer::Writer;
+
+/// How many writer tasks share the rooms (each commits its own batches).
+const WRITER_SHARDS: usize = 4;
+/// How often health re-checks the database.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// The service name health reports for ChatService.
+const CHAT_SERVICE: &str = "chat.v1.ChatService";
+
+/// A started, not yet serving, chatd.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    config: Config,
+    keys: Arc<Keys>,
+    store: Store,
+}
+
+impl Application {
+    /// Loads the secret, runs migrations and binds `config.addr`.
+    pub async fn build(config: Config) -> Result<Self> {
+        config.validate().map_err(Error::Config)?;
+        let (secret, source) =
+            load_secret(config.secret.jwt_secret.as_deref(), &config.secret.data_dir)?;
+        match &source {
+            SecretSource::Env => tracing::info!("token secret from CHAT_JWT_SECRET"),
+            SecretSource::File(path) => {
+                tracing::info!(path = %path.display(), "token secret from file")
+            }
+            SecretSource::Generated(path) => {
+                tracing::info!(path = %path.display(), "generated a token secret (kept, mode 0600)")
+            }
+        }
+        let store = Store::new(&config.database_url, config.db_pool_size as usize)?;
+        store.migrate().await?;
+        let listener = TcpListener::bind(config.addr).await.map_err(|e| {
+            Error::Config(format!("CHAT_ADDR: cannot listen on {}: {e}", config.addr))
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Config(format!("CHAT_ADDR: {e}")))?;
+        Ok(Application {
+            listener,
+            addr,
+            config,
+            keys: Arc::new(Keys::new(&secret)),
+            store,
+        })
+    }
+
+    /// The address the server listens on (with the real port when the
+    /// configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The keys tokens are signed with.
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Application {
+            listener,
+            addr,
+            config,
+            keys,
+            store,
+        } = self;
+        let tracker = TaskTracker::new();
+        let streams_end = CancellationToken::new();
+        let rooms = Arc::new(Rooms::new(config.room_buffer as usize));
+        let writer = Writer::spawn(store.clone(), rooms.clone(), WRITER_SHARDS, &tracker);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+        tracker.spawn(watch_database(
+            store.clone(),
+            health.clone(),
+            streams_end.clone(),
+        ));
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+        let api = ChatApi {
+            rooms,
+            writer,
+            store,
+            max_message_bytes: config.max_message_bytes as usize,
+            shutdown: streams_end.clone(),
+        };
+        let max_request = config.max_request_bytes as usize;
+        let chat = tonic::service::interceptor::InterceptedService::new(
+            ChatServiceServer::new(api).max_decoding_message_size(max_request),
+            Authenticator(keys),
+        );
+
+        // The shutdown signal as tonic sees it: first end the streams, so
+        // that tonic's graceful shutdown has only short calls to wait for.
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = {
+            let health = health.clone();
+            let streams_end = streams_end.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                set_health(&health, ServingStatus::NotServing).await;
+                streams_end.cancel();
+                let _ = signalled_tx.send(());
+            }
+        };
+
+        let limit = Arc::new(Semaphore::new(config.max_connections as usize));
+        let server = Server::builder()
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .max_concurrent_streams(Some(config.max_streams_per_connection))
+            .layer(cors(&config.cors_origins))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(BodyLimitLayer {
+                max_bytes: max_request,
+            })
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(chat)
+            .serve_with_incoming_shutdown(incoming(listener, limit), signal);
+
+        tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
+        let grace = config.shutdown_grace;
+        let deadline = async move {
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = server => {
+                served.map_err(|e| Error::Internal(format!("server: {e}")))?;
+            }
+            () = deadline => tracing::warn!(?grace, "calls still open after the grace period; closing them"),
+        }
+        // Every ChatApi clone (and with it every writer handle) is gone once
+        // the server has stopped, so the writers drain and end.
+        streams_end.cancel();
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("background tasks still running after the grace period");
+        }
+        tracing::info!("chatd stopped");
+        Ok(())
+    }
+}
+
+/// Sets the status of both the whole server ("") and ChatService.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(CHAT_SERVICE, status).await;
+}
+
+/// Reports NOT_SERVING while the database does not answer.
+async fn watch_database(store: Store, health: HealthReporter, stop: CancellationToken) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+        let ok = tokio::select! {
+            () = stop.cancelled() => return,
+            ping = store.ping() => ping.is_ok(),
+        };
+        if ok != serving {
+            serving = ok;
+            if ok {
+                tracing::info!("database answers again");
+            } else {
+                tracing::warn!("database does not answer");
+            }
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&health, status).await;
+        }
+    }
+}
+
+/// CORS for grpc-web: the allowed origins, the grpc-web request headers plus
+/// `authorization`, and the gRPC status headers exposed to scripts.
+fn cors(origins: &[String]) -> CorsLayer {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    let allow_origin = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([http::Method::POST])
+        .allow_headers([
+            AUTHORIZATION,
+            CONTENT_TYPE,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 60 * 60))
+}

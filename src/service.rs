@@ -1,0 +1,129 @@
+//! chat.v1.ChatService: proto in, domain through, proto out.
+//!
+//! Each handler parses its request into domain types, calls the room
+//! registry, the writer or storage, and converts the answer back. Errors
+//! become `tonic::Status` here and nowhere else.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{
+    ClientMessageId, Content, HistoryQuery, Identity, NewMessage, RoomName, parse_seq,
+};
+use crate::proto::server::chat_service_server::ChatService;
+use crate::proto::{self, EncodedEvent};
+use crate::rooms::Rooms;
+use crate::storage::Store;
+use crate::writer::Writer;
+
+/// The ChatService implementation.
+#[derive(Clone)]
+pub struct ChatApi {
+    pub(crate) rooms: Arc<Rooms>,
+    pub(crate) writer: Writer,
+    pub(crate) store: Store,
+    /// The largest text message, in bytes.
+    pub(crate) max_message_bytes: usize,
+    /// Ends every open JoinRoom stream when the server shuts down.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The caller, as the auth interceptor found them.
+fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("authorization: missing bearer token"))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChatService for ChatApi {
+    type JoinRoomStream = EventStream;
+
+    async fn join_room(
+        &self,
+        request: Request<proto::JoinRoomRequest>,
+    ) -> Result<Response<Self::JoinRoomStream>, Status> {
+        let identity = identity(&request)?;
+        let request = request.into_inner();
+        let room = RoomName::parse(&request.room)?;
+        let resume_after = request
+            .resume_after_seq
+            .map(|n| parse_seq("resume_after_seq", n))
+            .transpose()?;
+        let subscription = self
+            .rooms
+            .join(
+                room,
+                identity,
+                resume_after,
+                self.store.clone(),
+                self.shutdown.clone(),
+            )
+            .await?;
+        let stream = futures_util::stream::unfold(subscription, |mut subscription| async move {
+            let item = subscription.next().await?;
+            Some((item, subscription))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<proto::SendMessageRequest>,
+    ) -> Result<Response<proto::SendMessageResponse>, Status> {
+        let sender = identity(&request)?;
+        let request = request.into_inner();
+        let message = NewMessage {
+            room: RoomName::parse(&request.room)?,
+            sender,
+            content: Content::parse(
+                request.content_type,
+                request.content,
+                self.max_message_bytes,
+            )?,
+            client_message_id: ClientMessageId::parse(request.client_message_id)?,
+        };
+        let stored = self.writer.send(message).await?;
+        Ok(Response::new(proto::SendMessageResponse {
+            message: Some(proto::Message::from(&stored)),
+        }))
+    }
+
+    async fn list_history(
+        &self,
+        request: Request<proto::ListHistoryRequest>,
+    ) -> Result<Response<proto::ListHistoryResponse>, Status> {
+        identity(&request)?;
+        let request = request.into_inner();
+        let query = HistoryQuery::parse(
+            &request.room,
+            request.page_size,
+            request.before_seq,
+            request.after_seq,
+        )?;
+        let page = self.store.history(&query).await?;
+        Ok(Response::new(proto::ListHistoryResponse {
+            messages: page.messages.iter().map(proto::Message::from).collect(),
+            has_more: page.has_more,
+        }))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<proto::ListMembersRequest>,
+    ) -> Result<Response<proto::ListMembersResponse>, Status> {
+        identity(&request)?;
+        let room = RoomName::parse(&request.into_inner().room)?;
+        Ok(Response::new(proto::ListMembersResponse {
+            members: self.rooms.members(&room),
+        }))
+    }
+}
