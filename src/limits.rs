@@ -3,8 +3,10 @@
 //!
 //! - [`incoming`] accepts connections only while a [`Semaphore`] permit is
 //!   free; each connection holds its permit until it closes.
-//! - [`BodyLimitLayer`] ends a request whose body grows past the limit with
-//!   RESOURCE_EXHAUSTED, before tonic buffers it whole.
+//! - [`BodyLimitLayer`] ends a request with RESOURCE_EXHAUSTED as soon as
+//!   a gRPC message in its body announces a length over the limit, or the
+//!   body grows past it, before anything is buffered. (tonic's own check
+//!   answers OUT_OF_RANGE, which is the wrong code for a client to act on.)
 
 use std::io;
 use std::pin::Pin;
@@ -156,6 +158,9 @@ where
                 inner: body,
                 remaining: max_bytes,
                 max_bytes,
+                prefix: [0; 5],
+                prefix_len: 0,
+                skip: 0,
             })
         }))
     }
@@ -163,8 +168,55 @@ where
 
 struct LimitedBody {
     inner: Body,
+    /// Bytes the body may still carry.
     remaining: usize,
     max_bytes: usize,
+    /// The gRPC message prefix being read: a flag byte and a big-endian
+    /// u32 length.
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to pass before the next prefix.
+    skip: usize,
+}
+
+impl LimitedBody {
+    fn too_large(&self) -> Status {
+        Status::resource_exhausted(format!(
+            "request is larger than the server's limit of {} bytes",
+            self.max_bytes
+        ))
+    }
+
+    /// Follows the gRPC framing through `data`; errs on a message whose
+    /// announced length is over the limit.
+    fn check_framing(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                let len = u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]);
+                self.prefix_len = 0;
+                self.skip = len as usize;
+                if self.skip > self.max_bytes {
+                    return Err(self.too_large());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl HttpBody for LimitedBody {
@@ -181,12 +233,13 @@ impl HttpBody for LimitedBody {
         };
         if let Some(data) = frame.data_ref() {
             if data.len() > self.remaining {
-                return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
-                    "request is larger than the server's limit of {} bytes",
-                    self.max_bytes
-                )))));
+                return Poll::Ready(Some(Err(self.too_large())));
             }
             self.remaining -= data.len();
+            let data = data.clone();
+            if let Err(status) = self.check_framing(&data) {
+                return Poll::Ready(Some(Err(status)));
+            }
         }
         Poll::Ready(Some(Ok(frame)))
     }

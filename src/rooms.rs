@@ -380,7 +380,8 @@ impl Subscription {
                 }
                 // A seq is missing before this one: storage has both.
                 Ok(_) => self.catching_up = true,
-                Err(RecvError::Lagged(_)) => {
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(room = %self.guard.room.name, missed, "stream fell behind; catching up from storage");
                     self.catching_up = true;
                     self.resync_members = true;
                 }

@@ -139,8 +139,10 @@ impl Application {
             shutdown: streams_end.clone(),
         };
         let max_request = config.max_request_bytes as usize;
+        // The body limit layer answers first; tonic's own limit stays as a
+        // second guard (it reserves what a message announces).
         let chat = tonic::service::interceptor::InterceptedService::new(
-            ChatServiceServer::new(api).max_decoding_message_size(max_request),
+            ChatServiceServer::new(api).max_decoding_message_size(max_request + 5),
             Authenticator(keys),
         );
 

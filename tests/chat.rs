@@ -1,0 +1,787 @@
+//! chatd end to end: a real server on loopback, a real PostgreSQL database
+//! per test, tonic clients.
+
+mod helpers;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chatd::proto::join_room_response::Event;
+use chatd::proto::{self, ContentType};
+use helpers::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_join_talk_and_leave() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+
+    let (mut alice_stream, joined) = join(&mut alice, "  Lobby ", None).await;
+    assert_eq!(joined.room, "lobby");
+    assert_eq!(user_ids(&joined.members), ["alice"]);
+    assert_eq!(joined.last_seq, 0);
+
+    let (mut bob_stream, joined) = join(&mut bob, "lobby", None).await;
+    assert_eq!(user_ids(&joined.members), ["alice", "bob"]);
+    match next_event(&mut alice_stream).await {
+        Event::MemberJoined(e) => assert_eq!(e.member.unwrap().user_id, "bob"),
+        other => panic!("expected member_joined, got {other:?}"),
+    }
+
+    let sent = send(&mut bob, "LOBBY", "hi alice").await;
+    assert_eq!(sent.seq, 1);
+    assert_eq!(sent.room, "lobby");
+    assert_eq!(sent.sender.as_ref().unwrap().user_id, "bob");
+    assert_eq!(sent.content_type, ContentType::Text as i32);
+    assert!(sent.sent_at.is_some());
+    assert_eq!(next_message(&mut alice_stream).await, sent);
+    assert_eq!(next_message(&mut bob_stream).await, sent);
+
+    let history = within(alice.list_history(proto::ListHistoryRequest {
+        room: "lobby".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(history.messages, vec![sent]);
+    assert!(!history.has_more);
+
+    let members = within(alice.list_members(proto::ListMembersRequest {
+        room: "lobby".into(),
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .members;
+    assert_eq!(user_ids(&members), ["alice", "bob"]);
+
+    drop(bob_stream);
+    match next_event(&mut alice_stream).await {
+        Event::MemberLeft(e) => assert_eq!(e.member.unwrap().user_id, "bob"),
+        other => panic!("expected member_left, got {other:?}"),
+    }
+    let members = within(alice.list_members(proto::ListMembersRequest {
+        room: "lobby".into(),
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .members;
+    assert_eq!(user_ids(&members), ["alice"]);
+    server.shutdown().await.unwrap();
+}
+
+fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, field: &str) {
+    match result {
+        Ok(v) => panic!("expected {code:?} naming {field}, got {v:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(
+                status.message().contains(field),
+                "{field} not named in {status:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_validation_rule_names_its_field() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut c = server.client("alice").await;
+    let msg = |room: &str, content_type: ContentType, content: &str, id: &str| {
+        proto::SendMessageRequest {
+            room: room.into(),
+            content_type: content_type as i32,
+            content: content.into(),
+            client_message_id: id.into(),
+        }
+    };
+    use ContentType::*;
+    let bad_sends = [
+        (msg("", Text, "x", ""), "room"),
+        (msg("   ", Text, "x", ""), "room"),
+        (msg("-lobby", Text, "x", ""), "room"),
+        (msg("a b", Text, "x", ""), "room"),
+        (msg(&"a".repeat(65), Text, "x", ""), "room"),
+        (msg("lobby", Text, "", ""), "content"),
+        (msg("lobby", Unspecified, " \n ", ""), "content"),
+        (msg("lobby", Text, &"x".repeat(4097), ""), "content"),
+        (msg("lobby", Text, "nul\0byte", ""), "content"),
+        (msg("lobby", Image, "not a url", ""), "content"),
+        (msg("lobby", File, "ftp://example.com/f", ""), "content"),
+        (
+            msg(
+                "lobby",
+                Image,
+                &format!("https://e.com/{}", "a".repeat(2040)),
+                "",
+            ),
+            "content",
+        ),
+        (
+            msg("lobby", Text, "x", &"k".repeat(65)),
+            "client_message_id",
+        ),
+    ];
+    for (request, field) in bad_sends {
+        assert_invalid(
+            send_request(&mut c, request).await,
+            Code::InvalidArgument,
+            field,
+        );
+    }
+    let mut unknown = msg("lobby", Text, "x", "");
+    unknown.content_type = 42;
+    assert_invalid(
+        send_request(&mut c, unknown).await,
+        Code::InvalidArgument,
+        "content_type",
+    );
+
+    // The limits themselves pass.
+    assert!(
+        send_request(&mut c, msg("lobby", Text, &"x".repeat(4096), ""))
+            .await
+            .is_ok()
+    );
+    assert!(
+        send_request(&mut c, msg(&"a".repeat(64), Text, "x", &"k".repeat(64)))
+            .await
+            .is_ok()
+    );
+    let url = format!("https://e.com/{}", "a".repeat(2048 - 14));
+    assert!(
+        send_request(&mut c, msg("lobby", Image, &url, ""))
+            .await
+            .is_ok()
+    );
+
+    let history = |before_seq, after_seq, room: &str| proto::ListHistoryRequest {
+        room: room.into(),
+        page_size: 10,
+        before_seq,
+        after_seq,
+    };
+    for (request, field) in [
+        (history(Some(5), Some(1), "lobby"), "before_seq"),
+        (history(Some(0), None, "lobby"), "before_seq"),
+        (history(Some(u64::MAX), None, "lobby"), "before_seq"),
+        (history(None, Some(u64::MAX), "lobby"), "after_seq"),
+        (history(None, None, "Bad Room"), "room"),
+    ] {
+        assert_invalid(
+            within(c.list_history(request)).await,
+            Code::InvalidArgument,
+            field,
+        );
+    }
+    assert_invalid(
+        within(c.list_members(proto::ListMembersRequest { room: "!".into() })).await,
+        Code::InvalidArgument,
+        "room",
+    );
+    assert_invalid(
+        within(c.join_room(proto::JoinRoomRequest {
+            room: "".into(),
+            resume_after_seq: None,
+        }))
+        .await,
+        Code::InvalidArgument,
+        "room",
+    );
+    // Three messages are stored in "lobby"; resuming after 99 is out of range.
+    assert_invalid(
+        within(c.join_room(proto::JoinRoomRequest {
+            room: "lobby".into(),
+            resume_after_seq: Some(99),
+        }))
+        .await,
+        Code::OutOfRange,
+        "resume_after_seq",
+    );
+    assert_invalid(
+        within(c.join_room(proto::JoinRoomRequest {
+            room: "lobby".into(),
+            resume_after_seq: Some(u64::MAX),
+        }))
+        .await,
+        Code::InvalidArgument,
+        "resume_after_seq",
+    );
+
+    // A request larger than the server's limit is refused, not buffered.
+    let huge = msg("lobby", Text, &"x".repeat(200_000), "");
+    let status = send_request(&mut c, huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Nothing invalid was stored, and the server still serves.
+    let page = within(c.list_history(history(None, None, "lobby")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seqs(&page.messages), [1, 2]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_required_and_checked() {
+    use chatd::auth::Keys;
+    use chatd::proto::chat_service_client::ChatServiceClient;
+
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let list = proto::ListMembersRequest {
+        room: "lobby".into(),
+    };
+
+    // No token at all.
+    let mut anonymous = ChatServiceClient::new(server.channel().await);
+    assert_invalid(
+        within(anonymous.list_members(list.clone())).await,
+        Code::Unauthenticated,
+        "authorization",
+    );
+
+    let forged = Keys::new(b"some-other-secret-0123456789")
+        .mint("alice", None, None)
+        .unwrap();
+    let expired = {
+        // exp an hour ago, signed with the right secret.
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json_like(&[("sub", "\"alice\""), ("exp", &(now - 3600).to_string())]);
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let no_sub = {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let claims = serde_json_like(&[("name", "\"Alice\"")]);
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    for (header, why) in [
+        ("Bearer not.a.jwt".to_string(), "malformed"),
+        ("Basic dXNlcjpwYXNz".to_string(), "wrong scheme"),
+        (format!("Bearer {forged}"), "forged"),
+        (format!("Bearer {expired}"), "expired"),
+        (format!("Bearer {no_sub}"), "no sub"),
+        ("Bearer ".to_string(), "empty"),
+    ] {
+        let mut request = tonic::Request::new(list.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", header.parse().unwrap());
+        let status = within(anonymous.list_members(request)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{why}: {status:?}");
+    }
+
+    // A good token works, and identity comes from it, not from the body.
+    let token = server
+        .keys
+        .mint("carol", Some("Carol C."), Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut carol =
+        ChatServiceClient::with_interceptor(server.channel().await, Bearer::new(&token));
+    let sent = send(&mut carol, "lobby", "hello").await;
+    let sender = sent.sender.unwrap();
+    assert_eq!(
+        (sender.user_id.as_str(), sender.display_name.as_str()),
+        ("carol", "Carol C.")
+    );
+
+    // Health needs no token.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    for service in ["", "chat.v1.ChatService"] {
+        let status = within(health.check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// A JSON object from already-encoded values (the tests avoid a serde_json
+/// dependency for two tokens).
+fn serde_json_like(fields: &[(&str, &str)]) -> std::collections::BTreeMap<String, RawJson> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), RawJson(v.to_string())))
+        .collect()
+}
+
+struct RawJson(String);
+
+impl serde::Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(text) = self.0.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            s.serialize_str(text)
+        } else {
+            s.serialize_u64(self.0.parse().map_err(serde::ser::Error::custom)?)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retry_returns_the_original() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let (mut watcher, _) = join(&mut bob, "lobby", None).await;
+
+    let request = proto::SendMessageRequest {
+        room: "lobby".into(),
+        content: "once".into(),
+        client_message_id: "msg-1".into(),
+        ..Default::default()
+    };
+    let first = send_request(&mut alice, request.clone()).await.unwrap();
+    assert_eq!(first.client_message_id, "msg-1");
+    let retry = send_request(&mut alice, request.clone()).await.unwrap();
+    assert_eq!(retry, first, "a retry returns the original message");
+
+    // Many retries at once still store one message.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut c = alice.clone();
+        let r = request.clone();
+        tasks.push(tokio::spawn(async move { send_request(&mut c, r).await }));
+    }
+    for task in tasks {
+        assert_eq!(within(task).await.unwrap().unwrap().seq, first.seq);
+    }
+
+    // The same key from another sender is another message.
+    let bobs = send_request(&mut bob, request.clone()).await.unwrap();
+    assert_eq!(bobs.seq, 2);
+    // The same key in another room too.
+    let other_room = send_request(
+        &mut alice,
+        proto::SendMessageRequest {
+            room: "elsewhere".into(),
+            ..request.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(other_room.seq, 1);
+
+    // Delivered once each.
+    assert_eq!(next_message(&mut watcher).await, first);
+    assert_eq!(next_message(&mut watcher).await, bobs);
+    let marker = send(&mut alice, "lobby", "after").await;
+    assert_eq!(next_message(&mut watcher).await, marker);
+
+    // Stored once, and the key holds after a restart too.
+    server.shutdown().await.unwrap();
+    let server = TestServer::start(&db).await;
+    let mut alice = server.client("alice").await;
+    assert_eq!(send_request(&mut alice, request).await.unwrap(), first);
+    let page = within(alice.list_history(proto::ListHistoryRequest {
+        room: "lobby".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(seqs(&page.messages), [1, 2, 3]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_every_subscriber_sees_one_to_n_in_order() {
+    const SENDERS: usize = 8;
+    const EACH: usize = 50;
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let mut c = server.client(&format!("watcher{i}")).await;
+        streams.push(join(&mut c, "busy", None).await.0);
+    }
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        let mut c = server.client(&format!("sender{s}")).await;
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..EACH {
+                acked.push(send(&mut c, "busy", &format!("{s}:{i}")).await.seq);
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for task in senders {
+        let seqs = within(task).await.unwrap();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one sender's seqs rise"
+        );
+        acked.extend(seqs);
+    }
+    acked.sort_unstable();
+    let total = (SENDERS * EACH) as u64;
+    assert_eq!(acked, (1..=total).collect::<Vec<_>>());
+
+    for stream in &mut streams {
+        let mut got = Vec::new();
+        while got.len() < total as usize {
+            match next_event(stream).await {
+                Event::Message(m) => got.push(m.seq),
+                Event::MemberJoined(_) | Event::MemberLeft(_) => {}
+                Event::Joined(j) => panic!("unexpected resync {j:?}"),
+            }
+        }
+        assert_eq!(got, (1..=total).collect::<Vec<_>>());
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_a_cut_has_no_gap_even_during_replay() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+
+    let (mut stream, _) = join(&mut alice, "r", None).await;
+    for i in 1..=5 {
+        send(&mut bob, "r", &format!("m{i}")).await;
+    }
+    let mut last = 0;
+    for _ in 0..5 {
+        last = next_message(&mut stream).await.seq;
+    }
+    assert_eq!(last, 5);
+    drop(stream); // the cut
+
+    for i in 6..=700 {
+        send(&mut bob, "r", &format!("m{i}")).await;
+    }
+    // Resume while a sender keeps going: the replay (several pages) and the
+    // live tail must join without a gap or a duplicate.
+    let (mut stream, joined) = join(&mut alice, "r", Some(last)).await;
+    assert!(joined.last_seq >= 700);
+    let mut more = bob.clone();
+    let sender = tokio::spawn(async move {
+        for i in 701..=800 {
+            send(&mut more, "r", &format!("m{i}")).await;
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < 795 {
+        match next_event(&mut stream).await {
+            Event::Message(m) => got.push(m.seq),
+            Event::MemberJoined(_) | Event::MemberLeft(_) | Event::Joined(_) => {}
+        }
+    }
+    within(sender).await.unwrap();
+    assert_eq!(got, (6..=800).collect::<Vec<_>>());
+
+    // Resume from 0 replays everything.
+    let (mut stream, _) = join(&mut alice, "r", Some(0)).await;
+    for expected in 1..=800 {
+        assert_eq!(next_message(&mut stream).await.seq, expected);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_both_ways() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut c = server.client("alice").await;
+    for i in 1..=120 {
+        send(&mut c, "h", &format!("m{i}")).await;
+    }
+    let page = |page_size, before_seq, after_seq| {
+        let mut c = c.clone();
+        async move {
+            within(c.list_history(proto::ListHistoryRequest {
+                room: "h".into(),
+                page_size,
+                before_seq,
+                after_seq,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let newest = page(0, None, None).await;
+    assert_eq!(seqs(&newest.messages), (71..=120).collect::<Vec<_>>());
+    assert!(newest.has_more);
+    let older = page(0, Some(71), None).await;
+    assert_eq!(seqs(&older.messages), (21..=70).collect::<Vec<_>>());
+    assert!(older.has_more);
+    let oldest = page(0, Some(21), None).await;
+    assert_eq!(seqs(&oldest.messages), (1..=20).collect::<Vec<_>>());
+    assert!(!oldest.has_more);
+    let first = page(10, None, Some(0)).await;
+    assert_eq!(seqs(&first.messages), (1..=10).collect::<Vec<_>>());
+    assert!(first.has_more);
+    let tail = page(50, None, Some(100)).await;
+    assert_eq!(seqs(&tail.messages), (101..=120).collect::<Vec<_>>());
+    assert!(!tail.has_more);
+    let exact = page(20, None, Some(100)).await;
+    assert_eq!(seqs(&exact.messages), (101..=120).collect::<Vec<_>>());
+    assert!(!exact.has_more);
+    let capped = page(10_000, None, Some(0)).await;
+    assert_eq!(capped.messages.len(), 120);
+    assert_eq!(page(5, None, Some(120)).await.messages.len(), 0);
+    assert_eq!(page(5, Some(1), None).await.messages.len(), 0);
+    let first_message = &first.messages[0];
+    assert_eq!(first_message.content, "m1");
+    assert_eq!(first_message.sender.as_ref().unwrap().user_id, "alice");
+
+    let mut c2 = c.clone();
+    let empty = within(c2.list_history(proto::ListHistoryRequest {
+        room: "never-used".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(empty.messages.is_empty() && !empty.has_more);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_per_user_across_devices() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut bob = server.client("bob").await;
+    let mut alice = server.client("alice").await;
+    let (mut watcher, _) = join(&mut bob, "p", None).await;
+
+    let (phone, joined) = join(&mut alice, "p", None).await;
+    assert_eq!(user_ids(&joined.members), ["alice", "bob"]);
+    let (mut laptop, joined) = join(&mut alice, "p", None).await;
+    assert_eq!(user_ids(&joined.members), ["alice", "bob"]);
+    match next_event(&mut watcher).await {
+        Event::MemberJoined(e) => assert_eq!(e.member.unwrap().user_id, "alice"),
+        other => panic!("expected member_joined, got {other:?}"),
+    }
+    let members = within(bob.list_members(proto::ListMembersRequest { room: "p".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(user_ids(&members), ["alice", "bob"]);
+
+    // Closing one of alice's two streams is no event; a message marks the
+    // point in the stream where one would have come.
+    drop(phone);
+    let marker = send(&mut bob, "p", "still here?").await;
+    assert_eq!(next_message(&mut watcher).await, marker);
+    assert_eq!(next_message(&mut laptop).await, marker);
+
+    drop(laptop);
+    match next_event(&mut watcher).await {
+        Event::MemberLeft(e) => assert_eq!(e.member.unwrap().user_id, "alice"),
+        other => panic!("expected member_left, got {other:?}"),
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_misses_nothing() {
+    let db = TestDb::create().await;
+    // A tiny room buffer, so the reader below falls far behind it.
+    let server = TestServer::start_with(config(&db.url, &["--room-buffer", "16"])).await;
+    // A small HTTP/2 window, so the server cannot push the backlog into
+    // the connection's buffers either.
+    let mut slow = server.client_with_window("slow", 65_535).await;
+    let mut fast = server.client("fast").await;
+    let mut bob = server.client("bob").await;
+    let (mut slow_stream, _) = join(&mut slow, "s", None).await;
+    let (mut fast_stream, _) = join(&mut fast, "s", None).await;
+    // Presence events also pass through the ring while slow is not reading.
+    let (bob_stream, _) = join(&mut bob, "s", None).await;
+    drop(bob_stream);
+
+    let big = "x".repeat(4000);
+    for i in 1..=300 {
+        send(&mut fast, "s", &format!("m{i} {big}")).await;
+        if i % 50 == 0 {
+            // Keep the fast reader current; the slow one reads nothing yet.
+            let _ = next_event(&mut fast_stream).await;
+        }
+    }
+    let mut got = Vec::new();
+    let mut resynced = None;
+    // The fresh `joined` follows the caught-up messages.
+    while got.len() < 300 || resynced.is_none() {
+        match next_event(&mut slow_stream).await {
+            Event::Message(m) => got.push(m.seq),
+            Event::Joined(j) => resynced = Some(j),
+            Event::MemberJoined(_) | Event::MemberLeft(_) => {}
+        }
+    }
+    assert_eq!(got, (1..=300).collect::<Vec<_>>());
+    // Presence events were dropped from the ring, so the stream re-sent the
+    // member list: bob has left again by then.
+    let resynced = resynced.expect("a fresh joined after falling behind");
+    assert_eq!(user_ids(&resynced.members), ["fast", "slow"]);
+
+    // And it goes on live.
+    let next = send(&mut fast, "s", "live").await;
+    assert_eq!(next_message(&mut slow_stream).await, next);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_history_and_continues_seq() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut c = server.client("alice").await;
+    for i in 1..=3 {
+        send(&mut c, "keep", &format!("m{i}")).await;
+    }
+    server.shutdown().await.unwrap();
+
+    let server = TestServer::start(&db).await;
+    let mut c = server.client("alice").await;
+    let (mut stream, joined) = join(&mut c, "keep", None).await;
+    assert_eq!(joined.last_seq, 3);
+    assert_eq!(send(&mut c, "keep", "m4").await.seq, 4);
+    assert_eq!(next_message(&mut stream).await.seq, 4);
+    let page = within(c.list_history(proto::ListHistoryRequest {
+        room: "keep".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(seqs(&page.messages), [1, 2, 3, 4]);
+    assert_eq!(page.messages[0].content, "m1");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_ends_open_streams() {
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let (mut a, _) = join(&mut alice, "g", None).await;
+    let (mut b, _) = join(&mut bob, "g2", None).await;
+    let sent = send(&mut alice, "g", "before shutdown").await;
+    assert_eq!(next_message(&mut a).await, sent);
+
+    let started = std::time::Instant::now();
+    let done = tokio::spawn(server.shutdown());
+    for stream in [&mut a, &mut b] {
+        // Presence or nothing, then UNAVAILABLE telling the client to rejoin.
+        loop {
+            match within(stream.message()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("stream ended without a status"),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    break;
+                }
+            }
+        }
+    }
+    within(done).await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_services_on_v1_and_v1alpha() {
+    use tokio_stream::StreamExt;
+    let db = TestDb::create().await;
+    let server = TestServer::start(&db).await;
+
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(server.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = within(client.server_reflection_info(tokio_stream::iter([request])))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = within(responses.next()).await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected {response:?}");
+        };
+        let names: HashSet<_> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains("chat.v1.ChatService"), "{names:?}");
+        assert!(names.contains("grpc.health.v1.Health"), "{names:?}");
+
+        // The descriptors resolve too.
+        for symbol in ["chat.v1.ChatService", "grpc.health.v1.Health"] {
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+            };
+            let mut responses =
+                within(client.server_reflection_info(tokio_stream::iter([request])))
+                    .await
+                    .unwrap()
+                    .into_inner();
+            let response = within(responses.next()).await.unwrap().unwrap();
+            assert!(
+                matches!(
+                    response.message_response,
+                    Some(MessageResponse::FileDescriptorResponse(_))
+                ),
+                "{symbol}: {response:?}"
+            );
+        }
+    }
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new(server.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = within(client.server_reflection_info(tokio_stream::iter([request])))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = within(responses.next()).await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected {response:?}");
+        };
+        assert!(list.service.iter().any(|s| s.name == "chat.v1.ChatService"));
+    }
+    server.shutdown().await.unwrap();
+}

@@ -1,0 +1,317 @@
+//! Test harness: a database per test, a real chatd on a loopback port, and
+//! clients that carry a token.
+//!
+//! Every await in the tests goes through [`within`], so a hang fails the
+//! test instead of blocking the suite.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use chatd::auth::Keys;
+use chatd::config::{Cli, Config};
+use chatd::proto::chat_service_client::ChatServiceClient;
+use chatd::proto::join_room_response::Event;
+use chatd::proto::{self, JoinRoomResponse};
+use clap::Parser;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+/// The secret test servers sign tokens with.
+pub const SECRET: &str = "integration-test-secret-0123456789";
+/// How long any single step of a test may take.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// Awaits `fut`, failing the test if it takes longer than [`STEP`].
+pub async fn within<F: Future>(fut: F) -> F::Output {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("a test step took longer than {STEP:?}"),
+    }
+}
+
+/// The admin URL tests create their databases with.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of this test's own, dropped when the value is.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let admin = admin_url();
+        let name = format!(
+            "chatd_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let mut conn = within(AsyncPgConnection::establish(&admin))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot reach PostgreSQL at {admin}: {e}\n\
+                 The tests need a PostgreSQL server they may create databases on: start one \
+                 (bash .ci/run does) or set DATABASE_URL to its admin URL."
+                )
+            });
+        within(diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn))
+            .await
+            .expect("create test database");
+        let url = match admin.rfind('/') {
+            Some(i) if admin[..i].contains("://") && i > admin.find("://").unwrap_or(0) + 2 => {
+                let query = admin[i..].find('?').map(|q| &admin[i + q..]).unwrap_or("");
+                format!("{}/{name}{query}", &admin[..i])
+            }
+            _ => panic!("DATABASE_URL {admin} has no database part"),
+        };
+        TestDb { name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = admin_url();
+        let name = self.name.clone();
+        // Drop cannot await; a short-lived runtime on its own thread can.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let work = async {
+                    if let Ok(mut conn) = AsyncPgConnection::establish(&admin).await {
+                        let _ = diesel::sql_query(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        ))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// chatd's configuration for tests: port 0, the test database, the test
+/// secret. `extra` are more flags.
+pub fn config(db_url: &str, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "chatd",
+        "--addr",
+        "127.0.0.1:0",
+        "--database-url",
+        db_url,
+        "--jwt-secret",
+        SECRET,
+        "--shutdown-grace",
+        "3s",
+    ];
+    args.extend_from_slice(extra);
+    Cli::try_parse_from(args)
+        .expect("test config parses")
+        .config
+}
+
+/// A chatd running in this process on a loopback port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub keys: Arc<Keys>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<chatd::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(db: &TestDb) -> TestServer {
+        Self::start_with(config(&db.url, &[])).await
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let app = within(chatd::Application::build(config))
+            .await
+            .expect("chatd builds");
+        let addr = app.local_addr();
+        let keys = app.keys();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            keys,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.keys
+            .mint(user, None, Some(Duration::from_secs(3600)))
+            .expect("mint")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        within(
+            Endpoint::from_shared(self.url())
+                .expect("endpoint")
+                .connect(),
+        )
+        .await
+        .expect("connect to chatd")
+    }
+
+    /// A client whose calls carry a token for `user`.
+    pub async fn client(&self, user: &str) -> Client {
+        ChatServiceClient::with_interceptor(self.channel().await, Bearer::new(&self.token(user)))
+    }
+
+    /// A client on a connection whose HTTP/2 flow-control windows are
+    /// `window` bytes.
+    pub async fn client_with_window(&self, user: &str, window: u32) -> Client {
+        let channel = within(
+            Endpoint::from_shared(self.url())
+                .expect("endpoint")
+                .initial_stream_window_size(window)
+                .initial_connection_window_size(window)
+                .connect(),
+        )
+        .await
+        .expect("connect to chatd");
+        ChatServiceClient::with_interceptor(channel, Bearer::new(&self.token(user)))
+    }
+
+    /// Signals shutdown and waits for chatd to finish.
+    pub async fn shutdown(mut self) -> chatd::Result<()> {
+        self.stop.take().map(|s| s.send(()));
+        let task = self.task.take().expect("running");
+        within(task).await.expect("server task")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Bearer(format!("Bearer {token}").parse().expect("ascii token"))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Client =
+    ChatServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// Opens a JoinRoom stream and returns it with its `joined` event.
+pub async fn join(
+    client: &mut Client,
+    room: &str,
+    resume_after_seq: Option<u64>,
+) -> (Streaming<JoinRoomResponse>, proto::Joined) {
+    let request = proto::JoinRoomRequest {
+        room: room.into(),
+        resume_after_seq,
+    };
+    let mut stream = within(client.join_room(request))
+        .await
+        .expect("join")
+        .into_inner();
+    match next_event(&mut stream).await {
+        Event::Joined(joined) => (stream, joined),
+        other => panic!("first event should be joined, got {other:?}"),
+    }
+}
+
+/// The stream's next event.
+pub async fn next_event(stream: &mut Streaming<JoinRoomResponse>) -> Event {
+    within(stream.message())
+        .await
+        .expect("stream status")
+        .expect("stream open")
+        .event
+        .expect("event set")
+}
+
+/// The stream's next event, which must be a message.
+pub async fn next_message(stream: &mut Streaming<JoinRoomResponse>) -> proto::Message {
+    match next_event(stream).await {
+        Event::Message(m) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Sends a text message and returns it as stored.
+pub async fn send(client: &mut Client, room: &str, text: &str) -> proto::Message {
+    send_request(
+        client,
+        proto::SendMessageRequest {
+            room: room.into(),
+            content: text.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("send")
+}
+
+pub async fn send_request(
+    client: &mut Client,
+    request: proto::SendMessageRequest,
+) -> Result<proto::Message, Status> {
+    within(client.send_message(request))
+        .await
+        .map(|r| r.into_inner().message.expect("message in response"))
+}
+
+/// The seqs of `messages`.
+pub fn seqs(messages: &[proto::Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+/// Member user ids, in the order given.
+pub fn user_ids(members: &[proto::Member]) -> Vec<&str> {
+    members.iter().map(|m| m.user_id.as_str()).collect()
+}
