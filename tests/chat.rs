@@ -785,3 +785,581 @@ async fn reflection_lists_services_on_v1_and_v1alpha() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// grpc-web over plain HTTP/1.1, as a browser sends it.
+mod grpc_web {
+    use super::*;
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use http_body_util::{BodyExt, Full};
+    use hyper::client::conn::http1;
+    use hyper_util::rt::TokioIo;
+    use prost::Message as _;
+
+    type Sender = http1::SendRequest<Full<Bytes>>;
+
+    async fn roundtrip(
+        sender: &mut Sender,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> hyper::Response<hyper::body::Incoming> {
+        within(sender.ready()).await.expect("connection ready");
+        within(sender.send_request(request))
+            .await
+            .expect("response")
+    }
+
+    async fn connect(server: &TestServer) -> Sender {
+        let tcp = within(tokio::net::TcpStream::connect(server.addr))
+            .await
+            .unwrap();
+        let (sender, conn) = within(http1::handshake(TokioIo::new(tcp))).await.unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    fn frame(message: &impl prost::Message) -> Bytes {
+        let body = message.encode_to_vec();
+        let mut out = BytesMut::with_capacity(5 + body.len());
+        out.put_u8(0);
+        out.put_u32(body.len() as u32);
+        out.put_slice(&body);
+        out.freeze()
+    }
+
+    fn request(
+        path: &str,
+        content_type: &str,
+        token: &str,
+        body: Bytes,
+    ) -> hyper::Request<Full<Bytes>> {
+        hyper::Request::builder()
+            .method("POST")
+            .uri(format!("/chat.v1.ChatService/{path}"))
+            .header("host", "chatd")
+            .header("content-type", content_type)
+            .header("accept", content_type)
+            .header("x-grpc-web", "1")
+            .header("origin", "https://app.example")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(body))
+            .unwrap()
+    }
+
+    /// Splits one whole grpc-web frame off the front of `buf`:
+    /// (is_trailer, payload).
+    fn take_frame(buf: &mut BytesMut) -> Option<(bool, Bytes)> {
+        if buf.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf.len() < 5 + len {
+            return None;
+        }
+        let flag = buf[0];
+        buf.advance(5);
+        Some((flag & 0x80 != 0, buf.split_to(len).freeze()))
+    }
+
+    /// Every whole frame in `buf`.
+    fn take_frames(buf: &mut BytesMut) -> Vec<(bool, Bytes)> {
+        std::iter::from_fn(|| take_frame(buf)).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cors_preflight_allows_grpc_web_and_authorization() {
+        let db = TestDb::create().await;
+        let server = TestServer::start(&db).await;
+        let mut sender = connect(&server).await;
+        let preflight = hyper::Request::builder()
+            .method("OPTIONS")
+            .uri("/chat.v1.ChatService/SendMessage")
+            .header("host", "chatd")
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout",
+            )
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = roundtrip(&mut sender, preflight).await;
+        assert!(response.status().is_success(), "{response:?}");
+        let headers = response.headers();
+        assert_eq!(headers["access-control-allow-origin"], "*");
+        let allowed = headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        for h in [
+            "authorization",
+            "content-type",
+            "x-grpc-web",
+            "x-user-agent",
+            "grpc-timeout",
+        ] {
+            assert!(allowed.contains(h), "{h} not allowed: {allowed}");
+        }
+        assert!(
+            headers["access-control-allow-methods"]
+                .to_str()
+                .unwrap()
+                .contains("POST")
+        );
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cors_origins_can_be_restricted() {
+        let db = TestDb::create().await;
+        let server =
+            TestServer::start_with(config(&db.url, &["--cors-origins", "https://good.example"]))
+                .await;
+        let mut sender = connect(&server).await;
+        for (origin, allowed) in [
+            ("https://good.example", true),
+            ("https://evil.example", false),
+        ] {
+            let preflight = hyper::Request::builder()
+                .method("OPTIONS")
+                .uri("/chat.v1.ChatService/ListMembers")
+                .header("host", "chatd")
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = roundtrip(&mut sender, preflight).await;
+            let got = response
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(got.as_deref() == Some(origin), allowed, "{origin}: {got:?}");
+        }
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unary_and_streaming_over_http1() {
+        let db = TestDb::create().await;
+        let server = TestServer::start(&db).await;
+        let token = server.token("webby");
+
+        // Unary, binary framing.
+        let mut sender = connect(&server).await;
+        let send = proto::SendMessageRequest {
+            room: "web".into(),
+            content: "from a browser".into(),
+            ..Default::default()
+        };
+        let response = roundtrip(
+            &mut sender,
+            request(
+                "SendMessage",
+                "application/grpc-web+proto",
+                &token,
+                frame(&send),
+            ),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/grpc-web+proto"
+        );
+        assert_eq!(response.headers()["access-control-allow-origin"], "*");
+        let exposed = response.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        for h in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+            assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+        }
+        let mut body = BytesMut::from(
+            &within(response.into_body().collect())
+                .await
+                .unwrap()
+                .to_bytes()[..],
+        );
+        let frames = take_frames(&mut body);
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        let sent = proto::SendMessageResponse::decode(frames[0].1.clone())
+            .unwrap()
+            .message
+            .unwrap();
+        assert_eq!(
+            (sent.seq, sent.sender.unwrap().user_id.as_str()),
+            (1, "webby")
+        );
+        let trailers = String::from_utf8(frames[1].1.to_vec()).unwrap();
+        assert!(
+            frames[1].0 && trailers.contains("grpc-status:0"),
+            "{trailers}"
+        );
+
+        // An error comes back as a grpc-web status, not an HTTP error.
+        let bad = proto::SendMessageRequest {
+            room: "web".into(),
+            ..Default::default()
+        };
+        let response = roundtrip(
+            &mut sender,
+            request(
+                "SendMessage",
+                "application/grpc-web+proto",
+                &token,
+                frame(&bad),
+            ),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        let status = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string());
+        let status = match status {
+            Some(s) => s,
+            None => {
+                let mut body = BytesMut::from(
+                    &within(response.into_body().collect())
+                        .await
+                        .unwrap()
+                        .to_bytes()[..],
+                );
+                let frames = take_frames(&mut body);
+                String::from_utf8(frames.last().unwrap().1.to_vec()).unwrap()
+            }
+        };
+        assert!(
+            status.contains('3'),
+            "INVALID_ARGUMENT expected, got {status}"
+        );
+
+        // Unary, text (base64) framing.
+        let mut text_sender = connect(&server).await;
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let list = proto::ListMembersRequest { room: "web".into() };
+        let response = roundtrip(
+            &mut text_sender,
+            request(
+                "ListMembers",
+                "application/grpc-web-text",
+                &token,
+                Bytes::from(b64.encode(frame(&list))),
+            ),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            content_type.starts_with("application/grpc-web-text"),
+            "{content_type}"
+        );
+        let text = within(response.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        // Each chunk is padded base64 on its own: decode four characters at a time.
+        let mut decoded = BytesMut::new();
+        for quad in text.chunks(4) {
+            decoded.extend_from_slice(&b64.decode(quad).unwrap());
+        }
+        let frames = take_frames(&mut decoded);
+        assert!(
+            proto::ListMembersResponse::decode(frames[0].1.clone())
+                .unwrap()
+                .members
+                .is_empty()
+        );
+
+        // Server streaming, binary and text: each event arrives while the
+        // stream stays open, not buffered until it ends.
+        let mut native = server.client("native").await;
+        for content_type in ["application/grpc-web+proto", "application/grpc-web-text"] {
+            let text = content_type.ends_with("text");
+            let mut stream_sender = connect(&server).await;
+            let join = proto::JoinRoomRequest {
+                room: "web".into(),
+                resume_after_seq: None,
+            };
+            let body = if text {
+                Bytes::from(b64.encode(frame(&join)))
+            } else {
+                frame(&join)
+            };
+            let response = roundtrip(
+                &mut stream_sender,
+                request("JoinRoom", content_type, &token, body),
+            )
+            .await;
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let mut raw = BytesMut::new();
+            let mut decoded = BytesMut::new();
+            let mut next_frame = async || loop {
+                if let Some(frame) = take_frame(&mut decoded) {
+                    return frame;
+                }
+                let chunk = within(body.frame())
+                    .await
+                    .expect("body open")
+                    .expect("body chunk");
+                if let Ok(data) = chunk.into_data() {
+                    if text {
+                        raw.extend_from_slice(&data);
+                        let whole = raw.len() / 4 * 4;
+                        for quad in raw.split_to(whole).chunks(4) {
+                            decoded.extend_from_slice(&b64.decode(quad).unwrap());
+                        }
+                    } else {
+                        decoded.extend_from_slice(&data);
+                    }
+                }
+            };
+            let (trailer, joined) = next_frame().await;
+            assert!(!trailer);
+            let last_seq = match proto::JoinRoomResponse::decode(joined)
+                .unwrap()
+                .event
+                .unwrap()
+            {
+                Event::Joined(j) => {
+                    assert_eq!(j.room, "web");
+                    j.last_seq
+                }
+                other => panic!("expected joined, got {other:?}"),
+            };
+            // A message sent now over native gRPC reaches the browser stream.
+            let live = helpers::send(&mut native, "web", &format!("live to {content_type}")).await;
+            assert_eq!(live.seq, last_seq + 1);
+            let (trailer, event) = next_frame().await;
+            assert!(!trailer);
+            match proto::JoinRoomResponse::decode(event)
+                .unwrap()
+                .event
+                .unwrap()
+            {
+                Event::Message(m) => assert_eq!(m, live),
+                other => panic!("expected the message, got {other:?}"),
+            }
+        }
+        server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_is_unavailable_then_recovers() {
+    use tokio_stream::StreamExt;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let db = TestDb::create().await;
+    let proxy = DbProxy::start().await;
+    let server = TestServer::start_with(config(&proxy.url_for(&db), &[])).await;
+    let mut c = server.client("alice").await;
+    assert_eq!(send(&mut c, "o", "before").await.seq, 1);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let mut watch = within(health.watch(tonic_health::pb::HealthCheckRequest {
+        service: "chat.v1.ChatService".into(),
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    proxy.cut();
+    let status = send_request(
+        &mut c,
+        proto::SendMessageRequest {
+            room: "o".into(),
+            content: "during".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        !status.message().to_lowercase().contains("sql"),
+        "{status:?}"
+    );
+    let status = within(c.list_history(proto::ListHistoryRequest {
+        room: "o".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+
+    proxy.restore();
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    // Health saw the database answer again; calls work again too.
+    assert_eq!(send(&mut c, "o", "after").await.seq, 2);
+    let page = within(c.list_history(proto::ListHistoryRequest {
+        room: "o".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(seqs(&page.messages), [1, 2]);
+    server.shutdown().await.unwrap();
+}
+
+/// The real binary: `chatd token` with a generated secret, and SIGTERM.
+mod binary {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    /// Kills the child process if the test ends before it exits.
+    struct KillOnDrop(Option<std::process::Child>);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(child) = &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    fn unique_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "chatd-test-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn token_command_and_server_share_a_generated_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = unique_dir("secret");
+        let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(["token", "dave", "--name", "Dave", "--ttl", "1h"])
+            .env("CHAT_DATA_DIR", &dir)
+            .env_remove("CHAT_JWT_SECRET")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+        let secret_file = dir.join("jwt-secret");
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let db = TestDb::create().await;
+        let config = <chatd::config::Cli as clap::Parser>::try_parse_from([
+            "chatd",
+            "--addr",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap()
+        .config;
+        let server = TestServer::start_with(config).await;
+        let mut client = chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
+            server.channel().await,
+            Bearer::new(&token),
+        );
+        let sent = helpers::send(&mut client, "lobby", "hi").await;
+        assert_eq!(sent.sender.unwrap().display_name, "Dave");
+        server.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_ends_streams_and_exits_zero() {
+        let db = TestDb::create().await;
+        let dir = unique_dir("sigterm");
+        let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--database-url",
+                &db.url,
+                "--jwt-secret",
+                SECRET,
+            ])
+            .env("CHAT_DATA_DIR", &dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(Some(child));
+        let child_id = child.0.as_ref().unwrap().id();
+        // The start-up log names the address.
+        let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("chatd: {line}");
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    if let Some(tx) = addr_tx.take() {
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                    }
+                }
+            }
+        });
+        let addr = within(addr_rx).await.unwrap();
+        let channel = within(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect(),
+        )
+        .await
+        .unwrap();
+        let keys = chatd::auth::Keys::new(SECRET.as_bytes());
+        let token = keys.mint("erin", None, None).unwrap();
+        let mut client = chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
+            channel,
+            Bearer::new(&token),
+        );
+        let (mut stream, _) = join(&mut client, "term", None).await;
+
+        let started = std::time::Instant::now();
+        let killed = Command::new("kill")
+            .args(["-TERM", &child_id.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = within(stream.message()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        let mut process = child.0.take().unwrap();
+        let exit = within(tokio::task::spawn_blocking(move || process.wait()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(exit.success(), "{exit:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

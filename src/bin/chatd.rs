@@ -1,5 +1,6 @@
 //! The chatd binary: parse the command line, then serve or mint a token.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use chatd::auth::{Keys, load_secret};
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let result = match cli.command {

@@ -315,3 +315,82 @@ pub fn seqs(messages: &[proto::Message]) -> Vec<u64> {
 pub fn user_ids(members: &[proto::Member]) -> Vec<&str> {
     members.iter().map(|m| m.user_id.as_str()).collect()
 }
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to
+/// make the database unreachable for chatd without stopping it.
+pub struct DbProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl DbProxy {
+    pub async fn start() -> DbProxy {
+        let upstream = upstream_addr(&admin_url());
+        let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            // Every connection task is aborted with this set when the proxy
+            // is dropped.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *cut_rx.borrow() {
+                    continue; // refused: dropped at once
+                }
+                let mut cut_rx = cut_rx.clone();
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        DbProxy { addr, cut, task }
+    }
+
+    /// The test database's URL through this proxy.
+    pub fn url_for(&self, db: &TestDb) -> String {
+        let admin = admin_url();
+        let (scheme, rest) = admin.split_once("://").unwrap_or(("postgres", &admin));
+        let userinfo = rest
+            .rsplit_once('@')
+            .map(|(u, _)| format!("{u}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{userinfo}{}/{}", self.addr, db.name)
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.cut.send(false);
+    }
+}
+
+impl Drop for DbProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `host:port` of a postgres URL.
+fn upstream_addr(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or("127.0.0.1");
+    if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:5432")
+    }
+}
