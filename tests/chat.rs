@@ -1318,10 +1318,10 @@ mod binary {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("chatd: {line}");
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                    }
+                if let Some(rest) = line.split("addr=").nth(1)
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
                 }
             }
         });
