@@ -178,7 +178,15 @@ impl Application {
             .add_service(chat)
             .serve_with_incoming_shutdown(incoming(listener, limit), signal);
 
-        tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
+        tracing::info!(
+            %addr,
+            database = %redact_password(&config.database_url),
+            data_dir = %config.secret.data_dir.display(),
+            "chatd is serving gRPC and grpc-web"
+        );
+        tracing::info!(
+            "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
+        );
         let grace = config.shutdown_grace;
         let deadline = async move {
             if signalled_rx.await.is_ok() {
@@ -202,6 +210,20 @@ impl Application {
         }
         tracing::info!("chatd stopped");
         Ok(())
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -237,6 +259,22 @@ async fn watch_database(store: Store, health: HealthReporter, stop: Cancellation
             };
             set_health(&health, status).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact_password("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            super::redact_password("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
+        assert_eq!(super::redact_password("postgres://h/db"), "postgres://h/db");
     }
 }
 
