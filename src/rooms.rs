@@ -29,16 +29,24 @@ use crate::storage::Store;
 /// How many messages a catch-up reads from storage at a time.
 const REPLAY_PAGE: u32 = 256;
 
-/// One event in a room's broadcast ring.
+/// One event in a room's broadcast ring. The bytes are the encoded
+/// `JoinRoomResponse`, shared by every subscriber.
 #[derive(Clone, Debug)]
-struct Event {
-    /// The message's seq, or 0 for a presence event.
-    seq: u64,
-    /// For presence events, whose presence changed, so a stream can leave
-    /// out events about its own user.
-    user_id: Option<Arc<str>>,
-    /// The encoded `JoinRoomResponse`, shared by every subscriber.
-    bytes: Bytes,
+enum Event {
+    Message {
+        seq: u64,
+        bytes: Bytes,
+    },
+    Presence {
+        /// Whose presence changed, so a stream can leave out events about
+        /// its own user.
+        user_id: Arc<str>,
+        bytes: Bytes,
+    },
+    /// The server is shutting down: end the stream. Sent through the ring
+    /// so that a stream waiting for events needs no second thing to wait
+    /// on.
+    Shutdown,
 }
 
 /// A user present in a room.
@@ -95,27 +103,43 @@ impl Room {
 #[derive(Debug)]
 pub struct Rooms {
     /// Lock order: this map, then a room's state. Never held across `.await`.
-    rooms: Mutex<HashMap<RoomName, Arc<Room>>>,
+    rooms: Mutex<Registry>,
     /// Slots in each room's broadcast ring.
     capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    rooms: HashMap<RoomName, Arc<Room>>,
+    /// Set by [`Rooms::close`]: no stream may join after it.
+    closed: bool,
 }
 
 impl Rooms {
     pub fn new(capacity: usize) -> Self {
         Rooms {
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(Registry::default()),
             capacity: capacity.max(1),
         }
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<RoomName, Arc<Room>>> {
+    fn map(&self) -> MutexGuard<'_, Registry> {
         self.rooms
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn get(&self, room: &RoomName) -> Option<Arc<Room>> {
-        self.map().get(room).cloned()
+        self.map().rooms.get(room).cloned()
+    }
+
+    /// Ends every open stream (each with UNAVAILABLE) and refuses new ones.
+    pub fn close(&self) {
+        let mut registry = self.map();
+        registry.closed = true;
+        for room in registry.rooms.values() {
+            let _ = room.lock().tx.send(Event::Shutdown);
+        }
     }
 
     /// Delivers committed messages, in seq order, to the room's streams.
@@ -132,11 +156,7 @@ impl Rooms {
                 *last = (*last).max(m.seq);
             }
             // An error only means no stream is listening right now.
-            let _ = state.tx.send(Event {
-                seq: m.seq,
-                user_id: None,
-                bytes,
-            });
+            let _ = state.tx.send(Event::Message { seq: m.seq, bytes });
         }
     }
 
@@ -150,7 +170,7 @@ impl Rooms {
 
     /// How many rooms have open streams.
     pub fn len(&self) -> usize {
-        self.map().len()
+        self.map().rooms.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,8 +195,12 @@ impl Rooms {
         // Subscribing, joining and taking the member snapshot happen under
         // one lock, so the snapshot and the events that follow it agree.
         let (entry, rx, members, cached_last) = {
-            let mut map = self.map();
-            let entry = map
+            let mut registry = self.map();
+            if registry.closed {
+                return Err(Error::ShuttingDown);
+            }
+            let entry = registry
+                .rooms
                 .entry(room.clone())
                 .or_insert_with(|| {
                     Arc::new(Room {
@@ -204,9 +228,8 @@ impl Rooms {
                 let event = WireEvent::MemberJoined(proto::MemberJoined {
                     member: Some(proto::Member::from(&identity)),
                 });
-                let _ = state.tx.send(Event {
-                    seq: 0,
-                    user_id: Some(identity.user_id.clone()),
+                let _ = state.tx.send(Event::Presence {
+                    user_id: identity.user_id.clone(),
                     bytes: EncodedEvent::encode(event).0,
                 });
             }
@@ -297,18 +320,18 @@ impl Drop for Membership {
             let event = WireEvent::MemberLeft(proto::MemberLeft {
                 member: Some(proto::Member::from(&self.identity)),
             });
-            let _ = state.tx.send(Event {
-                seq: 0,
-                user_id: Some(self.identity.user_id.clone()),
+            let _ = state.tx.send(Event::Presence {
+                user_id: self.identity.user_id.clone(),
                 bytes: EncodedEvent::encode(event).0,
             });
         }
         if state.streams == 0
             && map
+                .rooms
                 .get(&self.room.name)
                 .is_some_and(|r| Arc::ptr_eq(r, &self.room))
         {
-            map.remove(&self.room.name);
+            map.rooms.remove(&self.room.name);
         }
     }
 }
@@ -320,7 +343,9 @@ pub struct Subscription {
     rx: broadcast::Receiver<Event>,
     store: Store,
     /// Cancelled when the server shuts down: the stream then ends with
-    /// UNAVAILABLE so the client rejoins with `resume_after_seq`.
+    /// UNAVAILABLE so the client rejoins with `resume_after_seq`. Waiting
+    /// streams learn it from `Event::Shutdown`; this token interrupts a
+    /// catch-up read.
     shutdown: CancellationToken,
     /// The seq this stream owes its client next.
     next_seq: u64,
@@ -362,24 +387,22 @@ impl Subscription {
                 self.catch_up().await?;
                 continue;
             }
-            let received = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
-                received = self.rx.recv() => received,
-            };
-            match received {
-                Ok(event) if event.seq == 0 => {
-                    if event.user_id.as_ref() != Some(&self.guard.identity.user_id) {
-                        return Ok(EncodedEvent(event.bytes));
+            // Shutdown arrives through the ring too (`Rooms::close`), so
+            // this is the only wait on the hot path.
+            match self.rx.recv().await {
+                Ok(Event::Presence { user_id, bytes }) => {
+                    if user_id != self.guard.identity.user_id {
+                        return Ok(EncodedEvent(bytes));
                     }
                 }
-                Ok(event) if event.seq < self.next_seq => {}
-                Ok(event) if event.seq == self.next_seq => {
+                Ok(Event::Message { seq, .. }) if seq < self.next_seq => {}
+                Ok(Event::Message { seq, bytes }) if seq == self.next_seq => {
                     self.next_seq += 1;
-                    return Ok(EncodedEvent(event.bytes));
+                    return Ok(EncodedEvent(bytes));
                 }
                 // A seq is missing before this one: storage has both.
-                Ok(_) => self.catching_up = true,
+                Ok(Event::Message { .. }) => self.catching_up = true,
+                Ok(Event::Shutdown) => return Err(Error::ShuttingDown.into()),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(room = %self.guard.room.name, missed, "stream fell behind; catching up from storage");
                     self.catching_up = true;

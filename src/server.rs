@@ -132,7 +132,7 @@ impl Application {
             .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
         let api = ChatApi {
-            rooms,
+            rooms: rooms.clone(),
             writer,
             store,
             max_message_bytes: config.max_message_bytes as usize,
@@ -157,6 +157,7 @@ impl Application {
                 tracing::info!("shutting down");
                 set_health(&health, ServingStatus::NotServing).await;
                 streams_end.cancel();
+                rooms.close();
                 let _ = signalled_tx.send(());
             }
         };

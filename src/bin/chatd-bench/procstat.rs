@@ -23,7 +23,12 @@ pub fn sample(pid: u32) -> std::io::Result<Sample> {
         .map(|(_, rest)| rest)
         .ok_or_else(|| std::io::Error::other("unexpected /proc stat format"))?;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let per_second = clock_ticks_per_second();
     let cpu_ticks = ticks(14) + ticks(15);
     let cpu = Duration::from_secs_f64(cpu_ticks as f64 / per_second as f64);

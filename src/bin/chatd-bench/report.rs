@@ -108,7 +108,10 @@ impl Report {
         if let Some(l) = &self.latency {
             out += &row(
                 "latency ms p50 / p99 / p99.9 / max",
-                format!("{:.2} / {:.2} / {:.2} / {:.2}  ({} samples)", l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count),
+                format!(
+                    "{:.2} / {:.2} / {:.2} / {:.2}  ({} samples)",
+                    l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+                ),
             );
         }
         if let Some(s) = &self.server {

@@ -75,7 +75,8 @@ impl Context {
             (Some(s), _) => Some(s.clone().into_bytes()),
             (None, Some(dir)) => {
                 let path = dir.join(chatd::auth::SECRET_FILE);
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 Some(text.trim().as_bytes().to_vec())
             }
             (None, None) => None,
@@ -129,19 +130,36 @@ impl Context {
     }
 
     fn client(&self, channel: Channel, user: &str) -> Result<Client> {
+        Ok(
+            ChatServiceClient::with_interceptor(channel, self.meta(user)?)
+                .max_decoding_message_size(64 << 20),
+        )
+    }
+
+    fn meta(&self, user: &str) -> Result<Meta> {
         let auth = match &self.keys {
             Some(keys) => {
-                let token = keys.mint(user, None, Some(Duration::from_secs(24 * 3600))).map_err(|e| e.to_string())?;
-                Some(format!("Bearer {token}").parse().map_err(|_| "token is not ASCII".to_string())?)
+                let token = keys
+                    .mint(user, None, Some(Duration::from_secs(24 * 3600)))
+                    .map_err(|e| e.to_string())?;
+                Some(
+                    format!("Bearer {token}")
+                        .parse()
+                        .map_err(|_| "token is not ASCII".to_string())?,
+                )
             }
             None => None,
         };
-        let user = user.parse().map_err(|_| format!("user {user} is not ASCII"))?;
-        Ok(ChatServiceClient::with_interceptor(channel, Meta { auth, user }).max_decoding_message_size(64 << 20))
+        let user = user
+            .parse()
+            .map_err(|_| format!("user {user} is not ASCII"))?;
+        Ok(Meta { auth, user })
     }
 
     fn sample(&self) -> Option<procstat::Sample> {
-        self.common.server_pid.and_then(|pid| procstat::sample(pid).ok())
+        self.common
+            .server_pid
+            .and_then(|pid| procstat::sample(pid).ok())
     }
 
     fn usage(&self, before: Option<procstat::Sample>) -> Option<Usage> {
@@ -154,6 +172,53 @@ impl Context {
     fn report(&self, scenario: &str, params: serde_json::Value, elapsed: Duration) -> Report {
         Report::new(scenario, &self.common.label, params, elapsed)
     }
+}
+
+/// JoinRoomResponse as the fan-out subscribers read it: only the fields
+/// they measure; prost skips the rest without allocating.
+mod lite {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Response {
+        #[prost(message, optional, tag = "1")]
+        pub joined: Option<Joined>,
+        #[prost(message, optional, tag = "2")]
+        pub message: Option<Message>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Joined {
+        #[prost(uint64, tag = "3")]
+        pub last_seq: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Message {
+        #[prost(uint64, tag = "2")]
+        pub seq: u64,
+        #[prost(bytes = "bytes", tag = "5")]
+        pub content: bytes::Bytes,
+    }
+}
+
+/// Opens a JoinRoom stream whose events are decoded only as far as the
+/// measurements need (see [`lite`]), to keep the load generator cheap.
+async fn join_lite(
+    channel: Channel,
+    meta: Meta,
+    room: String,
+) -> Result<tonic::Streaming<lite::Response>> {
+    let mut grpc = tonic::client::Grpc::new(InterceptedService::new(channel, meta));
+    grpc.ready().await.map_err(|e| format!("connection: {e}"))?;
+    let path = http::uri::PathAndQuery::from_static("/chat.v1.ChatService/JoinRoom");
+    let codec = tonic_prost::ProstCodec::<JoinRoomRequest, lite::Response>::default();
+    let request = Request::new(JoinRoomRequest {
+        room,
+        resume_after_seq: None,
+    });
+    grpc.server_streaming(request, path, codec)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| format!("join: {e}"))
 }
 
 /// Prints a progress line every second until dropped.
@@ -272,24 +337,23 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
     let mut subscribers = JoinSet::new();
     for s in 0..total_subs {
         let room = ctx.room(s % a.rooms.max(1));
-        let mut client = ctx.client(channels[s / per_conn].clone(), &format!("sub-{s}"))?;
+        let channel = channels[s / per_conn].clone();
+        let meta = ctx.meta(&format!("sub-{s}"))?;
         let ready = ready_tx.clone();
         let delivered = delivered.clone();
         subscribers.spawn(async move {
             let mut out = SubscriberResult::default();
-            let joined = client.join_room(JoinRoomRequest { room, resume_after_seq: None }).await;
-            let mut stream = match joined {
-                Ok(r) => r.into_inner(),
+            let mut stream = match join_lite(channel, meta, room).await {
+                Ok(stream) => stream,
                 Err(e) => {
-                    let _ = ready.send(Err(format!("join: {e}"))).await;
+                    let _ = ready.send(Err(e)).await;
                     return out;
                 }
             };
             let mut next_seq = match stream.message().await {
-                Ok(Some(r)) => match r.event {
-                    Some(Event::Joined(j)) => j.last_seq + 1,
-                    _ => 1,
-                },
+                Ok(Some(lite::Response {
+                    joined: Some(j), ..
+                })) => j.last_seq + 1,
                 _ => 1,
             };
             let _ = ready.send(Ok(())).await;
@@ -297,21 +361,24 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
             let mut hist = histogram();
             while out.received < expected {
                 match stream.message().await {
-                    Ok(Some(r)) => match r.event {
-                        Some(Event::Message(m)) => {
-                            if m.seq != next_seq {
-                                out.out_of_order += 1;
-                            }
-                            next_seq = m.seq + 1;
-                            out.received += 1;
-                            delivered.fetch_add(1, Ordering::Relaxed);
-                            if let Some(us) = latency_us(&m.content) {
-                                let _ = hist.record(us);
-                            }
+                    Ok(Some(lite::Response {
+                        message: Some(m), ..
+                    })) => {
+                        if m.seq != next_seq {
+                            out.out_of_order += 1;
                         }
-                        Some(Event::Joined(_)) => out.resyncs += 1,
-                        _ => {}
-                    },
+                        next_seq = m.seq + 1;
+                        out.received += 1;
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        if let Some(us) = std::str::from_utf8(&m.content).ok().and_then(latency_us)
+                        {
+                            let _ = hist.record(us);
+                        }
+                    }
+                    Ok(Some(lite::Response {
+                        joined: Some(_), ..
+                    })) => out.resyncs += 1,
+                    Ok(Some(_)) => {}
                     _ => break,
                 }
             }
@@ -335,7 +402,10 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
     for r in 0..a.rooms {
         for s in 0..a.senders {
             let channel = ctx.channel().await?;
-            sender_clients.push((ctx.room(r), ctx.client(channel, &format!("sender-{r}-{s}"))?));
+            sender_clients.push((
+                ctx.room(r),
+                ctx.client(channel, &format!("sender-{r}-{s}"))?,
+            ));
         }
     }
     let before = ctx.sample();
@@ -395,7 +465,10 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
         .figure("out of order", out_of_order as f64)
         .figure("lagged (resyncs)", resyncs as f64);
     if let Some(u) = usage {
-        report.figure("server cpu µs/delivery", u.cpu().as_secs_f64() * 1e6 / received.max(1) as f64);
+        report.figure(
+            "server cpu µs/delivery",
+            u.cpu().as_secs_f64() * 1e6 / received.max(1) as f64,
+        );
         report.server = Some(u.into());
     }
     report.latency = Some(Latency::from_micros(&hist));
@@ -502,15 +575,23 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
         .figure("acknowledged sends/s", acks / elapsed.as_secs_f64())
         .figure("errors", errors as f64);
     if let Some(u) = usage {
-        report.figure("server cpu µs/send", u.cpu().as_secs_f64() * 1e6 / acks.max(1.0));
+        report.figure(
+            "server cpu µs/send",
+            u.cpu().as_secs_f64() * 1e6 / acks.max(1.0),
+        );
         report.server = Some(u.into());
     }
     report.latency = Some(Latency::from_micros(&hist));
-    if !a.no_verify && let Some(mut client) = client {
+    if !a.no_verify
+        && let Some(mut client) = client
+    {
         let (found, gapless) = verify_history(ctx, &mut client, rooms, &stored).await?;
         report.figure("acknowledged found in history", found as f64);
         report
-            .check("every acknowledged send is in history", found == stored.len())
+            .check(
+                "every acknowledged send is in history",
+                found == stored.len(),
+            )
             .check("history seqs are gapless", gapless);
     }
     report.check("no errors", errors == 0);
@@ -519,7 +600,12 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
 
 /// Pages through each room's history and counts the acknowledged
 /// (room, seq) pairs found; also whether each room's seqs are 1..=n.
-async fn verify_history(ctx: &Context, client: &mut Client, rooms: usize, acked: &[(usize, u64)]) -> Result<(usize, bool)> {
+async fn verify_history(
+    ctx: &Context,
+    client: &mut Client,
+    rooms: usize,
+    acked: &[(usize, u64)],
+) -> Result<(usize, bool)> {
     let mut found = 0;
     let mut gapless = true;
     for r in 0..rooms {
@@ -547,7 +633,10 @@ async fn verify_history(ctx: &Context, client: &mut Client, rooms: usize, acked:
         }
         gapless &= seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1);
         let have: std::collections::HashSet<u64> = seqs.into_iter().collect();
-        found += acked.iter().filter(|(room, seq)| *room == r && have.contains(seq)).count();
+        found += acked
+            .iter()
+            .filter(|(room, seq)| *room == r && have.contains(seq))
+            .count();
     }
     Ok((found, gapless))
 }
@@ -590,7 +679,10 @@ pub async fn idle(ctx: &Context, a: IdleArgs) -> Result<Report> {
                 let _permit = gate.acquire().await;
                 let mut client = client?;
                 let mut stream = client
-                    .join_room(JoinRoomRequest { room, resume_after_seq: None })
+                    .join_room(JoinRoomRequest {
+                        room,
+                        resume_after_seq: None,
+                    })
                     .await
                     .map_err(|e| format!("join: {e}"))?
                     .into_inner();
@@ -622,12 +714,16 @@ pub async fn idle(ctx: &Context, a: IdleArgs) -> Result<Report> {
     let with_streams = ctx.sample();
     drop(progress);
     let elapsed = start.elapsed();
-    let params = json!({"clients": a.clients, "streams_per_conn": a.streams_per_conn, "rooms": a.rooms});
+    let params =
+        json!({"clients": a.clients, "streams_per_conn": a.streams_per_conn, "rooms": a.rooms});
     let mut report = ctx.report("idle", params, elapsed);
     report
         .figure("connections", a.clients as f64)
         .figure("streams", streams.len() as f64)
-        .figure("joins/s (first stream per connection)", a.clients as f64 / joined_in.as_secs_f64());
+        .figure(
+            "joins/s (first stream per connection)",
+            a.clients as f64 / joined_in.as_secs_f64(),
+        );
     if let (Some(b), Some(c)) = (before, with_conns) {
         report.figure(
             "server RSS KB per connection+stream",
@@ -645,7 +741,10 @@ pub async fn idle(ctx: &Context, a: IdleArgs) -> Result<Report> {
     if let Some(u) = ctx.usage(before) {
         report.server = Some(u.into());
     }
-    report.check("every stream joined", streams.len() == a.clients * a.streams_per_conn.max(1));
+    report.check(
+        "every stream joined",
+        streams.len() == a.clients * a.streams_per_conn.max(1),
+    );
     drop(streams);
     Ok(report)
 }
@@ -685,7 +784,10 @@ pub async fn history(ctx: &Context, a: HistoryArgs) -> Result<Report> {
                         content: "history message".into(),
                         ..Default::default()
                     };
-                    client.send_message(request).await.map_err(|e| format!("send: {e}"))?;
+                    client
+                        .send_message(request)
+                        .await
+                        .map_err(|e| format!("send: {e}"))?;
                 }
                 Ok::<_, String>(())
             });
@@ -748,7 +850,10 @@ pub async fn history(ctx: &Context, a: HistoryArgs) -> Result<Report> {
         .figure("pages/s", pages / elapsed.as_secs_f64())
         .figure("messages/s returned", rows as f64 / elapsed.as_secs_f64());
     if let Some(u) = ctx.usage(before) {
-        report.figure("server cpu µs/page", u.cpu().as_secs_f64() * 1e6 / pages.max(1.0));
+        report.figure(
+            "server cpu µs/page",
+            u.cpu().as_secs_f64() * 1e6 / pages.max(1.0),
+        );
         report.server = Some(u.into());
     }
     report.latency = Some(Latency::from_micros(&hist));
@@ -772,11 +877,17 @@ pub async fn churn(ctx: &Context, a: ChurnArgs) -> Result<Report> {
     let room = ctx.room(0);
     let mut watcher = ctx.client(ctx.channel().await?, "watcher")?;
     let mut watch = watcher
-        .join_room(JoinRoomRequest { room: room.clone(), resume_after_seq: None })
+        .join_room(JoinRoomRequest {
+            room: room.clone(),
+            resume_after_seq: None,
+        })
         .await
         .map_err(|e| format!("watcher join: {e}"))?
         .into_inner();
-    watch.message().await.map_err(|e| format!("watcher joined: {e}"))?;
+    watch
+        .message()
+        .await
+        .map_err(|e| format!("watcher joined: {e}"))?;
     let presence = Arc::new(AtomicU64::new(0));
     let resyncs = Arc::new(AtomicU64::new(0));
     let watching = {
@@ -806,7 +917,9 @@ pub async fn churn(ctx: &Context, a: ChurnArgs) -> Result<Report> {
     let mut clients = Vec::new();
     for (i, channel) in channels.into_iter().enumerate() {
         // One token per user up front: minting is not what is measured.
-        let users: Vec<Client> = (0..8).map(|k| ctx.client(channel.clone(), &format!("churn-{i}-{k}"))).collect::<Result<_>>()?;
+        let users: Vec<Client> = (0..8)
+            .map(|k| ctx.client(channel.clone(), &format!("churn-{i}-{k}")))
+            .collect::<Result<_>>()?;
         clients.push(users);
     }
     for mut users in clients {
@@ -819,7 +932,10 @@ pub async fn churn(ctx: &Context, a: ChurnArgs) -> Result<Report> {
                 k += 1;
                 let at = now_us();
                 let mut stream = client
-                    .join_room(JoinRoomRequest { room: room.clone(), resume_after_seq: None })
+                    .join_room(JoinRoomRequest {
+                        room: room.clone(),
+                        resume_after_seq: None,
+                    })
                     .await
                     .map_err(|e| format!("join: {e}"))?
                     .into_inner();
@@ -855,7 +971,10 @@ pub async fn churn(ctx: &Context, a: ChurnArgs) -> Result<Report> {
         .figure("presence events expected", 2.0 * total_joins as f64)
         .figure("watcher resyncs", resyncs.load(Ordering::Relaxed) as f64);
     if let Some(u) = usage {
-        report.figure("server cpu µs/join", u.cpu().as_secs_f64() * 1e6 / total_joins.max(1) as f64);
+        report.figure(
+            "server cpu µs/join",
+            u.cpu().as_secs_f64() * 1e6 / total_joins.max(1) as f64,
+        );
         report.server = Some(u.into());
     }
     report.latency = Some(Latency::from_micros(&hist));
