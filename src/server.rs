@@ -263,22 +263,6 @@ async fn watch_database(store: Store, health: HealthReporter, stop: Cancellation
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact_password("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            super::redact_password("postgres://u@h/db"),
-            "postgres://u@h/db"
-        );
-        assert_eq!(super::redact_password("postgres://h/db"), "postgres://h/db");
-    }
-}
-
 /// CORS for grpc-web: the allowed origins, the grpc-web request headers plus
 /// `authorization`, and the gRPC status headers exposed to scripts.
 fn cors(origins: &[String]) -> CorsLayer {
@@ -308,4 +292,20 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("grpc-status-details-bin"),
         ])
         .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact_password("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            super::redact_password("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
+        assert_eq!(super::redact_password("postgres://h/db"), "postgres://h/db");
+    }
 }
