@@ -136,13 +136,25 @@ pub struct Config {
     )]
     pub db_pool_size: u32,
 
+    /// Writer tasks; rooms are spread over them and each commits its own
+    /// batches. One gives the largest batches, which measured fastest on
+    /// two cores.
+    #[arg(
+        long = "writers",
+        env = "CHAT_WRITERS",
+        value_name = "CHAT_WRITERS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub writers: u32,
+
     /// Events buffered per room for its streams; a stream that falls further
     /// behind is caught up from history.
     #[arg(
         long = "room-buffer",
         env = "CHAT_ROOM_BUFFER",
         value_name = "CHAT_ROOM_BUFFER",
-        default_value_t = 1024,
+        default_value_t = 256,
         value_parser = clap::value_parser!(u32).range(16..=1_048_576)
     )]
     pub room_buffer: u32,

@@ -28,15 +28,17 @@ use crate::storage::Store;
 
 /// How many messages a catch-up reads from storage at a time.
 const REPLAY_PAGE: u32 = 256;
+/// The most messages one ring slot carries, which bounds a room's ring to
+/// `capacity * PUBLISH_CHUNK` messages.
+const PUBLISH_CHUNK: usize = 16;
 
 /// One event in a room's broadcast ring. The bytes are the encoded
 /// `JoinRoomResponse`, shared by every subscriber.
 #[derive(Clone, Debug)]
 enum Event {
-    Message {
-        seq: u64,
-        bytes: Bytes,
-    },
+    /// Consecutive messages of the room, in seq order: one ring slot and
+    /// one wake-up per subscriber for a whole committed batch.
+    Messages(Arc<[(u64, Bytes)]>),
     Presence {
         /// Whose presence changed, so a stream can leave out events about
         /// its own user.
@@ -144,19 +146,32 @@ impl Rooms {
 
     /// Delivers committed messages, in seq order, to the room's streams.
     pub fn publish(&self, messages: &[&StoredMessage]) {
-        let mut current: Option<Arc<Room>> = None;
+        // Group by room, keeping each room's (ascending) seq order.
+        let mut groups: Vec<(&RoomName, Vec<&StoredMessage>)> = Vec::new();
         for m in messages {
-            if current.as_ref().is_none_or(|r| r.name != m.room) {
-                current = self.get(&m.room);
+            match groups.iter_mut().find(|(room, _)| **room == m.room) {
+                Some((_, group)) => group.push(m),
+                None => groups.push((&m.room, vec![m])),
             }
-            let Some(room) = &current else { continue };
-            let bytes = EncodedEvent::encode(WireEvent::Message(proto::Message::from(*m))).0;
-            let mut state = room.lock();
-            if let Some(last) = &mut state.last_seq {
-                *last = (*last).max(m.seq);
+        }
+        for (name, group) in groups {
+            let Some(room) = self.get(name) else { continue };
+            for chunk in group.chunks(PUBLISH_CHUNK) {
+                let encoded: Arc<[(u64, Bytes)]> = chunk
+                    .iter()
+                    .map(|m| {
+                        let event = WireEvent::Message(proto::Message::from(*m));
+                        (m.seq, EncodedEvent::encode(event).0)
+                    })
+                    .collect();
+                let newest = chunk.last().map_or(0, |m| m.seq);
+                let mut state = room.lock();
+                if let Some(last) = &mut state.last_seq {
+                    *last = (*last).max(newest);
+                }
+                // An error only means no stream is listening right now.
+                let _ = state.tx.send(Event::Messages(encoded));
             }
-            // An error only means no stream is listening right now.
-            let _ = state.tx.send(Event::Message { seq: m.seq, bytes });
         }
     }
 
@@ -354,7 +369,7 @@ pub struct Subscription {
     /// Whether presence events were dropped, so a fresh `joined` is owed
     /// once caught up.
     resync_members: bool,
-    /// Events ready to send, at most a replay page.
+    /// Events ready to send, at most a replay page or a ring slot.
     pending: VecDeque<EncodedEvent>,
     /// Whether the stream has ended (after an error status).
     done: bool,
@@ -395,13 +410,21 @@ impl Subscription {
                         return Ok(EncodedEvent(bytes));
                     }
                 }
-                Ok(Event::Message { seq, .. }) if seq < self.next_seq => {}
-                Ok(Event::Message { seq, bytes }) if seq == self.next_seq => {
-                    self.next_seq += 1;
-                    return Ok(EncodedEvent(bytes));
+                Ok(Event::Messages(batch)) => {
+                    for (seq, bytes) in batch.iter() {
+                        if *seq < self.next_seq {
+                            continue;
+                        }
+                        if *seq > self.next_seq {
+                            // A seq is missing before this one: storage has
+                            // it and the rest.
+                            self.catching_up = true;
+                            break;
+                        }
+                        self.next_seq += 1;
+                        self.pending.push_back(EncodedEvent(bytes.clone()));
+                    }
                 }
-                // A seq is missing before this one: storage has both.
-                Ok(Event::Message { .. }) => self.catching_up = true,
                 Ok(Event::Shutdown) => return Err(Error::ShuttingDown.into()),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(room = %self.guard.room.name, missed, "stream fell behind; catching up from storage");

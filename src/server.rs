@@ -35,8 +35,6 @@ use crate::service::ChatApi;
 use crate::storage::Store;
 use crate::writer::Writer;
 
-/// How many writer tasks share the rooms (each commits its own batches).
-const WRITER_SHARDS: usize = 4;
 /// How often health re-checks the database.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// The service name health reports for ChatService.
@@ -109,7 +107,12 @@ impl Application {
         let tracker = TaskTracker::new();
         let streams_end = CancellationToken::new();
         let rooms = Arc::new(Rooms::new(config.room_buffer as usize));
-        let writer = Writer::spawn(store.clone(), rooms.clone(), WRITER_SHARDS, &tracker);
+        let writer = Writer::spawn(
+            store.clone(),
+            rooms.clone(),
+            config.writers as usize,
+            &tracker,
+        );
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;

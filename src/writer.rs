@@ -1,7 +1,7 @@
 //! The write path: group commit, then fan-out.
 //!
-//! SendMessage hands its validated message to one of a few writer tasks,
-//! chosen by room, and waits for the answer. A writer takes every request
+//! SendMessage hands its validated message to a writer task (one by default;
+//! with several, chosen by room) and waits for the answer. A writer takes every request
 //! waiting in its queue (up to [`MAX_BATCH`]), stores them all in one
 //! transaction, then publishes the fresh ones to the room registry and
 //! answers each sender. One transaction per batch instead of per message is
@@ -79,7 +79,14 @@ async fn run(mut rx: mpsc::Receiver<WriteRequest>, store: Store, rooms: Arc<Room
         }
         let (messages, replies): (Vec<NewMessage>, Vec<_>) =
             batch.drain(..).map(|r| (r.message, r.reply)).unzip();
-        match store.append(&messages, now_micros()).await {
+        let started = std::time::Instant::now();
+        let stored = store.append(&messages, now_micros()).await;
+        tracing::debug!(
+            size = messages.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "stored a batch"
+        );
+        match stored {
             Ok(appended) => {
                 let fresh: Vec<&StoredMessage> = appended
                     .iter()

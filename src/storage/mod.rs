@@ -10,17 +10,18 @@
 mod models;
 mod schema;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::upsert::excluded;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use self::models::{MessageRow, NewMessageRow, RoomBump};
+use self::models::MessageRow;
 use self::schema::{messages, rooms};
 use crate::domain::{
     HistoryCursor, HistoryPage, HistoryQuery, NewMessage, RoomName, StoredMessage,
@@ -63,7 +64,12 @@ impl Store {
     /// A pool of at most `max_connections` connections to `url`. Connections
     /// are made on demand, so this succeeds while the database is down.
     pub fn new(url: &str, max_connections: usize) -> Result<Self> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        // Fast recycling: a checkout costs no round trip. A connection that
+        // broke is found on use (the call gets UNAVAILABLE) and dropped.
+        let mut manager_config = ManagerConfig::default();
+        manager_config.recycling_method = RecyclingMethod::Fast;
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
         let pool = Pool::builder(manager)
             .max_size(max_connections)
             .wait_timeout(Some(POOL_TIMEOUT))
@@ -103,10 +109,14 @@ impl Store {
     /// next seqs of that room in batch order. A message whose
     /// (room, sender, client_message_id) was stored before comes back as the
     /// original, with `fresh: false`.
+    ///
+    /// The new messages and their rooms' counters are written by a single
+    /// statement ([`APPEND_SQL`]), which is atomic on its own: one round trip
+    /// per batch, plus one to look up idempotency keys when the batch has
+    /// any.
     pub async fn append(&self, batch: &[NewMessage], sent_at_micros: i64) -> Result<Vec<Appended>> {
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| append_in_tx(conn, batch, sent_at_micros).await)
-            .await
+        append_batch(&mut conn, batch, sent_at_micros).await
     }
 
     /// One page of a room's history, ascending.
@@ -202,14 +212,93 @@ enum Plan {
     SameAs(usize),
 }
 
-async fn append_in_tx(
+/// Bumps each room's counter by its number of new messages and inserts the
+/// messages with their seqs, in one statement. Inputs are parallel arrays in
+/// batch order; seqs are assigned per room in that order, which is also the
+/// order [`append_batch`] assumes. Returns each touched room's new last seq.
+const APPEND_SQL: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[])
+        WITH ORDINALITY AS t(room, sender_id, sender_name, content_type, content, client_message_id, ord)
+), counts AS (
+    SELECT room, count(*) AS n FROM input GROUP BY room
+), bumped AS (
+    INSERT INTO rooms (name, last_seq)
+    SELECT room, n FROM counts ORDER BY room
+    ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq + EXCLUDED.last_seq
+    RETURNING name, last_seq
+), inserted AS (
+    INSERT INTO messages
+        (room, seq, sender_id, sender_name, content_type, content, client_message_id, sent_at_micros)
+    SELECT i.room,
+           b.last_seq - c.n + row_number() OVER (PARTITION BY i.room ORDER BY i.ord),
+           i.sender_id, i.sender_name, i.content_type, i.content, i.client_message_id, $7
+    FROM input i JOIN counts c ON c.room = i.room JOIN bumped b ON b.name = i.room
+    RETURNING 1
+)
+SELECT b.name, b.last_seq, (SELECT count(*) FROM inserted) AS inserted FROM bumped b";
+
+#[derive(QueryableByName)]
+struct Bumped {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_seq: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    inserted: i64,
+}
+
+/// Idempotency keys of the batch already stored, by (room, sender, key).
+async fn stored_keys(
+    conn: &mut AsyncPgConnection,
+    batch: &[NewMessage],
+) -> Result<HashMap<(String, String, String), StoredMessage>> {
+    let mut stored = HashMap::new();
+    let keyed: Vec<&NewMessage> = batch
+        .iter()
+        .filter(|m| m.client_message_id.is_some())
+        .collect();
+    if keyed.is_empty() {
+        return Ok(stored);
+    }
+    let ids: Vec<&str> = keyed
+        .iter()
+        .filter_map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
+        .collect();
+    let room_names: Vec<&str> = keyed.iter().map(|m| m.room.as_str()).collect();
+    // May return more rows than match (other senders, other room/key
+    // pairs); the exact match is by the map key.
+    let rows: Vec<MessageRow> = messages::table
+        .filter(messages::client_message_id.eq_any(&ids))
+        .filter(messages::room.eq_any(&room_names))
+        .select(MessageRow::as_select())
+        .load(conn)
+        .await?;
+    for row in rows {
+        let message = StoredMessage::try_from(row)?;
+        if let Some(id) = message.client_message_id.clone() {
+            stored.insert(
+                (
+                    message.room.as_str().to_owned(),
+                    message.sender_id.clone(),
+                    id,
+                ),
+                message,
+            );
+        }
+    }
+    Ok(stored)
+}
+
+async fn append_batch(
     conn: &mut AsyncPgConnection,
     batch: &[NewMessage],
     sent_at_micros: i64,
 ) -> Result<Vec<Appended>> {
-    // Idempotency keys already stored. The query may return more rows than
-    // match (other senders, other room/key pairs); the exact match is below.
-    let key_of = |m: &'_ NewMessage| -> Option<(String, String, String)> {
+    use diesel::sql_types::{Array, BigInt, Nullable, SmallInt, Text};
+
+    let stored = stored_keys(conn, batch).await?;
+    let key_of = |m: &NewMessage| {
         m.client_message_id.as_ref().map(|id| {
             (
                 m.room.as_str().to_owned(),
@@ -218,41 +307,8 @@ async fn append_in_tx(
             )
         })
     };
-    let mut stored: HashMap<(String, String, String), StoredMessage> = HashMap::new();
-    let keyed: Vec<&NewMessage> = batch
-        .iter()
-        .filter(|m| m.client_message_id.is_some())
-        .collect();
-    if !keyed.is_empty() {
-        let ids: Vec<&str> = keyed
-            .iter()
-            .filter_map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
-            .collect();
-        let room_names: Vec<&str> = keyed.iter().map(|m| m.room.as_str()).collect();
-        let rows: Vec<MessageRow> = messages::table
-            .filter(messages::client_message_id.eq_any(&ids))
-            .filter(messages::room.eq_any(&room_names))
-            .select(MessageRow::as_select())
-            .load(conn)
-            .await?;
-        for row in rows {
-            let message = StoredMessage::try_from(row)?;
-            if let Some(id) = message.client_message_id.clone() {
-                stored.insert(
-                    (
-                        message.room.as_str().to_owned(),
-                        message.sender_id.clone(),
-                        id,
-                    ),
-                    message,
-                );
-            }
-        }
-    }
-
     let mut plans = Vec::with_capacity(batch.len());
     let mut first_in_batch: HashMap<(String, String, String), usize> = HashMap::new();
-    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
     for (i, m) in batch.iter().enumerate() {
         let plan = match key_of(m) {
             Some(key) => {
@@ -267,60 +323,69 @@ async fn append_in_tx(
             }
             None => Plan::New,
         };
-        if matches!(plan, Plan::New) {
-            *counts.entry(m.room.as_str()).or_default() += 1;
-        }
         plans.push(plan);
     }
 
-    // Bump every touched room's counter once, in name order (so concurrent
-    // writers lock rows in the same order), and learn each room's first new
-    // seq.
+    let fresh: Vec<&NewMessage> = batch
+        .iter()
+        .zip(&plans)
+        .filter(|(_, p)| matches!(p, Plan::New))
+        .map(|(m, _)| m)
+        .collect();
     let mut next_seq: HashMap<String, i64> = HashMap::new();
-    if !counts.is_empty() {
-        let bumps: Vec<RoomBump<'_>> = counts
+    if !fresh.is_empty() {
+        let rooms: Vec<&str> = fresh.iter().map(|m| m.room.as_str()).collect();
+        let sender_ids: Vec<&str> = fresh.iter().map(|m| &*m.sender.user_id).collect();
+        let sender_names: Vec<&str> = fresh.iter().map(|m| &*m.sender.display_name).collect();
+        let kinds: Vec<i16> = fresh.iter().map(|m| m.content.kind.code()).collect();
+        let contents: Vec<&str> = fresh.iter().map(|m| m.content.body.as_str()).collect();
+        let ids: Vec<Option<&str>> = fresh
             .iter()
-            .map(|(name, n)| RoomBump { name, last_seq: *n })
+            .map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
             .collect();
-        let tops: Vec<(String, i64)> = diesel::insert_into(rooms::table)
-            .values(&bumps)
-            .on_conflict(rooms::name)
-            .do_update()
-            .set(rooms::last_seq.eq(rooms::last_seq + excluded(rooms::last_seq)))
-            .returning((rooms::name, rooms::last_seq))
-            .get_results(conn)
+        let bumped: Vec<Bumped> = diesel::sql_query(APPEND_SQL)
+            .bind::<Array<Text>, _>(&rooms)
+            .bind::<Array<Text>, _>(&sender_ids)
+            .bind::<Array<Text>, _>(&sender_names)
+            .bind::<Array<SmallInt>, _>(&kinds)
+            .bind::<Array<Text>, _>(&contents)
+            .bind::<Array<Nullable<Text>>, _>(&ids)
+            .bind::<BigInt, _>(sent_at_micros)
+            .load(conn)
             .await?;
-        for (name, top) in tops {
-            let n = counts.get(name.as_str()).copied().unwrap_or(0);
-            next_seq.insert(name, top - n + 1);
+        let mut counts: HashMap<&str, i64> = HashMap::new();
+        for room in &rooms {
+            *counts.entry(room).or_default() += 1;
+        }
+        let inserted = bumped.iter().next().map_or(0, |b| b.inserted);
+        if inserted != fresh.len() as i64 || bumped.len() != counts.len() {
+            return Err(Error::Internal(format!(
+                "append stored {inserted} of {} messages in {} of {} rooms",
+                fresh.len(),
+                bumped.len(),
+                counts.len()
+            )));
+        }
+        for b in bumped {
+            let n = counts.get(b.name.as_str()).copied().unwrap_or(0);
+            next_seq.insert(b.name, b.last_seq - n + 1);
         }
     }
 
-    let mut rows = Vec::with_capacity(batch.len());
     let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
-    for (m, plan) in batch.iter().zip(&plans) {
+    for (m, plan) in batch.iter().zip(plans) {
         let appended = match plan {
             Plan::New => {
                 let slot = next_seq.get_mut(m.room.as_str()).ok_or_else(|| {
                     Error::Internal(format!("no counter returned for room {}", m.room))
                 })?;
-                let seq = *slot;
+                let seq = u64::try_from(*slot)
+                    .map_err(|_| Error::Internal(format!("counter gave seq {slot}")))?;
                 *slot += 1;
-                rows.push(NewMessageRow {
-                    room: m.room.as_str(),
-                    seq,
-                    sender_id: &m.sender.user_id,
-                    sender_name: &m.sender.display_name,
-                    content_type: m.content.kind.code(),
-                    content: &m.content.body,
-                    client_message_id: m.client_message_id.as_ref().map(|id| id.as_str()),
-                    sent_at_micros,
-                });
                 Appended {
                     message: StoredMessage {
                         room: m.room.clone(),
-                        seq: u64::try_from(seq)
-                            .map_err(|_| Error::Internal(format!("counter gave seq {seq}")))?,
+                        seq,
                         sender_id: m.sender.user_id.to_string(),
                         sender_name: m.sender.display_name.to_string(),
                         kind: m.content.kind,
@@ -335,21 +400,15 @@ async fn append_in_tx(
                 }
             }
             Plan::Existing(original) => Appended {
-                message: original.clone(),
+                message: original,
                 fresh: false,
             },
             Plan::SameAs(j) => Appended {
-                message: out[*j].message.clone(),
+                message: out[j].message.clone(),
                 fresh: false,
             },
         };
         out.push(appended);
-    }
-    if !rows.is_empty() {
-        diesel::insert_into(messages::table)
-            .values(&rows)
-            .execute(conn)
-            .await?;
     }
     Ok(out)
 }

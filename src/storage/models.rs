@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{messages, rooms};
+use super::schema::messages;
 use crate::domain::{ContentKind, RoomName, StoredMessage};
 use crate::error::{Error, Result};
 
@@ -45,26 +45,4 @@ impl TryFrom<MessageRow> for StoredMessage {
             sent_at_micros: row.sent_at_micros,
         })
     }
-}
-
-/// A message to insert, borrowing from the request that carried it.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = messages)]
-pub struct NewMessageRow<'a> {
-    pub room: &'a str,
-    pub seq: i64,
-    pub sender_id: &'a str,
-    pub sender_name: &'a str,
-    pub content_type: i16,
-    pub content: &'a str,
-    pub client_message_id: Option<&'a str>,
-    pub sent_at_micros: i64,
-}
-
-/// A bump of one room's counter by `last_seq` messages (the upsert adds it).
-#[derive(Debug, Insertable)]
-#[diesel(table_name = rooms)]
-pub struct RoomBump<'a> {
-    pub name: &'a str,
-    pub last_seq: i64,
 }

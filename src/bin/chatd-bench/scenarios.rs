@@ -291,6 +291,76 @@ impl Pacer {
     }
 }
 
+/// Runs sends one at a time (closed loop, rate 0) or concurrently up to a
+/// bound (open loop), so a paced sender never waits for an ack.
+struct InFlight<T> {
+    gate: Arc<Semaphore>,
+    tasks: JoinSet<Result<T, Status>>,
+    closed_loop: bool,
+}
+
+/// Open-loop sends one sender may have waiting for their acks.
+const MAX_IN_FLIGHT: usize = 1024;
+
+impl<T: Send + 'static> InFlight<T> {
+    fn new(rate: f64) -> Self {
+        InFlight {
+            gate: Arc::new(Semaphore::new(if rate > 0.0 { MAX_IN_FLIGHT } else { 1 })),
+            tasks: JoinSet::new(),
+            closed_loop: rate <= 0.0,
+        }
+    }
+
+    /// Starts `send` once a slot is free; returns the outcomes of the sends
+    /// that have finished meanwhile.
+    async fn run_collect<F>(&mut self, send: F) -> Vec<Result<T, Status>>
+    where
+        F: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    {
+        let permit = self.gate.clone().acquire_owned().await;
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            send.await
+        });
+        let mut done = Vec::new();
+        // Closed loop: wait for this very send.
+        if self.closed_loop
+            && let Some(Ok(outcome)) = self.tasks.join_next().await
+        {
+            done.push(outcome);
+        }
+        while let Some(Ok(outcome)) = self.tasks.try_join_next() {
+            done.push(outcome);
+        }
+        done
+    }
+
+    async fn run<F>(&mut self, send: F) -> Result<(), Status>
+    where
+        F: std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    {
+        self.run_collect(send)
+            .await
+            .into_iter()
+            .try_for_each(|r| r.map(|_| ()))
+    }
+
+    async fn drain(&mut self) -> Vec<Result<T, Status>> {
+        let mut done = Vec::new();
+        while let Some(Ok(outcome)) = self.tasks.join_next().await {
+            done.push(outcome);
+        }
+        done
+    }
+
+    async fn finish(&mut self) -> Result<(), Status> {
+        self.drain()
+            .await
+            .into_iter()
+            .try_for_each(|r| r.map(|_| ()))
+    }
+}
+
 // ---------------------------------------------------------------- fanout
 
 #[derive(Debug, Clone, Args)]
@@ -396,7 +466,7 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
     }
     eprintln!("all subscribers joined; sending");
 
-    let mut senders = JoinSet::new();
+    let mut senders: JoinSet<Result<()>> = JoinSet::new();
     let padding = "x".repeat(a.payload);
     let mut sender_clients = Vec::new();
     for r in 0..a.rooms {
@@ -411,11 +481,12 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
     let before = ctx.sample();
     let start = Instant::now();
     let progress = Progress::start("fanout", "deliveries", delivered.clone());
-    for (room, mut client) in sender_clients {
+    for (room, client) in sender_clients {
         let padding = padding.clone();
         let (messages, rate) = (a.messages, a.rate);
         senders.spawn(async move {
             let mut pacer = Pacer::new(rate);
+            let mut in_flight = InFlight::new(rate);
             for _ in 0..messages {
                 let at = pacer.next().await;
                 let request = SendMessageRequest {
@@ -423,10 +494,13 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
                     content: stamped(at, &padding),
                     ..Default::default()
                 };
-                if let Err(e) = client.send_message(request).await {
-                    return Err(format!("send: {e}"));
-                }
+                let mut client = client.clone();
+                in_flight
+                    .run(async move { client.send_message(request).await.map(|_| ()) })
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
             }
+            in_flight.finish().await.map_err(|e| format!("send: {e}"))?;
             Ok(())
         });
     }
@@ -515,7 +589,7 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
     let progress = Progress::start("send", "acks", acked.clone());
     let mut set = JoinSet::new();
     for (i, channel) in channels.into_iter().enumerate() {
-        let mut client = ctx.client(channel, &format!("sender-{i}"))?;
+        let client = ctx.client(channel, &format!("sender-{i}"))?;
         let room_names: Vec<String> = (0..rooms).map(|r| ctx.room(r)).collect();
         let acked = acked.clone();
         let padding = padding.clone();
@@ -525,6 +599,15 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
             let mut errors = 0u64;
             let mut pacer = Pacer::new(per_sender_rate);
             let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut in_flight = InFlight::new(per_sender_rate);
+            let mut record = |outcome: Result<(usize, u64, u64), Status>| match outcome {
+                Ok((r, seq, at)) => {
+                    let _ = hist.record(now_us().saturating_sub(at).max(1));
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    stored.push((r, seq));
+                }
+                Err(_) => errors += 1,
+            };
             while Instant::now() < deadline {
                 let at = pacer.next().await;
                 x ^= x << 13;
@@ -536,16 +619,18 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
                     content: stamped(at, &padding),
                     ..Default::default()
                 };
-                match client.send_message(request).await {
-                    Ok(resp) => {
-                        let _ = hist.record(now_us().saturating_sub(at).max(1));
-                        acked.fetch_add(1, Ordering::Relaxed);
-                        if let Some(m) = resp.into_inner().message {
-                            stored.push((r, m.seq));
-                        }
-                    }
-                    Err(_) => errors += 1,
+                let mut client = client.clone();
+                let send = async move {
+                    let resp = client.send_message(request).await?;
+                    let seq = resp.into_inner().message.map_or(0, |m| m.seq);
+                    Ok((r, seq, at))
+                };
+                for outcome in in_flight.run_collect(send).await {
+                    record(outcome);
                 }
+            }
+            for outcome in in_flight.drain().await {
+                record(outcome);
             }
             (hist, stored, errors, client)
         });
