@@ -357,7 +357,7 @@ async fn append_batch(
         for room in &rooms {
             *counts.entry(room).or_default() += 1;
         }
-        let inserted = bumped.iter().next().map_or(0, |b| b.inserted);
+        let inserted = <[Bumped]>::first(&bumped).map_or(0, |b| b.inserted);
         if inserted != fresh.len() as i64 || bumped.len() != counts.len() {
             return Err(Error::Internal(format!(
                 "append stored {inserted} of {} messages in {} of {} rooms",
