@@ -154,7 +154,7 @@ pub struct Config {
         long = "room-buffer",
         env = "CHAT_ROOM_BUFFER",
         value_name = "CHAT_ROOM_BUFFER",
-        default_value_t = 256,
+        default_value_t = 1024,
         value_parser = clap::value_parser!(u32).range(16..=1_048_576)
     )]
     pub room_buffer: u32,

@@ -30,7 +30,7 @@ use crate::storage::Store;
 const REPLAY_PAGE: u32 = 256;
 /// The most messages one ring slot carries, which bounds a room's ring to
 /// `capacity * PUBLISH_CHUNK` messages.
-const PUBLISH_CHUNK: usize = 16;
+const PUBLISH_CHUNK: usize = 8;
 
 /// One event in a room's broadcast ring. The bytes are the encoded
 /// `JoinRoomResponse`, shared by every subscriber.
