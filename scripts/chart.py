@@ -70,7 +70,7 @@ def panel(x0, y0, w, h, title, ylabel, series, log_y):
     out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y0 + h}" stroke="#333"/>')
     for t in ticks:
         y = sy(t)
-        label = f"{t / 1000:.0f}k" if t >= 1000 else f"{t:.0f}"
+        label = f"{t / 1e6:.0f}M" if t >= 1e6 else f"{t / 1000:.0f}k" if t >= 1000 else f"{t:.0f}"
         out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + w}" y2="{y:.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{label}</text>')
     for v in xs:
