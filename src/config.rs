@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::storage::{Location, Synchronous};
+
 /// chatd: gRPC chat rooms with durable, gapless history.
 #[derive(Debug, Parser)]
 #[command(name = "chatd", version, about, args_conflicts_with_subcommands = true)]
@@ -39,15 +41,28 @@ pub struct Config {
     )]
     pub addr: SocketAddr,
 
-    /// PostgreSQL URL for history.
+    /// Where history lives: postgres://… (or postgresql://…) for
+    /// PostgreSQL, sqlite://PATH for SQLite. Unset: SQLite at
+    /// `<data dir>/chat.db`.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
         value_name = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
         value_parser = parse_database_url
     )]
-    pub database_url: String,
+    pub database_url: Option<String>,
+
+    /// SQLite only: `full` fsyncs every commit before acknowledging it
+    /// (survives power loss); `normal` survives a crash of chatd but may
+    /// lose the last commits on power loss.
+    #[arg(
+        long = "sqlite-synchronous",
+        env = "CHAT_SQLITE_SYNCHRONOUS",
+        value_name = "CHAT_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value_t = Synchronous::Full
+    )]
+    pub sqlite_synchronous: Synchronous,
 
     #[command(flatten)]
     pub secret: SecretArgs,
@@ -234,11 +249,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_database_url(s: &str) -> Result<String, String> {
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        Ok(s.to_owned())
-    } else {
-        Err("must start with postgres:// or postgresql://".into())
-    }
+    // The data directory only matters when the URL is unset.
+    Location::parse(Some(s), std::path::Path::new(".")).map(|_| s.to_owned())
 }
 
 fn parse_origin(s: &str) -> Result<String, String> {

@@ -32,7 +32,7 @@ use crate::limits::{BodyLimitLayer, incoming};
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
-use crate::storage::Store;
+use crate::storage::{Location, Store};
 use crate::writer::Writer;
 
 /// How often health re-checks the database.
@@ -64,7 +64,13 @@ impl Application {
                 tracing::info!(path = %path.display(), "generated a token secret (kept, mode 0600)")
             }
         }
-        let store = Store::new(&config.database_url, config.db_pool_size as usize)?;
+        let location = Location::parse(config.database_url.as_deref(), &config.secret.data_dir)
+            .map_err(|e| Error::Config(format!("DATABASE_URL: {e}")))?;
+        let store = Store::open(
+            location,
+            config.db_pool_size as usize,
+            config.sqlite_synchronous,
+        )?;
         store.migrate().await?;
         let listener = TcpListener::bind(config.addr).await.map_err(|e| {
             Error::Config(format!("CHAT_ADDR: cannot listen on {}: {e}", config.addr))
@@ -104,6 +110,7 @@ impl Application {
             keys,
             store,
         } = self;
+        let (backend, data) = store.location().describe();
         let tracker = TaskTracker::new();
         let streams_end = CancellationToken::new();
         let rooms = Arc::new(Rooms::new(config.room_buffer as usize));
@@ -182,12 +189,8 @@ impl Application {
             .add_service(chat)
             .serve_with_incoming_shutdown(incoming(listener, limit), signal);
 
-        tracing::info!(
-            %addr,
-            database = %redact_password(&config.database_url),
-            data_dir = %config.secret.data_dir.display(),
-            "chatd is serving gRPC and grpc-web"
-        );
+        tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
+        tracing::info!("history is stored in {backend} at {data}");
         tracing::info!(
             "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
         );
@@ -214,20 +217,6 @@ impl Application {
         }
         tracing::info!("chatd stopped");
         Ok(())
-    }
-}
-
-/// `url` with any password replaced by `***`, for logs.
-fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -295,20 +284,4 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("grpc-status-details-bin"),
         ])
         .max_age(Duration::from_secs(24 * 60 * 60))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact_password("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            super::redact_password("postgres://u@h/db"),
-            "postgres://u@h/db"
-        );
-        assert_eq!(super::redact_password("postgres://h/db"), "postgres://h/db");
-    }
 }

@@ -3,6 +3,52 @@
 
 mod helpers;
 
+/// Runs each named test body once on PostgreSQL and once on SQLite: the
+/// tests are `postgres::NAME` and `sqlite::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident: $body:path),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $body(crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $body(crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends! {
+    two_users_join_talk_and_leave: crate::two_users_join_talk_and_leave,
+    every_validation_rule_names_its_field: crate::every_validation_rule_names_its_field,
+    tokens_are_required_and_checked: crate::tokens_are_required_and_checked,
+    idempotent_retry_returns_the_original: crate::idempotent_retry_returns_the_original,
+    concurrent_senders_every_subscriber_sees_one_to_n_in_order:
+        crate::concurrent_senders_every_subscriber_sees_one_to_n_in_order,
+    resume_after_a_cut_has_no_gap_even_during_replay: crate::resume_after_a_cut_has_no_gap_even_during_replay,
+    history_pages_both_ways: crate::history_pages_both_ways,
+    presence_is_per_user_across_devices: crate::presence_is_per_user_across_devices,
+    a_slow_subscriber_misses_nothing: crate::a_slow_subscriber_misses_nothing,
+    restart_keeps_history_and_continues_seq: crate::restart_keeps_history_and_continues_seq,
+    graceful_shutdown_ends_open_streams: crate::graceful_shutdown_ends_open_streams,
+    reflection_lists_services_on_v1_and_v1alpha: crate::reflection_lists_services_on_v1_and_v1alpha,
+    grpc_web_cors_preflight: crate::grpc_web::cors_preflight_allows_grpc_web_and_authorization,
+    grpc_web_cors_origins: crate::grpc_web::cors_origins_can_be_restricted,
+    grpc_web_unary_and_streaming_over_http1: crate::grpc_web::unary_and_streaming_over_http1,
+    token_command_and_server_share_a_generated_secret:
+        crate::binary::token_command_and_server_share_a_generated_secret,
+    sigterm_ends_streams_and_exits_zero: crate::binary::sigterm_ends_streams_and_exits_zero,
+    kill_9_keeps_every_acknowledged_message: crate::binary::kill_9_keeps_every_acknowledged_message,
+}
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -11,9 +57,8 @@ use chatd::proto::{self, ContentType};
 use helpers::*;
 use tonic::Code;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_users_join_talk_and_leave() {
-    let db = TestDb::create().await;
+async fn two_users_join_talk_and_leave(backend: Backend) {
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut alice = server.client("alice").await;
     let mut bob = server.client("bob").await;
@@ -87,9 +132,8 @@ fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, code: Cod
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_validation_rule_names_its_field() {
-    let db = TestDb::create().await;
+async fn every_validation_rule_names_its_field(backend: Backend) {
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut c = server.client("alice").await;
     let msg = |room: &str, content_type: ContentType, content: &str, id: &str| {
@@ -227,12 +271,11 @@ async fn every_validation_rule_names_its_field() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_are_required_and_checked() {
+async fn tokens_are_required_and_checked(backend: Backend) {
     use chatd::auth::Keys;
     use chatd::proto::chat_service_client::ChatServiceClient;
 
-    let db = TestDb::create().await;
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let list = proto::ListMembersRequest {
         room: "lobby".into(),
@@ -343,9 +386,8 @@ impl serde::Serialize for RawJson {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_retry_returns_the_original() {
-    let db = TestDb::create().await;
+async fn idempotent_retry_returns_the_original(backend: Backend) {
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut alice = server.client("alice").await;
     let mut bob = server.client("bob").await;
@@ -410,11 +452,10 @@ async fn idempotent_retry_returns_the_original() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_senders_every_subscriber_sees_one_to_n_in_order() {
+async fn concurrent_senders_every_subscriber_sees_one_to_n_in_order(backend: Backend) {
     const SENDERS: usize = 8;
     const EACH: usize = 50;
-    let db = TestDb::create().await;
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut streams = Vec::new();
     for i in 0..3 {
@@ -459,9 +500,8 @@ async fn concurrent_senders_every_subscriber_sees_one_to_n_in_order() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_after_a_cut_has_no_gap_even_during_replay() {
-    let db = TestDb::create().await;
+async fn resume_after_a_cut_has_no_gap_even_during_replay(backend: Backend) {
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut alice = server.client("alice").await;
     let mut bob = server.client("bob").await;
@@ -508,9 +548,8 @@ async fn resume_after_a_cut_has_no_gap_even_during_replay() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_pages_both_ways() {
-    let db = TestDb::create().await;
+async fn history_pages_both_ways(backend: Backend) {
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut c = server.client("alice").await;
     for i in 1..=120 {
@@ -568,9 +607,8 @@ async fn history_pages_both_ways() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_is_per_user_across_devices() {
-    let db = TestDb::create().await;
+async fn presence_is_per_user_across_devices(backend: Backend) {
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut bob = server.client("bob").await;
     let mut alice = server.client("alice").await;
@@ -606,9 +644,8 @@ async fn presence_is_per_user_across_devices() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_subscriber_misses_nothing() {
-    let db = TestDb::create().await;
+async fn a_slow_subscriber_misses_nothing(backend: Backend) {
+    let db = TestDb::create(backend).await;
     // A tiny room buffer, so the reader below falls far behind it.
     let server = TestServer::start_with(config(&db.url, &["--room-buffer", "16"])).await;
     // A small HTTP/2 window, so the server cannot push the backlog into
@@ -652,9 +689,8 @@ async fn a_slow_subscriber_misses_nothing() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_history_and_continues_seq() {
-    let db = TestDb::create().await;
+async fn restart_keeps_history_and_continues_seq(backend: Backend) {
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut c = server.client("alice").await;
     for i in 1..=3 {
@@ -680,9 +716,8 @@ async fn restart_keeps_history_and_continues_seq() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_ends_open_streams() {
-    let db = TestDb::create().await;
+async fn graceful_shutdown_ends_open_streams(backend: Backend) {
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let mut alice = server.client("alice").await;
     let mut bob = server.client("bob").await;
@@ -714,10 +749,9 @@ async fn graceful_shutdown_ends_open_streams() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_services_on_v1_and_v1alpha() {
+async fn reflection_lists_services_on_v1_and_v1alpha(backend: Backend) {
     use tokio_stream::StreamExt;
-    let db = TestDb::create().await;
+    let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
 
     {
@@ -864,9 +898,8 @@ mod grpc_web {
         std::iter::from_fn(|| take_frame(buf)).collect()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cors_preflight_allows_grpc_web_and_authorization() {
-        let db = TestDb::create().await;
+    pub async fn cors_preflight_allows_grpc_web_and_authorization(backend: Backend) {
+        let db = TestDb::create(backend).await;
         let server = TestServer::start(&db).await;
         let mut sender = connect(&server).await;
         let preflight = hyper::Request::builder()
@@ -907,9 +940,8 @@ mod grpc_web {
         server.shutdown().await.unwrap();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cors_origins_can_be_restricted() {
-        let db = TestDb::create().await;
+    pub async fn cors_origins_can_be_restricted(backend: Backend) {
+        let db = TestDb::create(backend).await;
         let server =
             TestServer::start_with(config(&db.url, &["--cors-origins", "https://good.example"]))
                 .await;
@@ -936,9 +968,8 @@ mod grpc_web {
         server.shutdown().await.unwrap();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn unary_and_streaming_over_http1() {
-        let db = TestDb::create().await;
+    pub async fn unary_and_streaming_over_http1(backend: Backend) {
+        let db = TestDb::create(backend).await;
         let server = TestServer::start(&db).await;
         let token = server.token("webby");
 
@@ -1148,11 +1179,12 @@ mod grpc_web {
     }
 }
 
+/// PostgreSQL only: a proxy in front of it plays the outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_outage_is_unavailable_then_recovers() {
+async fn postgres_outage_is_unavailable_then_recovers() {
     use tokio_stream::StreamExt;
     use tonic_health::pb::health_check_response::ServingStatus;
-    let db = TestDb::create().await;
+    let db = TestDb::postgres().await;
     let proxy = DbProxy::start().await;
     let server = TestServer::start_with(config(&proxy.url_for(&db), &[])).await;
     let mut c = server.client("alice").await;
@@ -1221,6 +1253,8 @@ mod binary {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
+    use std::sync::Arc;
+
     /// Kills the child process if the test ends before it exits.
     struct KillOnDrop(Option<std::process::Child>);
 
@@ -1246,8 +1280,7 @@ mod binary {
         dir
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn token_command_and_server_share_a_generated_secret() {
+    pub async fn token_command_and_server_share_a_generated_secret(backend: Backend) {
         use std::os::unix::fs::PermissionsExt;
         let dir = unique_dir("secret");
         let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
@@ -1265,7 +1298,7 @@ mod binary {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
 
-        let db = TestDb::create().await;
+        let db = TestDb::create(backend).await;
         let config = <chatd::config::Cli as clap::Parser>::try_parse_from([
             "chatd",
             "--addr",
@@ -1288,78 +1321,192 @@ mod binary {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sigterm_ends_streams_and_exits_zero() {
-        let db = TestDb::create().await;
-        let dir = unique_dir("sigterm");
-        let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--database-url",
-                &db.url,
-                "--jwt-secret",
-                SECRET,
-            ])
-            .env("CHAT_DATA_DIR", &dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut child = KillOnDrop(Some(child));
-        let child_id = child.0.as_ref().unwrap().id();
-        // The start-up log names the address.
-        let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("chatd: {line}");
-                if let Some(rest) = line.split("addr=").nth(1)
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+    /// A chatd process serving `db_url` with its data in `dir`.
+    struct Process {
+        child: KillOnDrop,
+        pid: u32,
+        addr: String,
+    }
+
+    impl Process {
+        async fn start(db_url: &str, dir: &std::path::Path) -> Process {
+            let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+                .args([
+                    "serve",
+                    "--addr",
+                    "127.0.0.1:0",
+                    "--database-url",
+                    db_url,
+                    "--jwt-secret",
+                    SECRET,
+                ])
+                .env("CHAT_DATA_DIR", dir)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut child = KillOnDrop(Some(child));
+            let pid = child.0.as_ref().unwrap().id();
+            // The start-up log names the address.
+            let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
+            let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let mut addr_tx = Some(addr_tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("chatd: {line}");
+                    if let Some(rest) = line.split("addr=").nth(1)
+                        && let Some(tx) = addr_tx.take()
+                    {
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                    }
                 }
-            }
-        });
-        let addr = within(addr_rx).await.unwrap();
-        let channel = within(
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            });
+            let addr = within(addr_rx).await.expect("chatd printed its address");
+            Process { child, pid, addr }
+        }
+
+        async fn client(&self, user: &str) -> Client {
+            let channel = within(
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                    .unwrap()
+                    .connect(),
+            )
+            .await
+            .unwrap();
+            let token = chatd::auth::Keys::new(SECRET.as_bytes())
+                .mint(user, None, None)
+                .unwrap();
+            chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
+                channel,
+                Bearer::new(&token),
+            )
+        }
+
+        fn signal(&self, signal: &str) {
+            let sent = Command::new("kill")
+                .args([signal, &self.pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+        }
+
+        async fn wait(mut self) -> std::process::ExitStatus {
+            let mut process = self.child.0.take().unwrap();
+            within(tokio::task::spawn_blocking(move || process.wait()))
+                .await
                 .unwrap()
-                .connect(),
-        )
-        .await
-        .unwrap();
-        let keys = chatd::auth::Keys::new(SECRET.as_bytes());
-        let token = keys.mint("erin", None, None).unwrap();
-        let mut client = chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
-            channel,
-            Bearer::new(&token),
-        );
+                .unwrap()
+        }
+    }
+
+    pub async fn sigterm_ends_streams_and_exits_zero(backend: Backend) {
+        let db = TestDb::create(backend).await;
+        let dir = unique_dir("sigterm");
+        let chatd = Process::start(&db.url, &dir).await;
+        let mut client = chatd.client("erin").await;
         let (mut stream, _) = join(&mut client, "term", None).await;
 
         let started = std::time::Instant::now();
-        let killed = Command::new("kill")
-            .args(["-TERM", &child_id.to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
+        chatd.signal("-TERM");
         let status = within(stream.message()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
-        let mut process = child.0.take().unwrap();
-        let exit = within(tokio::task::spawn_blocking(move || process.wait()))
-            .await
-            .unwrap()
-            .unwrap();
+        let exit = chatd.wait().await;
         assert!(exit.success(), "{exit:?}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "took {:?}",
             started.elapsed()
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// SIGKILL while senders are mid-flight: after a restart on the same
+    /// data, every acknowledged message is in history and seqs are gapless.
+    pub async fn kill_9_keeps_every_acknowledged_message(backend: Backend) {
+        const ROOMS: [&str; 3] = ["k0", "k1", "k2"];
+        const BEFORE_KILL: usize = 300;
+        let db = TestDb::create(backend).await;
+        let dir = unique_dir("kill9");
+        let chatd = Process::start(&db.url, &dir).await;
+
+        let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, u64, String)>::new()));
+        let (enough_tx, mut enough_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut senders = Vec::new();
+        for s in 0..8 {
+            let mut client = chatd.client(&format!("sender{s}")).await;
+            let (acked, enough) = (acked.clone(), enough_tx.clone());
+            senders.push(tokio::spawn(async move {
+                for k in 0.. {
+                    let room = ROOMS[(s + k) % ROOMS.len()];
+                    let content = format!("s{s}-{k}");
+                    let request = proto::SendMessageRequest {
+                        room: room.into(),
+                        content: content.clone(),
+                        ..Default::default()
+                    };
+                    // Sends fail once chatd is killed: that ends the sender.
+                    let Ok(Ok(response)) =
+                        tokio::time::timeout(STEP, client.send_message(request)).await
+                    else {
+                        break;
+                    };
+                    let seq = response.into_inner().message.expect("message").seq;
+                    let count = {
+                        let mut acked = acked.lock().unwrap();
+                        acked.push((room.to_string(), seq, content));
+                        acked.len()
+                    };
+                    if count == BEFORE_KILL {
+                        let _ = enough.try_send(());
+                    }
+                }
+            }));
+        }
+        drop(enough_tx);
+        within(enough_rx.recv())
+            .await
+            .expect("senders acknowledged enough");
+        chatd.signal("-KILL");
+        let exit = chatd.wait().await;
+        assert!(!exit.success(), "killed: {exit:?}");
+        for sender in senders {
+            within(sender).await.unwrap();
+        }
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        assert!(acked.len() >= BEFORE_KILL);
+
+        let chatd = Process::start(&db.url, &dir).await;
+        let mut client = chatd.client("auditor").await;
+        for room in ROOMS {
+            let mut history = Vec::new();
+            loop {
+                let page = within(client.list_history(proto::ListHistoryRequest {
+                    room: room.into(),
+                    page_size: 500,
+                    before_seq: None,
+                    after_seq: Some(history.len() as u64),
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+                history.extend(page.messages);
+                if !page.has_more {
+                    break;
+                }
+            }
+            assert_eq!(
+                seqs(&history),
+                (1..=history.len() as u64).collect::<Vec<_>>(),
+                "{room} is gapless"
+            );
+            for (_, seq, content) in acked.iter().filter(|(r, _, _)| r == room) {
+                let stored = &history[*seq as usize - 1];
+                assert_eq!(&stored.content, content, "{room}#{seq} survived");
+            }
+        }
+        drop(chatd);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

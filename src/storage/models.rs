@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// A stored message as read back.
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = messages)]
-#[diesel(check_for_backend(diesel::pg::Pg))]
+#[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct MessageRow {
     pub room: String,
     pub seq: i64,
@@ -45,4 +45,19 @@ impl TryFrom<MessageRow> for StoredMessage {
             sent_at_micros: row.sent_at_micros,
         })
     }
+}
+
+/// A message to insert, borrowing from the batch that carries it.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = messages)]
+#[diesel(treat_none_as_null = true)]
+pub struct NewMessageRow<'a> {
+    pub room: &'a str,
+    pub seq: i64,
+    pub sender_id: &'a str,
+    pub sender_name: &'a str,
+    pub content_type: i16,
+    pub content: &'a str,
+    pub client_message_id: Option<&'a str>,
+    pub sent_at_micros: i64,
 }

@@ -45,25 +45,58 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A database of this test's own, dropped when the value is.
+/// Which storage backend a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A database of this test's own, dropped (or deleted) when the value is.
 pub struct TestDb {
-    pub name: String,
+    /// The `DATABASE_URL` chatd gets.
     pub url: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Postgres { name: String },
+    Sqlite { dir: std::path::PathBuf },
+}
+
+/// A name no other test (or test run) uses.
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    )
 }
 
 impl TestDb {
-    pub async fn create() -> TestDb {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
+    pub async fn create(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Postgres => Self::postgres().await,
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(unique_name("chatd_test"));
+                std::fs::create_dir_all(&dir).expect("create test directory");
+                let url = format!("sqlite://{}", dir.join("chat.db").display());
+                TestDb {
+                    url,
+                    kind: Kind::Sqlite { dir },
+                }
+            }
+        }
+    }
+
+    pub async fn postgres() -> TestDb {
         let admin = admin_url();
-        let name = format!(
-            "chatd_test_{}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0)
-        );
+        let name = unique_name("chatd_test");
         let mut conn = within(AsyncPgConnection::establish(&admin))
             .await
             .unwrap_or_else(|e| {
@@ -77,20 +110,37 @@ impl TestDb {
             .await
             .expect("create test database");
         let url = match admin.rfind('/') {
-            Some(i) if admin[..i].contains("://") && i > admin.find("://").unwrap_or(0) + 2 => {
+            Some(i) if i > admin.find("://").map_or(0, |s| s + 2) => {
                 let query = admin[i..].find('?').map(|q| &admin[i + q..]).unwrap_or("");
                 format!("{}/{name}{query}", &admin[..i])
             }
             _ => panic!("DATABASE_URL {admin} has no database part"),
         };
-        TestDb { name, url }
+        TestDb {
+            url,
+            kind: Kind::Postgres { name },
+        }
+    }
+
+    /// The PostgreSQL database's name.
+    pub fn pg_name(&self) -> &str {
+        match &self.kind {
+            Kind::Postgres { name } => name,
+            Kind::Sqlite { .. } => panic!("not a PostgreSQL test database"),
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        let name = match &self.kind {
+            Kind::Sqlite { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+                return;
+            }
+            Kind::Postgres { name } => name.clone(),
+        };
         let admin = admin_url();
-        let name = self.name.clone();
         // Drop cannot await; a short-lived runtime on its own thread can.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -364,7 +414,7 @@ impl DbProxy {
             .rsplit_once('@')
             .map(|(u, _)| format!("{u}@"))
             .unwrap_or_default();
-        format!("{scheme}://{userinfo}{}/{}", self.addr, db.name)
+        format!("{scheme}://{userinfo}{}/{}", self.addr, db.pg_name())
     }
 
     /// Drops every open connection and refuses new ones.

@@ -1,0 +1,200 @@
+//! What only SQLite does: connections with WAL and a busy timeout, its
+//! migrations, and the batch write as one immediate transaction.
+//!
+//! SQLite is bundled into the binary (no system library). diesel-async's
+//! `SyncConnectionWrapper` runs each query on tokio's blocking pool, so the
+//! reads share the query-builder code with PostgreSQL; the write takes the
+//! connection for one blocking transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel::upsert::excluded;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+
+use super::POOL_TIMEOUT;
+use super::models::NewMessageRow;
+use super::schema::{messages, rooms};
+use crate::domain::NewMessage;
+use crate::error::{Error, Result};
+
+/// SQLite's migrations, compiled into the binary.
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// How long a connection waits for another one's write lock.
+const BUSY_TIMEOUT_MS: u32 = 5_000;
+
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+pub type SqlitePool = Pool<SqliteConn>;
+
+/// SQLite's `synchronous` setting: what survives a power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Synchronous {
+    /// Every commit is fsynced before it is acknowledged: acknowledged
+    /// messages survive power loss.
+    #[default]
+    Full,
+    /// Commits reach the OS before they are acknowledged and are fsynced at
+    /// WAL checkpoints: acknowledged messages survive a crash of chatd, but
+    /// the last ones may be lost on power loss. Faster.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().ok_or_else(|| {
+        Error::Config(format!(
+            "DATABASE_URL: {} is not valid UTF-8",
+            path.display()
+        ))
+    })
+}
+
+pub fn pool(path: &Path, max_connections: usize, synchronous: Synchronous) -> Result<SqlitePool> {
+    let setup = format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};",
+        synchronous.pragma()
+    );
+    let mut config = ManagerConfig::<SqliteConn>::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |url| {
+        let setup = setup.clone();
+        async move {
+            let mut conn = SqliteConn::establish(url).await?;
+            conn.batch_execute(&setup)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager =
+        AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path_str(path)?, config);
+    Pool::builder(manager)
+        .max_size(max_connections)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::Config(format!("DATABASE_URL: cannot build a pool: {e}")))
+}
+
+/// Creates the file (and its directory) if needed and runs every pending
+/// migration.
+pub async fn migrate(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Config(format!(
+                "DATABASE_URL: cannot create {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let url = path_str(path)?.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use diesel::connection::SimpleConnection;
+        let mut conn = SqliteConnection::establish(&url)
+            .map_err(|e| Error::Config(format!("DATABASE_URL: cannot open {url}: {e}")))?;
+        conn.batch_execute("PRAGMA journal_mode = WAL;")
+            .map_err(|e| Error::Config(format!("DATABASE_URL: cannot enable WAL on {url}: {e}")))?;
+        conn.run_pending_migrations(MIGRATIONS)
+            .map_err(|e| Error::Config(format!("database migrations failed: {e}")))?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("migration task: {e}")))?
+}
+
+/// A message of the batch, owned so the blocking write can take it.
+struct Owned {
+    room: String,
+    sender_id: String,
+    sender_name: String,
+    content_type: i16,
+    content: String,
+    client_message_id: Option<String>,
+}
+
+/// Stores `fresh` (no duplicates among them; `counts` per room) in one
+/// immediate transaction and returns each room's new last seq.
+pub async fn append(
+    conn: &mut SqliteConn,
+    fresh: &[&NewMessage],
+    counts: &BTreeMap<&str, i64>,
+    sent_at_micros: i64,
+) -> Result<HashMap<String, i64>> {
+    let owned: Vec<Owned> = fresh
+        .iter()
+        .map(|m| Owned {
+            room: m.room.as_str().to_owned(),
+            sender_id: m.sender.user_id.to_string(),
+            sender_name: m.sender.display_name.to_string(),
+            content_type: m.content.kind.code(),
+            content: m.content.body.clone(),
+            client_message_id: m
+                .client_message_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+        })
+        .collect();
+    let counts: Vec<(String, i64)> = counts.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect();
+    let tops = conn
+        .spawn_blocking(move |conn| {
+            conn.immediate_transaction(|conn| {
+                let mut tops = HashMap::new();
+                let mut next_seq: HashMap<&str, i64> = HashMap::new();
+                for (room, n) in &counts {
+                    let top: i64 = diesel::insert_into(rooms::table)
+                        .values((rooms::name.eq(room), rooms::last_seq.eq(n)))
+                        .on_conflict(rooms::name)
+                        .do_update()
+                        .set(rooms::last_seq.eq(rooms::last_seq + excluded(rooms::last_seq)))
+                        .returning(rooms::last_seq)
+                        .get_result(conn)?;
+                    next_seq.insert(room, top - n + 1);
+                    tops.insert(room.clone(), top);
+                }
+                let mut rows = Vec::with_capacity(owned.len());
+                for m in &owned {
+                    let slot = next_seq
+                        .get_mut(m.room.as_str())
+                        .ok_or(diesel::result::Error::NotFound)?;
+                    rows.push(NewMessageRow {
+                        room: &m.room,
+                        seq: *slot,
+                        sender_id: &m.sender_id,
+                        sender_name: &m.sender_name,
+                        content_type: m.content_type,
+                        content: &m.content,
+                        client_message_id: m.client_message_id.as_deref(),
+                        sent_at_micros,
+                    });
+                    *slot += 1;
+                }
+                diesel::insert_into(messages::table)
+                    .values(&rows)
+                    .execute(conn)?;
+                Ok(tops)
+            })
+        })
+        .await?;
+    Ok(tops)
+}
