@@ -17,6 +17,7 @@ PEERS=${PEERS:-../shared/peers}
 OUT=docs/bench
 SECRET=bench-secret-0123456789abcdef
 CHATD_ADDR=127.0.0.1:50051
+SQLITE_ADDR=127.0.0.1:50052
 NODE_ADDR=127.0.0.1:50061
 NODE_DB_ADDR=127.0.0.1:50062
 SIO_PORT=5055
@@ -41,11 +42,13 @@ fresh_db chatd_bench
 fresh_db peer_bench
 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$CHATD_ADDR DATABASE_URL=$PG_BASE/chatd_bench \
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD=$!
+CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$SQLITE_ADDR DATABASE_URL=sqlite://$(mktemp -d)/chat.db \
+  CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD_SQLITE=$!
 PROTO=$PWD/proto/chat/v1/chat.proto ADDR=$NODE_ADDR node "$PEERS/grpc-node/server.js" >/dev/null & pids+=($!); NODE=$!
 PROTO=$PWD/proto/chat/v1/chat.proto ADDR=$NODE_DB_ADDR DATABASE_URL=$PG_BASE/peer_bench \
   node "$PEERS/grpc-node/server.js" >/dev/null & pids+=($!); NODE_DB=$!
 (cd "$PEERS/socketio-seed" && PORT=$SIO_PORT exec node server.js >/dev/null) & pids+=($!)
-wait_port $CHATD_ADDR; wait_port $NODE_ADDR; wait_port $NODE_DB_ADDR; wait_port 127.0.0.1:$SIO_PORT
+wait_port $CHATD_ADDR; wait_port $SQLITE_ADDR; wait_port $NODE_ADDR; wait_port $NODE_DB_ADDR; wait_port 127.0.0.1:$SIO_PORT
 
 bench() { # name server-pid addr auth-flag args...
   local name=$1 pid=$2 addr=$3 auth=$4; shift 4
@@ -74,6 +77,7 @@ bench chatd-fanout-1000-open300 $CHATD $CHATD_ADDR "$CHATD_AUTH" fanout --subscr
 
 # Persisted sends: 64 concurrent senders over 100 rooms.
 bench chatd-send $CHATD $CHATD_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
+bench chatd-sqlite-send $CHATD_SQLITE $SQLITE_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
 bench grpcnode-db-send $NODE_DB $NODE_DB_ADDR $NOAUTH send --senders 64 --rooms 100 --duration $DUR --no-verify
 # Ack latency at about half of chatd's closed-loop maximum.
 half=$(python3 -c "import json;r=json.load(open('$OUT/chatd-send.json'));print(int(dict(r['figures'])['acknowledged sends/s']/2))")
