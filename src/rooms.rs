@@ -183,15 +183,6 @@ impl Rooms {
         }
     }
 
-    /// How many rooms have open streams.
-    pub fn len(&self) -> usize {
-        self.map().rooms.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Opens a stream on `room` for `identity`: the caller becomes a member
     /// (announced to the others if this is the user's first stream), and the
     /// subscription starts after `resume_after` when given, else after the

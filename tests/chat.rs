@@ -841,6 +841,21 @@ mod grpc_web {
             .expect("response")
     }
 
+    /// A unary call in binary grpc-web framing.
+    async fn post_binary(
+        sender: &mut Sender,
+        method: &str,
+        token: &str,
+        message: &impl prost::Message,
+    ) -> hyper::Response<hyper::body::Incoming> {
+        let body = frame(message);
+        roundtrip(
+            sender,
+            request(method, "application/grpc-web+proto", token, body),
+        )
+        .await
+    }
+
     async fn connect(server: &TestServer) -> Sender {
         let tcp = within(tokio::net::TcpStream::connect(server.addr))
             .await
@@ -980,16 +995,7 @@ mod grpc_web {
             content: "from a browser".into(),
             ..Default::default()
         };
-        let response = roundtrip(
-            &mut sender,
-            request(
-                "SendMessage",
-                "application/grpc-web+proto",
-                &token,
-                frame(&send),
-            ),
-        )
-        .await;
+        let response = post_binary(&mut sender, "SendMessage", &token, &send).await;
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.headers()["content-type"],
@@ -1030,16 +1036,7 @@ mod grpc_web {
             room: "web".into(),
             ..Default::default()
         };
-        let response = roundtrip(
-            &mut sender,
-            request(
-                "SendMessage",
-                "application/grpc-web+proto",
-                &token,
-                frame(&bad),
-            ),
-        )
-        .await;
+        let response = post_binary(&mut sender, "SendMessage", &token, &bad).await;
         assert_eq!(response.status(), 200);
         let status = response
             .headers()

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::Pool;
 
 use self::models::MessageRow;
 use self::schema::{messages, rooms};
@@ -331,6 +333,25 @@ impl Store {
         let last = last.unwrap_or(0);
         u64::try_from(last).map_err(|_| Error::Internal(format!("room {room} has last_seq {last}")))
     }
+}
+
+/// A pool of at most `max_connections`, with [`POOL_TIMEOUT`] on every wait.
+fn build_pool<C>(
+    manager: AsyncDieselConnectionManager<C>,
+    max_connections: usize,
+) -> Result<Pool<C>>
+where
+    C: diesel_async::AsyncConnection + 'static,
+    AsyncDieselConnectionManager<C>: deadpool::managed::Manager,
+{
+    Pool::builder(manager)
+        .max_size(max_connections)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::Config(format!("DATABASE_URL: cannot build a pool: {e}")))
 }
 
 fn to_i64(seq: u64) -> Result<i64> {

@@ -25,14 +25,7 @@ pub fn pool(url: &str, max_connections: usize) -> Result<PgPool> {
     let mut config = ManagerConfig::default();
     config.recycling_method = RecyclingMethod::Fast;
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
-    Pool::builder(manager)
-        .max_size(max_connections)
-        .wait_timeout(Some(POOL_TIMEOUT))
-        .create_timeout(Some(POOL_TIMEOUT))
-        .recycle_timeout(Some(POOL_TIMEOUT))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::Config(format!("DATABASE_URL: cannot build a pool: {e}")))
+    super::build_pool(manager, max_connections)
 }
 
 /// Runs every pending migration on a connection of its own.

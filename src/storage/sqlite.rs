@@ -21,7 +21,6 @@ use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
-use super::POOL_TIMEOUT;
 use super::models::NewMessageRow;
 use super::schema::{messages, rooms};
 use crate::domain::NewMessage;
@@ -87,14 +86,7 @@ pub fn pool(path: &Path, max_connections: usize, synchronous: Synchronous) -> Re
     });
     let manager =
         AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path_str(path)?, config);
-    Pool::builder(manager)
-        .max_size(max_connections)
-        .wait_timeout(Some(POOL_TIMEOUT))
-        .create_timeout(Some(POOL_TIMEOUT))
-        .recycle_timeout(Some(POOL_TIMEOUT))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::Config(format!("DATABASE_URL: cannot build a pool: {e}")))
+    super::build_pool(manager, max_connections)
 }
 
 /// Creates the file (and its directory) if needed and runs every pending
