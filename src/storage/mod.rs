@@ -104,7 +104,8 @@ pub struct Appended {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
-    location: Location,
+    /// Shared: every JoinRoom stream holds a `Store`.
+    location: std::sync::Arc<Location>,
 }
 
 #[derive(Clone)]
@@ -155,7 +156,10 @@ impl Store {
                 Backend::Sqlite(sqlite::pool(path, max_connections, synchronous)?)
             }
         };
-        Ok(Store { backend, location })
+        Ok(Store {
+            backend,
+            location: location.into(),
+        })
     }
 
     pub fn location(&self) -> &Location {
@@ -164,7 +168,7 @@ impl Store {
 
     /// Runs every pending migration of the backend.
     pub async fn migrate(&self) -> Result<()> {
-        match &self.location {
+        match &*self.location {
             Location::Postgres(url) => postgres::migrate(url).await,
             Location::Sqlite(path) => sqlite::migrate(path).await,
         }
