@@ -151,6 +151,18 @@ pub struct Config {
     )]
     pub db_pool_size: u32,
 
+    /// Threads that run connections and calls; 0 means one per CPU. On a
+    /// machine shared with other busy processes fewer threads can deliver
+    /// more (see docs/benchmarks.md).
+    #[arg(
+        long = "worker-threads",
+        env = "CHAT_WORKER_THREADS",
+        value_name = "CHAT_WORKER_THREADS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=1024)
+    )]
+    pub worker_threads: u32,
+
     /// Writer tasks; rooms are spread over them and each commits its own
     /// batches. One gives the largest batches, which measured fastest on
     /// two cores.

@@ -47,7 +47,23 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: chatd::config::Config) -> chatd::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()
+    // Each connection is a file descriptor: take the whole hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < u64::from(config.max_connections) + 64 => tracing::warn!(
+            limit,
+            max_connections = config.max_connections,
+            "the open-files limit is below CHAT_MAX_CONNECTIONS; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads as usize);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
         .map_err(|e| chatd::Error::Config(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
         let app = chatd::Application::build(config).await?;
