@@ -18,6 +18,7 @@ OUT=docs/bench
 SECRET=bench-secret-0123456789abcdef
 CHATD_ADDR=127.0.0.1:50051
 SQLITE_ADDR=127.0.0.1:50052
+ONE_ADDR=127.0.0.1:50053
 NODE_ADDR=127.0.0.1:50061
 NODE_DB_ADDR=127.0.0.1:50062
 SIO_PORT=5055
@@ -44,11 +45,14 @@ CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$CHATD_ADDR DATABASE_URL=$PG_BASE/chatd_bench 
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD=$!
 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$SQLITE_ADDR DATABASE_URL=sqlite://$(mktemp -d)/chat.db \
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD_SQLITE=$!
+fresh_db chatd_bench_one
+CHAT_WORKER_THREADS=1 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$ONE_ADDR DATABASE_URL=$PG_BASE/chatd_bench_one \
+  CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD_ONE=$!
 PROTO=$PWD/proto/chat/v1/chat.proto ADDR=$NODE_ADDR node "$PEERS/grpc-node/server.js" >/dev/null & pids+=($!); NODE=$!
 PROTO=$PWD/proto/chat/v1/chat.proto ADDR=$NODE_DB_ADDR DATABASE_URL=$PG_BASE/peer_bench \
   node "$PEERS/grpc-node/server.js" >/dev/null & pids+=($!); NODE_DB=$!
 (cd "$PEERS/socketio-seed" && PORT=$SIO_PORT exec node server.js >/dev/null) & pids+=($!)
-wait_port $CHATD_ADDR; wait_port $SQLITE_ADDR; wait_port $NODE_ADDR; wait_port $NODE_DB_ADDR; wait_port 127.0.0.1:$SIO_PORT
+wait_port $CHATD_ADDR; wait_port $SQLITE_ADDR; wait_port $ONE_ADDR; wait_port $NODE_ADDR; wait_port $NODE_DB_ADDR; wait_port 127.0.0.1:$SIO_PORT
 
 bench() { # name server-pid addr auth-flag args...
   local name=$1 pid=$2 addr=$3 auth=$4; shift 4
@@ -69,6 +73,10 @@ for subs in 100 250 500 1000; do
   echo "== socketio-fanout-$subs: bench.js $subs $SENDERS $msgs" >&2
   (cd "$PEERS/socketio-seed" && node bench.js "http://127.0.0.1:$SIO_PORT" $subs $SENDERS $msgs) > "$OUT/socketio-fanout-$subs.json"
 done
+# chatd with one worker thread, leaving the other core to the load generator.
+bench chatd1-fanout-1000 $CHATD_ONE $ONE_ADDR "$CHATD_AUTH" fanout --subscribers 1000 --senders $SENDERS --messages $(( TOTAL / 1000 / SENDERS ))
+bench chatd1-fanout-1000-s32 $CHATD_ONE $ONE_ADDR "$CHATD_AUTH" fanout --subscribers 1000 --senders 32 --messages $BEST
+bench chatd1-fanout-1000-open300 $CHATD_ONE $ONE_ADDR "$CHATD_AUTH" fanout --subscribers 1000 --senders 4 --rate 75 --messages $OPEN
 # chatd at its best: more senders, and streams sharing connections.
 bench chatd-fanout-1000-s32 $CHATD $CHATD_ADDR "$CHATD_AUTH" fanout --subscribers 1000 --senders 32 --messages $BEST
 bench chatd-fanout-1000-k50 $CHATD $CHATD_ADDR "$CHATD_AUTH" fanout --subscribers 1000 --streams-per-conn 50 --senders 32 --messages $BEST
@@ -77,6 +85,7 @@ bench chatd-fanout-1000-open300 $CHATD $CHATD_ADDR "$CHATD_AUTH" fanout --subscr
 
 # Persisted sends: 64 concurrent senders over 100 rooms.
 bench chatd-send $CHATD $CHATD_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
+bench chatd1-send $CHATD_ONE $ONE_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
 bench chatd-sqlite-send $CHATD_SQLITE $SQLITE_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
 bench grpcnode-db-send $NODE_DB $NODE_DB_ADDR $NOAUTH send --senders 64 --rooms 100 --duration $DUR --no-verify
 # Ack latency at about half of chatd's closed-loop maximum.
