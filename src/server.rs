@@ -28,7 +28,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::{Authenticator, Keys, SecretSource, load_secret};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::limits::{BodyLimitLayer, incoming};
+use crate::limits::{BodyLimitLayer, EndOnShutdown, incoming};
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
@@ -183,7 +183,7 @@ impl Application {
             .layer(BodyLimitLayer {
                 max_bytes: max_request,
             })
-            .add_service(health_service)
+            .add_service(EndOnShutdown::new(health_service, streams_end.clone()))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(chat)

@@ -177,9 +177,10 @@ pub fn config(db_url: &str, extra: &[&str]) -> Config {
         db_url,
         "--jwt-secret",
         SECRET,
-        "--shutdown-grace",
-        "3s",
     ];
+    if !extra.contains(&"--shutdown-grace") {
+        args.extend_from_slice(&["--shutdown-grace", "3s"]);
+    }
     args.extend_from_slice(extra);
     Cli::try_parse_from(args)
         .expect("test config parses")
