@@ -210,7 +210,8 @@ pub struct SecretArgs {
     )]
     pub jwt_secret: Option<String>,
 
-    /// Directory for chatd's own files (the generated secret).
+    /// Directory for chatd's own files: the generated secret and the
+    /// default SQLite database.
     #[arg(
         long = "data-dir",
         env = "CHAT_DATA_DIR",
