@@ -6,17 +6,18 @@
 //! - [`server`]: [`server::Application`] builds the tonic server (gRPC and
 //!   grpc-web on one port, CORS, reflection, health), runs it, and shuts it
 //!   down in order.
-//! - [`limits`]: the connection limit and the request body limit.
+//! - [`limits`]: the connection limit, the request body limit, and ending
+//!   never-ending response streams at shutdown.
 //! - [`auth`]: HS256 bearer tokens, the interceptor that turns them into an
 //!   [`domain::Identity`], and the secret file.
 //! - [`service`]: chat.v1.ChatService, converting proto to domain and back.
 //! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
-//! - [`writer`]: the write path; batches sends into one transaction per
-//!   batch (group commit) and publishes after commit.
+//! - [`writer`]: the write path; stores waiting sends as one atomic batch
+//!   (group commit) and publishes after commit.
 //! - [`rooms`]: the registry of live rooms: broadcast fan-out, presence, and
 //!   the per-stream reader that guarantees exactly-once, gapless delivery.
-//! - [`storage`]: PostgreSQL through diesel-async; the only module that
-//!   knows SQL.
+//! - [`storage`]: PostgreSQL or SQLite through diesel-async; the only
+//!   module that knows SQL or which backend runs.
 //! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
 //! - [`error`]: the one error type and its mapping to gRPC statuses.
 
