@@ -1,13 +1,13 @@
 //! The write path: group commit, then fan-out.
 //!
-//! SendMessage hands its validated message to a writer task (one by default;
-//! with several, chosen by room) and waits for the answer. A writer takes every request
-//! waiting in its queue (up to [`MAX_BATCH`]), stores them all in one
-//! transaction, then publishes the fresh ones to the room registry and
-//! answers each sender. One transaction per batch instead of per message is
-//! what lets the service take tens of thousands of sends per second; since a
-//! room always goes to the same writer, its messages are committed and
-//! published in seq order.
+//! SendMessage hands its validated message to a writer task (one by
+//! default; with several, chosen by room) and waits for the answer. A writer
+//! takes every request waiting in its queue (up to [`MAX_BATCH`]), stores
+//! them all atomically (one statement on PostgreSQL, one transaction on
+//! SQLite), then publishes the fresh ones to the room registry and answers
+//! each sender. One commit per batch instead of per message is what lets
+//! throughput grow with load; since a room always goes to the same writer,
+//! its messages are committed and published in seq order.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
