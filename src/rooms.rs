@@ -195,9 +195,6 @@ impl Rooms {
         store: Store,
         shutdown: CancellationToken,
     ) -> Result<Subscription> {
-        if shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
         // Subscribing, joining and taking the member snapshot happen under
         // one lock, so the snapshot and the events that follow it agree.
         let (entry, rx, members, cached_last) = {
@@ -386,9 +383,10 @@ impl Subscription {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
-            if self.shutdown.is_cancelled() {
-                return Err(Error::ShuttingDown.into());
-            }
+            // No shutdown check here: it would lock the token's mutex for
+            // every event of every stream. A stream learns of shutdown from
+            // `Event::Shutdown` in the ring, or, if it fell behind past that
+            // event, from the token in `catch_up`.
             if self.catching_up {
                 self.catch_up().await?;
                 continue;
