@@ -770,45 +770,37 @@ async fn graceful_shutdown_ends_open_streams(backend: Backend) {
     within(done).await.unwrap().unwrap();
 }
 
-async fn reflection_lists_services_on_v1_and_v1alpha(backend: Backend) {
-    use tokio_stream::StreamExt;
-    let db = TestDb::create(backend).await;
-    let server = TestServer::start(&db).await;
-
-    {
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        let mut client = ServerReflectionClient::new(server.channel().await);
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = within(client.server_reflection_info(tokio_stream::iter([request])))
-            .await
-            .unwrap()
-            .into_inner();
-        let response = within(responses.next()).await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("unexpected {response:?}");
-        };
-        let names: HashSet<_> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.contains("chat.v1.ChatService"), "{names:?}");
-        assert!(names.contains("grpc.health.v1.Health"), "{names:?}");
-
-        // The descriptors resolve too.
-        for symbol in ["chat.v1.ChatService", "grpc.health.v1.Health"] {
+/// Lists services and resolves `symbols` through one version of the
+/// reflection protocol (`v1` or `v1alpha`: same messages, other types).
+macro_rules! check_reflection {
+    ($version:ident, $channel:expr, $symbols:expr) => {{
+        use tokio_stream::StreamExt;
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let mut client = ServerReflectionClient::new($channel);
+        let mut ask = async |message_request| {
             let request = ServerReflectionRequest {
                 host: String::new(),
-                message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+                message_request: Some(message_request),
             };
             let mut responses =
                 within(client.server_reflection_info(tokio_stream::iter([request])))
                     .await
                     .unwrap()
                     .into_inner();
-            let response = within(responses.next()).await.unwrap().unwrap();
+            within(responses.next()).await.unwrap().unwrap()
+        };
+        let response = ask(MessageRequest::ListServices(String::new())).await;
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected {response:?}");
+        };
+        let names: HashSet<_> = list.service.into_iter().map(|s| s.name).collect();
+        for symbol in $symbols {
+            assert!(names.contains(symbol), "{symbol} not in {names:?}");
+            // The descriptors resolve too.
+            let response = ask(MessageRequest::FileContainingSymbol(symbol.into())).await;
             assert!(
                 matches!(
                     response.message_response,
@@ -817,27 +809,15 @@ async fn reflection_lists_services_on_v1_and_v1alpha(backend: Backend) {
                 "{symbol}: {response:?}"
             );
         }
-    }
-    {
-        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        let mut client = ServerReflectionClient::new(server.channel().await);
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = within(client.server_reflection_info(tokio_stream::iter([request])))
-            .await
-            .unwrap()
-            .into_inner();
-        let response = within(responses.next()).await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("unexpected {response:?}");
-        };
-        assert!(list.service.iter().any(|s| s.name == "chat.v1.ChatService"));
-    }
+    }};
+}
+
+async fn reflection_lists_services_on_v1_and_v1alpha(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let symbols = ["chat.v1.ChatService", "grpc.health.v1.Health"];
+    check_reflection!(v1, server.channel().await, symbols);
+    check_reflection!(v1alpha, server.channel().await, symbols);
     server.shutdown().await.unwrap();
 }
 
@@ -1349,15 +1329,8 @@ mod binary {
     impl Process {
         async fn start(db_url: &str, dir: &std::path::Path) -> Process {
             let child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-                .args([
-                    "serve",
-                    "--addr",
-                    "127.0.0.1:0",
-                    "--database-url",
-                    db_url,
-                    "--jwt-secret",
-                    SECRET,
-                ])
+                .arg("serve")
+                .args(server_args(db_url))
                 .env("CHAT_DATA_DIR", dir)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())

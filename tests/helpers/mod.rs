@@ -166,18 +166,24 @@ impl Drop for TestDb {
     }
 }
 
-/// chatd's configuration for tests: port 0, the test database, the test
-/// secret. `extra` are more flags.
-pub fn config(db_url: &str, extra: &[&str]) -> Config {
-    let mut args = vec![
-        "chatd",
+/// The flags every test server gets: a loopback port 0, the test database
+/// and the test secret.
+pub fn server_args(db_url: &str) -> [&str; 6] {
+    [
         "--addr",
         "127.0.0.1:0",
         "--database-url",
         db_url,
         "--jwt-secret",
         SECRET,
-    ];
+    ]
+}
+
+/// chatd's configuration for tests: port 0, the test database, the test
+/// secret. `extra` are more flags.
+pub fn config(db_url: &str, extra: &[&str]) -> Config {
+    let mut args = vec!["chatd"];
+    args.extend(server_args(db_url));
     if !extra.contains(&"--shutdown-grace") {
         args.extend_from_slice(&["--shutdown-grace", "3s"]);
     }
