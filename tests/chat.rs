@@ -84,23 +84,11 @@ async fn two_users_join_talk_and_leave(backend: Backend) {
     assert_eq!(next_message(&mut alice_stream).await, sent);
     assert_eq!(next_message(&mut bob_stream).await, sent);
 
-    let history = within(alice.list_history(proto::ListHistoryRequest {
-        room: "lobby".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap()
-    .into_inner();
+    let history = newest_page(&mut alice, "lobby").await;
     assert_eq!(history.messages, vec![sent]);
     assert!(!history.has_more);
 
-    let members = within(alice.list_members(proto::ListMembersRequest {
-        room: "lobby".into(),
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .members;
+    let members = list_members(&mut alice, "lobby").await;
     assert_eq!(user_ids(&members), ["alice", "bob"]);
 
     drop(bob_stream);
@@ -108,13 +96,7 @@ async fn two_users_join_talk_and_leave(backend: Backend) {
         Event::MemberLeft(e) => assert_eq!(e.member.unwrap().user_id, "bob"),
         other => panic!("expected member_left, got {other:?}"),
     }
-    let members = within(alice.list_members(proto::ListMembersRequest {
-        room: "lobby".into(),
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .members;
+    let members = list_members(&mut alice, "lobby").await;
     assert_eq!(user_ids(&members), ["alice"]);
     server.shutdown().await.unwrap();
 }
@@ -441,13 +423,7 @@ async fn idempotent_retry_returns_the_original(backend: Backend) {
     let server = TestServer::start(&db).await;
     let mut alice = server.client("alice").await;
     assert_eq!(send_request(&mut alice, request).await.unwrap(), first);
-    let page = within(alice.list_history(proto::ListHistoryRequest {
-        room: "lobby".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap()
-    .into_inner();
+    let page = newest_page(&mut alice, "lobby").await;
     assert_eq!(seqs(&page.messages), [1, 2, 3]);
     server.shutdown().await.unwrap();
 }
@@ -596,13 +572,7 @@ async fn history_pages_both_ways(backend: Backend) {
     assert_eq!(first_message.sender.as_ref().unwrap().user_id, "alice");
 
     let mut c2 = c.clone();
-    let empty = within(c2.list_history(proto::ListHistoryRequest {
-        room: "never-used".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap()
-    .into_inner();
+    let empty = newest_page(&mut c2, "never-used").await;
     assert!(empty.messages.is_empty() && !empty.has_more);
     server.shutdown().await.unwrap();
 }
@@ -622,11 +592,7 @@ async fn presence_is_per_user_across_devices(backend: Backend) {
         Event::MemberJoined(e) => assert_eq!(e.member.unwrap().user_id, "alice"),
         other => panic!("expected member_joined, got {other:?}"),
     }
-    let members = within(bob.list_members(proto::ListMembersRequest { room: "p".into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
+    let members = list_members(&mut bob, "p").await;
     assert_eq!(user_ids(&members), ["alice", "bob"]);
 
     // Closing one of alice's two streams is no event; a message marks the
@@ -704,13 +670,7 @@ async fn restart_keeps_history_and_continues_seq(backend: Backend) {
     assert_eq!(joined.last_seq, 3);
     assert_eq!(send(&mut c, "keep", "m4").await.seq, 4);
     assert_eq!(next_message(&mut stream).await.seq, 4);
-    let page = within(c.list_history(proto::ListHistoryRequest {
-        room: "keep".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap()
-    .into_inner();
+    let page = newest_page(&mut c, "keep").await;
     assert_eq!(seqs(&page.messages), [1, 2, 3, 4]);
     assert_eq!(page.messages[0].content, "m1");
     server.shutdown().await.unwrap();
@@ -1234,13 +1194,7 @@ async fn postgres_outage_is_unavailable_then_recovers() {
     );
     // Health saw the database answer again; calls work again too.
     assert_eq!(send(&mut c, "o", "after").await.seq, 2);
-    let page = within(c.list_history(proto::ListHistoryRequest {
-        room: "o".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap()
-    .into_inner();
+    let page = newest_page(&mut c, "o").await;
     assert_eq!(seqs(&page.messages), [1, 2]);
     server.shutdown().await.unwrap();
 }

@@ -363,6 +363,28 @@ pub async fn send_request(
         .map(|r| r.into_inner().message.expect("message in response"))
 }
 
+/// The newest page (default size) of `room`'s history.
+pub async fn newest_page(client: &mut Client, room: &str) -> proto::ListHistoryResponse {
+    let request = proto::ListHistoryRequest {
+        room: room.into(),
+        ..Default::default()
+    };
+    within(client.list_history(request))
+        .await
+        .expect("list history")
+        .into_inner()
+}
+
+/// `room`'s current members.
+pub async fn list_members(client: &mut Client, room: &str) -> Vec<proto::Member> {
+    let request = proto::ListMembersRequest { room: room.into() };
+    within(client.list_members(request))
+        .await
+        .expect("list members")
+        .into_inner()
+        .members
+}
+
 /// The seqs of `messages`.
 pub fn seqs(messages: &[proto::Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
