@@ -34,7 +34,7 @@ trap cleanup EXIT
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
 fresh_db() { psql "$ADMIN_URL" -q -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
 
-cargo build --release --bins
+cargo build --release --workspace --bins
 for peer in grpc-node socketio-seed; do
   [ -d "$PEERS/$peer/node_modules" ] || (cd "$PEERS/$peer" && npm install --no-audit --no-fund --silent)
 done

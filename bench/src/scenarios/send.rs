@@ -1,0 +1,175 @@
+//! `send`: C concurrent senders over many rooms, acknowledged sends/s, checked against history.
+
+use super::*;
+
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// Concurrent senders, each on its own connection.
+    #[arg(long, default_value_t = 64)]
+    senders: usize,
+    /// Rooms the sends spread over.
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Total sends per second (open loop); 0 sends as fast as acks come back.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Extra bytes of content per message.
+    #[arg(long, default_value_t = 32)]
+    payload: usize,
+    /// Skip checking that every acknowledged message is in history.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
+    let senders = a.senders.max(1);
+    let rooms = a.rooms.max(1);
+    let channels = ctx.channels(senders).await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let per_sender_rate = a.rate / senders as f64;
+    let padding = "x".repeat(a.payload);
+    let before = ctx.sample();
+    let start = Instant::now();
+    let deadline = start + a.duration;
+    let progress = Progress::start("send", "acks", acked.clone());
+    let mut set = JoinSet::new();
+    for (i, channel) in channels.into_iter().enumerate() {
+        let client = ctx.client(channel, &format!("sender-{i}"))?;
+        let room_names: Vec<String> = (0..rooms).map(|r| ctx.room(r)).collect();
+        let acked = acked.clone();
+        let padding = padding.clone();
+        set.spawn(async move {
+            let mut hist = histogram();
+            let mut stored: Vec<(usize, u64)> = Vec::new();
+            let mut errors = 0u64;
+            let mut pacer = Pacer::new(per_sender_rate);
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut in_flight = InFlight::new(per_sender_rate);
+            let mut record = |outcome: Result<(usize, u64, u64), Status>| match outcome {
+                Ok((r, seq, at)) => {
+                    let _ = hist.record(now_us().saturating_sub(at).max(1));
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    stored.push((r, seq));
+                }
+                Err(_) => errors += 1,
+            };
+            while Instant::now() < deadline {
+                let at = pacer.next().await;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let r = (x % room_names.len() as u64) as usize;
+                let request = SendMessageRequest {
+                    room: room_names[r].clone(),
+                    content: stamped(at, &padding),
+                    ..Default::default()
+                };
+                let mut client = client.clone();
+                let send = async move {
+                    let resp = client.send_message(request).await?;
+                    let seq = resp.into_inner().message.map_or(0, |m| m.seq);
+                    Ok((r, seq, at))
+                };
+                for outcome in in_flight.run_collect(send).await {
+                    record(outcome);
+                }
+            }
+            for outcome in in_flight.drain().await {
+                record(outcome);
+            }
+            (hist, stored, errors, client)
+        });
+    }
+    let mut hist = histogram();
+    let mut stored = Vec::new();
+    let mut errors = 0;
+    let mut client = None;
+    while let Some(done) = set.join_next().await {
+        let (h, s, e, c) = done.map_err(|e| e.to_string())?;
+        let _ = hist.add(h);
+        stored.extend(s);
+        errors += e;
+        client = Some(c);
+    }
+    let elapsed = start.elapsed();
+    drop(progress);
+    let usage = ctx.usage(before);
+    let params = json!({
+        "senders": senders, "rooms": rooms, "duration_s": a.duration.as_secs_f64(), "rate": a.rate,
+        "payload": a.payload,
+    });
+    let mut report = ctx.report("send", params, elapsed);
+    let acks = stored.len() as f64;
+    report
+        .figure("acknowledged sends", acks)
+        .figure("acknowledged sends/s", acks / elapsed.as_secs_f64())
+        .figure("errors", errors as f64);
+    if let Some(u) = usage {
+        report.figure(
+            "server cpu µs/send",
+            u.cpu().as_secs_f64() * 1e6 / acks.max(1.0),
+        );
+        report.server = Some(u.into());
+    }
+    report.latency = Some(Latency::from_micros(&hist));
+    if !a.no_verify
+        && let Some(mut client) = client
+    {
+        let (found, gapless) = verify_history(ctx, &mut client, rooms, &stored).await?;
+        report.figure("acknowledged found in history", found as f64);
+        report
+            .check(
+                "every acknowledged send is in history",
+                found == stored.len(),
+            )
+            .check("history seqs are gapless", gapless);
+    }
+    report.check("no errors", errors == 0);
+    Ok(report)
+}
+
+/// Pages through each room's history and counts the acknowledged
+/// (room, seq) pairs found; also whether each room's seqs are 1..=n.
+async fn verify_history(
+    ctx: &Context,
+    client: &mut Client,
+    rooms: usize,
+    acked: &[(usize, u64)],
+) -> Result<(usize, bool)> {
+    let mut found = 0;
+    let mut gapless = true;
+    for r in 0..rooms {
+        let mut seqs = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = client
+                .list_history(ListHistoryRequest {
+                    room: ctx.room(r),
+                    page_size: 500,
+                    before_seq: None,
+                    after_seq: Some(after),
+                })
+                .await
+                .map_err(|e| format!("list_history: {e}"))?
+                .into_inner();
+            if page.messages.is_empty() {
+                break;
+            }
+            seqs.extend(page.messages.iter().map(|m| m.seq));
+            after = page.messages.last().map_or(after, |m| m.seq);
+            if !page.has_more {
+                break;
+            }
+        }
+        gapless &= seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1);
+        let have: std::collections::HashSet<u64> = seqs.into_iter().collect();
+        found += acked
+            .iter()
+            .filter(|(room, seq)| *room == r && have.contains(seq))
+            .count();
+    }
+    Ok((found, gapless))
+}
