@@ -25,7 +25,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::{Authenticator, Keys, SecretSource, load_secret};
+use crate::auth::{
+    Authenticator, CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
+};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::limits::{BodyLimitLayer, EndOnShutdown, incoming};
@@ -54,7 +56,7 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let (secret, source) =
-            load_secret(config.secret.jwt_secret.as_deref(), &config.secret.data_dir)?;
+            load_or_generate_secret(config.secret.jwt_secret.as_deref(), &config.secret.data_dir)?;
         match &source {
             SecretSource::Env => tracing::info!("token secret from CHAT_JWT_SECRET"),
             SecretSource::File(path) => {
@@ -64,6 +66,17 @@ impl Application {
                 tracing::info!(path = %path.display(), "generated a token secret (kept, mode 0600)")
             }
         }
+        let data_dir = std::path::absolute(&config.secret.data_dir)
+            .unwrap_or_else(|_| config.secret.data_dir.clone());
+        tracing::info!(path = %data_dir.display(), "data directory (CHAT_DATA_DIR)");
+        let policy = TokenPolicy {
+            allow_no_exp: config.jwt_allow_no_exp,
+        };
+        tracing::info!(
+            exp_required = !policy.allow_no_exp,
+            leeway_secs = CLOCK_LEEWAY_SECS,
+            "tokens: HS256, `exp` and `nbf` checked"
+        );
         let location = Location::parse(config.database_url.as_deref(), &config.secret.data_dir)
             .map_err(|e| Error::Config(format!("DATABASE_URL: {e}")))?;
         let store = Store::open(
@@ -72,6 +85,7 @@ impl Application {
             config.sqlite_synchronous,
         )?;
         store.migrate().await?;
+        warn_if_exposed(&source, store.location());
         let listener = TcpListener::bind(config.addr).await.map_err(|e| {
             Error::Config(format!("CHAT_ADDR: cannot listen on {}: {e}", config.addr))
         })?;
@@ -82,7 +96,7 @@ impl Application {
             listener,
             addr,
             config,
-            keys: Arc::new(Keys::new(&secret)),
+            keys: Arc::new(Keys::with_policy(&secret, policy)),
             store,
         })
     }
@@ -218,6 +232,29 @@ impl Application {
         tracing::info!("chatd stopped");
         Ok(())
     }
+}
+
+/// Warns about chatd's files (and the directories holding them) that other
+/// users can read: those made by an older chatd, or opened by an operator.
+fn warn_if_exposed(source: &SecretSource, location: &Location) {
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(secret) = source.path() {
+        paths.extend(secret.parent().map(Into::into));
+        paths.push(secret.into());
+    }
+    if let Location::Sqlite(db) = location
+        && let Ok(db) = std::path::absolute(db)
+    {
+        paths.extend(db.parent().map(Into::into));
+        for suffix in ["-wal", "-shm"] {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            paths.push(name.into());
+        }
+        paths.push(db);
+    }
+    let paths: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+    crate::files::warn_if_shared(&paths);
 }
 
 /// Sets the status of both the whole server ("") and ChatService.
