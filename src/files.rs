@@ -104,11 +104,33 @@ pub fn warn_if_shared(paths: &[&Path]) {
         };
         tracing::warn!(
             path = %path.display(),
-            mode = format!("{mode:o}"),
+            mode = %format_args!("{mode:o}"),
             "other users can access this path; chatd only restricts what it creates: run `chmod {wanted:o} {}`",
             path.display()
         );
     }
+}
+
+/// Warns about chatd's own files that other users can access, and the
+/// directories holding them: the secret file and the SQLite database with its
+/// `-wal` and `-shm` files (made by an older chatd, or opened by an operator).
+pub fn warn_if_exposed(secret: Option<&Path>, sqlite_db: Option<&Path>) {
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(secret) = secret {
+        paths.extend(secret.parent().map(Into::into));
+        paths.push(secret.into());
+    }
+    if let Some(db) = sqlite_db.and_then(|db| std::path::absolute(db).ok()) {
+        paths.extend(db.parent().map(Into::into));
+        for suffix in ["-wal", "-shm"] {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            paths.push(name.into());
+        }
+        paths.push(db);
+    }
+    let paths: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    warn_if_shared(&paths);
 }
 
 #[cfg(all(test, unix))]

@@ -85,7 +85,11 @@ impl Application {
             config.sqlite_synchronous,
         )?;
         store.migrate().await?;
-        warn_if_exposed(&source, store.location());
+        let sqlite_db = match store.location() {
+            Location::Sqlite(path) => Some(path.as_path()),
+            Location::Postgres(_) => None,
+        };
+        crate::files::warn_if_exposed(source.path(), sqlite_db);
         let listener = TcpListener::bind(config.addr).await.map_err(|e| {
             Error::Config(format!("CHAT_ADDR: cannot listen on {}: {e}", config.addr))
         })?;
@@ -232,29 +236,6 @@ impl Application {
         tracing::info!("chatd stopped");
         Ok(())
     }
-}
-
-/// Warns about chatd's files (and the directories holding them) that other
-/// users can read: those made by an older chatd, or opened by an operator.
-fn warn_if_exposed(source: &SecretSource, location: &Location) {
-    let mut paths: Vec<std::path::PathBuf> = Vec::new();
-    if let Some(secret) = source.path() {
-        paths.extend(secret.parent().map(Into::into));
-        paths.push(secret.into());
-    }
-    if let Location::Sqlite(db) = location
-        && let Ok(db) = std::path::absolute(db)
-    {
-        paths.extend(db.parent().map(Into::into));
-        for suffix in ["-wal", "-shm"] {
-            let mut name = db.clone().into_os_string();
-            name.push(suffix);
-            paths.push(name.into());
-        }
-        paths.push(db);
-    }
-    let paths: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
-    crate::files::warn_if_shared(&paths);
 }
 
 /// Sets the status of both the whole server ("") and ChatService.

@@ -341,16 +341,14 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// A first start in an empty directory, with the default (relative) data
-/// directory, SQLite and a generated secret, under umask 000 so that only
-/// chatd's own modes protect its files.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_start_makes_private_files_and_logs_absolute_paths() {
-    let cwd = TempDir::new("firststart");
+/// Starts the chatd binary through `/bin/sh -c script` (the binary is `$0`)
+/// in `cwd` with an empty environment, and returns it with its start-up log
+/// lines, up to the one naming where history is stored.
+async fn start_chatd(cwd: &Path, script: &str) -> (KillOnDrop, Vec<String>) {
     let child = Command::new("/bin/sh")
-        .args(["-c", "umask 000 && exec \"$0\" serve --addr 127.0.0.1:0"])
+        .args(["-c", script])
         .arg(env!("CARGO_BIN_EXE_chatd"))
-        .current_dir(&cwd.0)
+        .current_dir(cwd)
         .env_clear()
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -359,8 +357,6 @@ async fn first_start_makes_private_files_and_logs_absolute_paths() {
         .unwrap();
     let mut child = KillOnDrop(child);
     let stderr = child.0.stderr.take().unwrap();
-    // Lines until the one naming where history is stored (the last start-up
-    // line that names a path).
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<String>(64);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
@@ -381,6 +377,17 @@ async fn first_start_makes_private_files_and_logs_absolute_paths() {
             None => panic!("chatd ended during start-up: {startup:#?}"),
         }
     }
+    (child, startup)
+}
+
+/// A first start in an empty directory, with the default (relative) data
+/// directory, SQLite and a generated secret, under umask 000 so that only
+/// chatd's own modes protect its files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_makes_private_files_and_logs_absolute_paths() {
+    let cwd = TempDir::new("firststart");
+    let (_child, startup) =
+        start_chatd(&cwd.0, "umask 000 && exec \"$0\" serve --addr 127.0.0.1:0").await;
     let find = |what: &str| -> &String {
         startup
             .iter()
@@ -464,4 +471,32 @@ async fn a_database_in_an_existing_directory_is_private_and_the_directory_untouc
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
     server.shutdown().await.unwrap();
+}
+
+/// A data directory that exists with looser permissions is left as it is,
+/// and start-up says so, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_data_directory_is_warned_about_and_left_alone() {
+    let cwd = TempDir::new("opendir");
+    let data = cwd.0.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_child, startup) = start_chatd(
+        &cwd.0,
+        "exec \"$0\" serve --addr 127.0.0.1:0 --data-dir data",
+    )
+    .await;
+    let warned = startup.iter().any(|l| {
+        l.contains("WARN")
+            && l.contains("other users can access")
+            && l.contains(&format!("path={} ", data.display()))
+    });
+    assert!(warned, "{startup:#?}");
+    assert_eq!(
+        mode(&data),
+        0o755,
+        "chatd changed a directory it did not make"
+    );
+    assert_eq!(mode(&data.join("chat.db")), 0o600, "database");
+    assert_eq!(mode(&data.join("jwt-secret")), 0o600, "secret");
 }
