@@ -1,8 +1,15 @@
 //! Bearer-token identity: HS256 JWTs verified against one secret.
 //!
+//! A token must carry `exp` (unless [`TokenPolicy::allow_no_exp`]), may
+//! carry `nbf`, and is checked against both with [`CLOCK_LEEWAY_SECS`] of
+//! leeway. `aud` is accepted and not checked yet. `sub` becomes the user id
+//! and is refused if it holds control or format characters; `name` becomes
+//! the display name with format characters (bidi overrides, zero-width
+//! characters) stripped.
+//!
 //! The secret comes from `CHAT_JWT_SECRET`, or from a 0600 file in the data
-//! directory that chatd creates on first start. `chatd token` signs with the
-//! same secret, so a newcomer can mint a token and call the service at once.
+//! directory that the server creates on first start. `chatd token` signs
+//! with the same secret and never creates one.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -14,6 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::domain::Identity;
 use crate::error::{Error, Result};
@@ -22,20 +30,43 @@ use crate::error::{Error, Result};
 pub const SECRET_MIN_BYTES: usize = 16;
 /// The longest `sub` claim, in bytes.
 pub const USER_ID_MAX_BYTES: usize = 128;
-/// The longest `name` claim, in characters.
+/// The longest `name` claim, in characters (after format characters are
+/// stripped).
 pub const DISPLAY_NAME_MAX_CHARS: usize = 64;
 /// The file in the data directory that holds a generated secret.
 pub const SECRET_FILE: &str = "jwt-secret";
+/// How far the issuer's clock may be off from chatd's, in seconds: a token
+/// is accepted until `exp + CLOCK_LEEWAY_SECS` and from
+/// `nbf - CLOCK_LEEWAY_SECS`.
+pub const CLOCK_LEEWAY_SECS: u64 = 5;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    sub: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+/// The claims chatd mints.
+#[derive(Debug, Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
+    iat: u64,
+}
+
+/// The claims chatd reads; `exp`, `nbf` (and any others) are checked by
+/// jsonwebtoken and not needed here.
+#[derive(Debug, Deserialize)]
+struct Received {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// What a token must carry besides a good signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// Accept tokens without an `exp` claim, which are valid forever
+    /// (`CHAT_JWT_ALLOW_NO_EXP`). Off: a leaked token must expire.
+    pub allow_no_exp: bool,
 }
 
 /// Signs and verifies tokens with one HS256 secret.
@@ -53,12 +84,24 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
+    /// Keys with the default policy: `exp` required.
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_policy(secret, TokenPolicy::default())
+    }
+
+    pub fn with_policy(secret: &[u8], policy: TokenPolicy) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        // `exp` is checked when present, not required.
-        validation.required_spec_claims = HashSet::new();
+        validation.required_spec_claims = if policy.allow_no_exp {
+            HashSet::new()
+        } else {
+            HashSet::from(["exp".to_owned()])
+        };
         validation.validate_exp = true;
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        // jsonwebtoken refuses any `aud` when no audience is configured;
+        // chatd has none to check yet, so it accepts the claim as it is.
+        validation.validate_aud = false;
+        validation.leeway = CLOCK_LEEWAY_SECS;
         Keys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -68,21 +111,9 @@ impl Keys {
 
     /// Verifies a token and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity> {
-        use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| {
-                Error::Unauthenticated(match e.kind() {
-                    ErrorKind::ExpiredSignature => "authorization: token has expired".into(),
-                    ErrorKind::InvalidSignature => {
-                        "authorization: token signature is invalid".into()
-                    }
-                    ErrorKind::InvalidAlgorithm => {
-                        "authorization: token must be signed with HS256".into()
-                    }
-                    _ => "authorization: token is malformed".into(),
-                })
-            })?;
-        identity_from_claims(data.claims)
+        let data = jsonwebtoken::decode::<Received>(token, &self.decoding, &self.validation)
+            .map_err(|e| Error::Unauthenticated(refusal(e.kind())))?;
+        identity_from_claims(data.claims.sub.as_deref(), data.claims.name.as_deref())
     }
 
     /// Reads `authorization: Bearer <token>` from request metadata.
@@ -104,43 +135,77 @@ impl Keys {
         self.verify(token)
     }
 
-    /// Signs a token for `user_id`, valid for `ttl` when given.
+    /// Signs a token for `user_id`, valid for `ttl`; without a `ttl` it has
+    /// no `exp`, which servers refuse unless they allow it.
     pub fn mint(&self, user_id: &str, name: Option<&str>, ttl: Option<Duration>) -> Result<String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| Error::Internal(format!("clock before 1970: {e}")))?
             .as_secs();
-        let claims = Claims {
-            sub: user_id.to_owned(),
-            name: name.map(str::to_owned),
-            exp: ttl.map(|t| now.saturating_add(t.as_secs())),
-            iat: Some(now),
-        };
         // Refuse to mint what verify would refuse.
-        identity_from_claims(Claims {
-            sub: claims.sub.clone(),
-            name: claims.name.clone(),
-            exp: None,
-            iat: None,
-        })
-        .map_err(|e| Error::Config(e.to_string()))?;
+        identity_from_claims(Some(user_id), name).map_err(|e| Error::Config(e.to_string()))?;
+        let claims = Claims {
+            sub: user_id,
+            name,
+            exp: ttl.map(|t| now.saturating_add(t.as_secs())),
+            iat: now,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Internal(format!("signing token: {e}")))
     }
 }
 
-fn identity_from_claims(claims: Claims) -> Result<Identity> {
-    let sub = claims.sub;
+/// What the client is told when jsonwebtoken refuses its token.
+fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => "authorization: token has expired (`exp` is past)".into(),
+        ErrorKind::ImmatureSignature => {
+            "authorization: token is not valid yet (`nbf` is in the future)".into()
+        }
+        ErrorKind::InvalidSignature => {
+            "authorization: token signature is invalid (signed with another secret?)".into()
+        }
+        ErrorKind::InvalidAlgorithm => "authorization: token must be signed with HS256".into(),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            format!("authorization: token has no `{claim}` claim; tokens must expire")
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            format!("authorization: token claim `{claim}` must be a number of seconds since 1970")
+        }
+        ErrorKind::Json(e) => format!("authorization: token is malformed: {e}"),
+        _ => "authorization: token is malformed (expected header.claims.signature in base64url)"
+            .into(),
+    }
+}
+
+/// Unicode format characters (general category Cf): bidi overrides and
+/// isolates, zero-width spaces and joiners, soft hyphens, tags...
+fn is_format(c: char) -> bool {
+    c.general_category() == GeneralCategory::Format
+}
+
+fn identity_from_claims(sub: Option<&str>, name: Option<&str>) -> Result<Identity> {
+    let sub = sub.ok_or_else(|| Error::Unauthenticated("token: `sub` claim is missing".into()))?;
     if sub.trim().is_empty() {
         return Err(Error::Unauthenticated("token: `sub` claim is empty".into()));
     }
-    if sub.len() > USER_ID_MAX_BYTES || sub.chars().any(char::is_control) {
+    if sub.len() > USER_ID_MAX_BYTES {
         return Err(Error::Unauthenticated(format!(
-            "token: `sub` claim must be at most {USER_ID_MAX_BYTES} bytes without control characters"
+            "token: `sub` claim must be at most {USER_ID_MAX_BYTES} bytes"
         )));
     }
-    let name = match claims.name.as_deref().map(str::trim) {
-        None | Some("") => sub.clone(),
+    if let Some(c) = sub.chars().find(|&c| c.is_control() || is_format(c)) {
+        return Err(Error::Unauthenticated(format!(
+            "token: `sub` claim must not contain control or format characters (found U+{:04X})",
+            u32::from(c)
+        )));
+    }
+    // A display name is shown, not matched: strip what would make it render
+    // differently from what it holds, rather than lock its user out.
+    let name: Option<String> = name.map(|n| n.chars().filter(|&c| !is_format(c)).collect());
+    let name = match name.as_deref().map(str::trim) {
+        None | Some("") => sub.to_owned(),
         Some(name) => {
             if name.chars().count() > DISPLAY_NAME_MAX_CHARS || name.chars().any(char::is_control) {
                 return Err(Error::Unauthenticated(format!(
@@ -169,7 +234,7 @@ impl tonic::service::Interceptor for Authenticator {
     }
 }
 
-/// Where a secret came from, for the start-up log.
+/// Where a secret came from, for the start-up log. Paths are absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     Env,
@@ -177,25 +242,102 @@ pub enum SecretSource {
     Generated(PathBuf),
 }
 
-/// The configured secret, or the one kept in `data_dir`, created on first
-/// use with mode 0600.
+impl SecretSource {
+    /// The secret file, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            SecretSource::Env => None,
+            SecretSource::File(path) | SecretSource::Generated(path) => Some(path),
+        }
+    }
+}
+
+/// `data_dir/SECRET_FILE` as an absolute path (relative paths are taken
+/// from the current directory), for messages an operator can act on.
+fn secret_path(data_dir: &Path) -> Result<PathBuf> {
+    std::path::absolute(data_dir.join(SECRET_FILE)).map_err(|e| {
+        Error::Config(format!(
+            "CHAT_DATA_DIR: cannot resolve {}: {e}",
+            data_dir.display()
+        ))
+    })
+}
+
+/// The configured secret, or the one kept in `data_dir`. Never creates
+/// anything: this is what `chatd token` uses, and a secret it made up would
+/// sign tokens that no server accepts.
 pub fn load_secret(configured: Option<&str>, data_dir: &Path) -> Result<(Vec<u8>, SecretSource)> {
     if let Some(secret) = configured {
-        if secret.len() < SECRET_MIN_BYTES {
-            return Err(Error::Config(format!(
-                "CHAT_JWT_SECRET: must be at least {SECRET_MIN_BYTES} bytes"
-            )));
-        }
-        return Ok((secret.as_bytes().to_vec(), SecretSource::Env));
+        return configured_secret(secret);
     }
-    let path = data_dir.join(SECRET_FILE);
+    let path = secret_path(data_dir)?;
+    match read_secret_file(&path)? {
+        Some(secret) => Ok((secret, SecretSource::File(path))),
+        None => Err(Error::Config(format!(
+            "no token secret: CHAT_JWT_SECRET is not set and {} does not exist. \
+             Set CHAT_DATA_DIR (or --data-dir) to the server's data directory, where the server \
+             creates the secret on first start, or set CHAT_JWT_SECRET to the server's secret",
+            path.display()
+        ))),
+    }
+}
+
+/// What the server uses: the configured secret, or the one kept in
+/// `data_dir`, created on first start with mode 0600 (and the directory
+/// with mode 0700 when it is missing).
+pub fn load_or_generate_secret(
+    configured: Option<&str>,
+    data_dir: &Path,
+) -> Result<(Vec<u8>, SecretSource)> {
+    if let Some(secret) = configured {
+        return configured_secret(secret);
+    }
+    let path = secret_path(data_dir)?;
+    if let Some(secret) = read_secret_file(&path)? {
+        return Ok((secret, SecretSource::File(path)));
+    }
     let config_err = |what: &str, e: std::io::Error| {
         Error::Config(format!(
             "CHAT_DATA_DIR: cannot {what} {}: {e}",
             path.display()
         ))
     };
-    match std::fs::read_to_string(&path) {
+    if let Some(dir) = path.parent() {
+        crate::files::create_private_dir(dir)
+            .map_err(|e| config_err("create the directory of", e))?;
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, crate::files::PRIVATE_FILE_MODE);
+    match options.open(&path) {
+        Ok(mut file) => {
+            file.write_all(secret.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| config_err("write", e))?;
+            Ok((secret.into_bytes(), SecretSource::Generated(path)))
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_secret(None, data_dir),
+        Err(e) => Err(config_err("create", e)),
+    }
+}
+
+fn configured_secret(secret: &str) -> Result<(Vec<u8>, SecretSource)> {
+    if secret.len() < SECRET_MIN_BYTES {
+        return Err(Error::Config(format!(
+            "CHAT_JWT_SECRET: must be at least {SECRET_MIN_BYTES} bytes"
+        )));
+    }
+    Ok((secret.as_bytes().to_vec(), SecretSource::Env))
+}
+
+/// The secret in the file at `path`, or `None` when there is no such file.
+fn read_secret_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             let secret = text.trim();
             if secret.len() < SECRET_MIN_BYTES {
@@ -204,33 +346,127 @@ pub fn load_secret(configured: Option<&str>, data_dir: &Path) -> Result<(Vec<u8>
                     path.display()
                 )));
             }
-            Ok((secret.as_bytes().to_vec(), SecretSource::File(path)))
+            Ok(Some(secret.as_bytes().to_vec()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| config_err("create the directory of", e))?;
-            let mut raw = [0u8; 32];
-            getrandom::fill(&mut raw)
-                .map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-            let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            match options.open(&path) {
-                Ok(mut file) => {
-                    file.write_all(secret.as_bytes())
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| config_err("write", e))?;
-                    Ok((secret.into_bytes(), SecretSource::Generated(path)))
-                }
-                // Another process created it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    load_secret(None, data_dir)
-                }
-                Err(e) => Err(config_err("create", e)),
-            }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Config(format!(
+            "CHAT_DATA_DIR: cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"unit-test-secret-0123456789";
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn refused(keys: &Keys, claims: serde_json::Value) -> String {
+        match keys.verify(&sign(claims)) {
+            Err(Error::Unauthenticated(why)) => why,
+            other => panic!("expected UNAUTHENTICATED, got {other:?}"),
         }
-        Err(e) => Err(config_err("read", e)),
+    }
+
+    #[test]
+    fn leeway_applies_to_exp_and_nbf() {
+        let keys = Keys::new(SECRET);
+        let t = now();
+        let within = CLOCK_LEEWAY_SECS - 2;
+        let beyond = CLOCK_LEEWAY_SECS + 5;
+        keys.verify(&sign(json!({"sub": "a", "exp": t - within})))
+            .unwrap();
+        keys.verify(&sign(json!({"sub": "a", "exp": t + 60, "nbf": t + within})))
+            .unwrap();
+        assert!(refused(&keys, json!({"sub": "a", "exp": t - beyond})).contains("expired"));
+        assert!(
+            refused(&keys, json!({"sub": "a", "exp": t + 60, "nbf": t + beyond}))
+                .contains("not valid yet")
+        );
+    }
+
+    #[test]
+    fn exp_is_required_unless_allowed() {
+        let strict = Keys::new(SECRET);
+        let lax = Keys::with_policy(SECRET, TokenPolicy { allow_no_exp: true });
+        assert!(refused(&strict, json!({"sub": "a"})).contains("`exp`"));
+        lax.verify(&sign(json!({"sub": "a"}))).unwrap();
+        // Both still check an `exp` that is there.
+        assert!(refused(&lax, json!({"sub": "a", "exp": now() - 3600})).contains("expired"));
+        assert!(refused(&strict, json!({"sub": "a", "exp": "soon"})).contains("`exp`"));
+    }
+
+    #[test]
+    fn aud_is_accepted_unchecked() {
+        let keys = Keys::new(SECRET);
+        let exp = now() + 60;
+        keys.verify(&sign(json!({"sub": "a", "exp": exp, "aud": "x"})))
+            .unwrap();
+        keys.verify(&sign(json!({"sub": "a", "exp": exp, "aud": ["x", "y"]})))
+            .unwrap();
+    }
+
+    #[test]
+    fn format_characters_refused_in_sub_and_stripped_from_name() {
+        let keys = Keys::new(SECRET);
+        let exp = now() + 60;
+        for sub in ["ev\u{202E}il", "zero\u{200B}width", "\u{FEFF}bom"] {
+            let why = refused(&keys, json!({"sub": sub, "exp": exp}));
+            assert!(why.contains("`sub`"), "{why}");
+        }
+        let id = keys
+            .verify(&sign(
+                json!({"sub": "a", "exp": exp, "name": "\u{202E}Da\u{200B}ve\u{2066}"}),
+            ))
+            .unwrap();
+        assert_eq!(&*id.display_name, "Dave");
+        let id = keys
+            .verify(&sign(
+                json!({"sub": "a", "exp": exp, "name": "\u{200B}\u{200D}"}),
+            ))
+            .unwrap();
+        assert_eq!(
+            &*id.display_name, "a",
+            "an empty name falls back to the user id"
+        );
+        assert!(
+            keys.mint("ev\u{202E}il", None, Some(Duration::from_secs(60)))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn missing_secret_is_never_created_by_load_secret() {
+        let dir = std::env::temp_dir().join(format!("chatd-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = load_secret(None, &dir).unwrap_err().to_string();
+        assert!(
+            err.contains("CHAT_JWT_SECRET") && err.contains("CHAT_DATA_DIR"),
+            "{err}"
+        );
+        assert!(!dir.exists());
+        let (made, source) = load_or_generate_secret(None, &dir).unwrap();
+        assert!(matches!(source, SecretSource::Generated(ref p) if p.is_absolute()));
+        let (read, source) = load_secret(None, &dir).unwrap();
+        assert_eq!((made, source.path().is_some()), (read, true));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

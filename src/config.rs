@@ -67,6 +67,17 @@ pub struct Config {
     #[command(flatten)]
     pub secret: SecretArgs,
 
+    /// Accept tokens without an `exp` claim, which never expire. Off by
+    /// default: a leaked token without `exp` would be good forever.
+    #[arg(
+        long = "jwt-allow-no-exp",
+        env = "CHAT_JWT_ALLOW_NO_EXP",
+        value_name = "CHAT_JWT_ALLOW_NO_EXP",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub jwt_allow_no_exp: bool,
+
     /// Largest text message, in bytes of UTF-8.
     #[arg(
         long = "max-message-bytes",
@@ -200,8 +211,10 @@ pub struct Config {
 /// Where the signing secret comes from.
 #[derive(Debug, Clone, Args)]
 pub struct SecretArgs {
-    /// HS256 secret for bearer tokens (at least 16 bytes). When unset, a
-    /// generated one is kept in `<data dir>/jwt-secret`.
+    /// HS256 secret for bearer tokens (at least 16 bytes). When unset, the
+    /// server generates one on first start and keeps it in
+    /// `<data dir>/jwt-secret` (mode 0600); `chatd token` reads it there
+    /// and never creates one.
     #[arg(
         long = "jwt-secret",
         env = "CHAT_JWT_SECRET",
@@ -211,7 +224,7 @@ pub struct SecretArgs {
     pub jwt_secret: Option<String>,
 
     /// Directory for chatd's own files: the generated secret and the
-    /// default SQLite database.
+    /// default SQLite database. Created with mode 0700 when missing.
     #[arg(
         long = "data-dir",
         env = "CHAT_DATA_DIR",
@@ -306,6 +319,17 @@ mod tests {
             ),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn tokens_without_exp_are_refused_unless_allowed() {
+        assert!(!parse(&[]).unwrap().config.jwt_allow_no_exp);
+        assert!(
+            parse(&["--jwt-allow-no-exp"])
+                .unwrap()
+                .config
+                .jwt_allow_no_exp
+        );
     }
 
     #[test]

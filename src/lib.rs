@@ -10,6 +10,7 @@
 //!   never-ending response streams at shutdown.
 //! - [`auth`]: HS256 bearer tokens, the interceptor that turns them into an
 //!   [`domain::Identity`], and the secret file.
+//! - [`files`]: chatd's files and directories on disk, created 0600 / 0700.
 //! - [`service`]: chat.v1.ChatService, converting proto to domain and back.
 //! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
 //! - [`writer`]: the write path; stores waiting sends as one atomic batch
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod files;
 pub mod limits;
 pub mod proto;
 pub mod rooms;

@@ -25,7 +25,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::{Authenticator, Keys, SecretSource, load_secret};
+use crate::auth::{
+    Authenticator, CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
+};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::limits::{BodyLimitLayer, EndOnShutdown, incoming};
@@ -54,7 +56,7 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let (secret, source) =
-            load_secret(config.secret.jwt_secret.as_deref(), &config.secret.data_dir)?;
+            load_or_generate_secret(config.secret.jwt_secret.as_deref(), &config.secret.data_dir)?;
         match &source {
             SecretSource::Env => tracing::info!("token secret from CHAT_JWT_SECRET"),
             SecretSource::File(path) => {
@@ -64,6 +66,17 @@ impl Application {
                 tracing::info!(path = %path.display(), "generated a token secret (kept, mode 0600)")
             }
         }
+        let data_dir = std::path::absolute(&config.secret.data_dir)
+            .unwrap_or_else(|_| config.secret.data_dir.clone());
+        tracing::info!(path = %data_dir.display(), "data directory (CHAT_DATA_DIR)");
+        let policy = TokenPolicy {
+            allow_no_exp: config.jwt_allow_no_exp,
+        };
+        tracing::info!(
+            exp_required = !policy.allow_no_exp,
+            leeway_secs = CLOCK_LEEWAY_SECS,
+            "tokens: HS256, `exp` and `nbf` checked"
+        );
         let location = Location::parse(config.database_url.as_deref(), &config.secret.data_dir)
             .map_err(|e| Error::Config(format!("DATABASE_URL: {e}")))?;
         let store = Store::open(
@@ -72,6 +85,11 @@ impl Application {
             config.sqlite_synchronous,
         )?;
         store.migrate().await?;
+        let sqlite_db = match store.location() {
+            Location::Sqlite(path) => Some(path.as_path()),
+            Location::Postgres(_) => None,
+        };
+        crate::files::warn_if_exposed(source.path(), sqlite_db);
         let listener = TcpListener::bind(config.addr).await.map_err(|e| {
             Error::Config(format!("CHAT_ADDR: cannot listen on {}: {e}", config.addr))
         })?;
@@ -82,7 +100,7 @@ impl Application {
             listener,
             addr,
             config,
-            keys: Arc::new(Keys::new(&secret)),
+            keys: Arc::new(Keys::with_policy(&secret, policy)),
             store,
         })
     }

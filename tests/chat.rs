@@ -272,7 +272,7 @@ async fn tokens_are_required_and_checked(backend: Backend) {
     );
 
     let forged = Keys::new(b"some-other-secret-0123456789")
-        .mint("alice", None, None)
+        .mint("alice", None, Some(Duration::from_secs(3600)))
         .unwrap();
     let expired = {
         // exp an hour ago, signed with the right secret.
@@ -1234,22 +1234,9 @@ mod binary {
 
     pub async fn token_command_and_server_share_a_generated_secret(backend: Backend) {
         use std::os::unix::fs::PermissionsExt;
+        // The server generates the secret on first start; `chatd token`
+        // only ever reads it.
         let dir = unique_dir("secret");
-        let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args(["token", "dave", "--name", "Dave", "--ttl", "1h"])
-            .env("CHAT_DATA_DIR", &dir)
-            .env_remove("CHAT_JWT_SECRET")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
-        let secret_file = dir.join("jwt-secret");
-        let mode = std::fs::metadata(&secret_file)
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-
         let db = TestDb::create(backend).await;
         let config = <chatd::config::Cli as clap::Parser>::try_parse_from([
             "chatd",
@@ -1263,6 +1250,22 @@ mod binary {
         .unwrap()
         .config;
         let server = TestServer::start_with(config).await;
+        let secret_file = dir.join("jwt-secret");
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(["token", "dave", "--name", "Dave", "--ttl", "1h"])
+            .env("CHAT_DATA_DIR", &dir)
+            .env_remove("CHAT_JWT_SECRET")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+
         let mut client = chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
             server.channel().await,
             Bearer::new(&token),
@@ -1321,7 +1324,7 @@ mod binary {
             .await
             .unwrap();
             let token = chatd::auth::Keys::new(SECRET.as_bytes())
-                .mint(user, None, None)
+                .mint(user, None, Some(Duration::from_secs(3600)))
                 .unwrap();
             chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
                 channel,

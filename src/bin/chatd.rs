@@ -27,6 +27,8 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
+        // Reads the secret and never creates one: a new one would sign
+        // tokens that no running server accepts.
         Some(Command::Token(args)) => {
             load_secret(args.secret.jwt_secret.as_deref(), &args.secret.data_dir)
                 .and_then(|(secret, _)| {

@@ -67,11 +67,17 @@ impl Location {
     }
 
     /// The backend's name and where its data lives, for logs (without any
-    /// password).
+    /// password; a SQLite path made absolute, so an operator finds it).
     pub fn describe(&self) -> (&'static str, String) {
         match self {
             Location::Postgres(url) => ("PostgreSQL", redact_password(url)),
-            Location::Sqlite(path) => ("SQLite", path.display().to_string()),
+            Location::Sqlite(path) => (
+                "SQLite",
+                std::path::absolute(path)
+                    .unwrap_or_else(|_| path.clone())
+                    .display()
+                    .to_string(),
+            ),
         }
     }
 }

@@ -92,14 +92,7 @@ pub fn pool(path: &Path, max_connections: usize, synchronous: Synchronous) -> Re
 /// Creates the file (and its directory) if needed and runs every pending
 /// migration.
 pub async fn migrate(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::Config(format!(
-                "DATABASE_URL: cannot create {}: {e}",
-                dir.display()
-            ))
-        })?;
-    }
+    create_private(path)?;
     let url = path_str(path)?.to_owned();
     tokio::task::spawn_blocking(move || {
         use diesel::connection::SimpleConnection;
@@ -113,6 +106,29 @@ pub async fn migrate(path: &Path) -> Result<()> {
     })
     .await
     .map_err(|e| Error::Internal(format!("migration task: {e}")))?
+}
+
+/// Creates the database file with mode 0600 (and its missing directories
+/// with mode 0700) before SQLite opens it: SQLite would create it 0644, and
+/// it gives its `-wal` and `-shm` files the database file's mode. Existing
+/// files and directories are left as they are. In-memory databases and
+/// `file:` URIs are SQLite's to open.
+fn create_private(path: &Path) -> Result<()> {
+    let name = path.as_os_str();
+    if name == ":memory:" || name.to_string_lossy().starts_with("file:") {
+        return Ok(());
+    }
+    let config_err = |what: &str, shown: &Path, e: std::io::Error| {
+        Error::Config(format!(
+            "DATABASE_URL: cannot {what} {}: {e}",
+            shown.display()
+        ))
+    };
+    if let Some(dir) = path.parent() {
+        crate::files::create_private_dir(dir).map_err(|e| config_err("create", dir, e))?;
+    }
+    crate::files::create_private_file(path).map_err(|e| config_err("create", path, e))?;
+    Ok(())
 }
 
 /// A message of the batch, owned so the blocking write can take it.
