@@ -154,9 +154,9 @@ pub struct Config {
     )]
     pub handshake_timeout: Duration,
 
-    /// Most connections still in their handshake at once; they bound file
-    /// descriptors apart from CHAT_MAX_CONNECTIONS. Accepting waits while
-    /// all are taken.
+    /// Most connections not holding a slot at once (in their handshake, or
+    /// handshaken and waiting for a slot); with CHAT_MAX_CONNECTIONS they
+    /// bound file descriptors. Accepting waits while all are taken.
     #[arg(
         long = "max-pending-connections",
         env = "CHAT_MAX_PENDING_CONNECTIONS",

@@ -33,6 +33,8 @@ on_both_backends! {
         crate::a_handshaken_idle_connection_outlives_the_handshake_deadline,
     per_ip_limit_closes_the_extra_connection: crate::per_ip_limit_closes_the_extra_connection,
     a_request_body_that_never_finishes_is_ended: crate::a_request_body_that_never_finishes_is_ended,
+    a_grpc_web_text_body_that_never_finishes_is_ended:
+        crate::a_grpc_web_text_body_that_never_finishes_is_ended,
     the_body_deadline_never_cuts_a_stream: crate::the_body_deadline_never_cuts_a_stream,
     shutdown_takes_at_most_the_grace: crate::shutdown_takes_at_most_the_grace,
 }
@@ -244,6 +246,54 @@ async fn a_request_body_that_never_finishes_is_ended(backend: Backend) {
     let mut client = server.client("slow").await;
     assert!(newest_page(&mut client, "r").await.messages.is_empty());
     assert_eq!(call(&mut sender, list_members_request(&server)).await.0, 0);
+    server.shutdown().await.unwrap();
+}
+
+/// The same over grpc-web-text on HTTP/1.1: the deadline sees the body as
+/// tonic-web translates it.
+async fn a_grpc_web_text_body_that_never_finishes_is_ended(backend: Backend) {
+    use http_body_util::BodyExt;
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(&db.url, &["--request-body-timeout", "1s"])).await;
+    let tcp = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut sender, conn) = within(hyper::client::conn::http1::handshake::<_, RawBody>(
+        hyper_util::rt::TokioIo::new(tcp),
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // base64 of the 6 bytes: a prefix announcing 60,000 bytes, and one.
+    let body = hanging_body(Bytes::from_static(b"AAAA6mAK"));
+    let request = hyper::Request::builder()
+        .method("POST")
+        .uri(SEND_MESSAGE)
+        .header("host", "chatd")
+        .header("content-type", "application/grpc-web-text")
+        .header("x-grpc-web", "1")
+        .header("authorization", format!("Bearer {}", server.token("web")))
+        .body(body)
+        .unwrap();
+    let answer = async {
+        let response = sender.send_request(request).await.expect("response");
+        if let Some(code) = response.headers().get("grpc-status") {
+            return code.to_str().unwrap().to_string();
+        }
+        // Otherwise the status is in a base64 trailer frame.
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&decoded).to_string()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(4), answer)
+        .await
+        .expect("the hanging grpc-web-text body was not ended");
+    assert!(
+        status == "4" || status.contains("grpc-status:4"),
+        "{status:?}"
+    );
     server.shutdown().await.unwrap();
 }
 
