@@ -12,7 +12,9 @@
 //!   stay bounded; accepting waits while all are taken.
 //! - A handshaken connection takes one of `max_connections` slots before
 //!   any further bytes are read, waiting while all are taken, and keeps it
-//!   until it closes. Only handshaken connections hold slots, so sockets
+//!   until it closes. (An HTTP/2 handshake is read no further than its
+//!   end, so no request gets in without a slot; an HTTP/1.1 head is the
+//!   first request itself, so its handler may start, but its body waits.) Only handshaken connections hold slots, so sockets
 //!   that never finish their handshake cannot fill them.
 //! - With a per-IP limit, a connection from an address that already has
 //!   that many open is closed at once.
@@ -257,16 +259,30 @@ impl AsyncRead for Conn {
                 this.pending = None;
                 this.state = State::Established { _slot: slot };
             }
-            State::Handshaking { deadline, .. } => {
+            State::Handshaking { progress, deadline } => {
                 if deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "handshake not complete within CHAT_HANDSHAKE_TIMEOUT",
                     )));
                 }
-                let before = buf.filled().len();
-                ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
-                this.handshake_read(&buf.filled()[before..])?;
+                match progress.wanted() {
+                    // HTTP/2: read no further than the handshake's end, so
+                    // that the requests after it wait for a slot.
+                    Some(wanted) if wanted < buf.remaining() => {
+                        let mut chunk = [0u8; 512];
+                        let mut part = ReadBuf::new(&mut chunk[..wanted.min(512)]);
+                        ready!(Pin::new(&mut this.stream).poll_read(cx, &mut part))?;
+                        buf.put_slice(part.filled());
+                        this.handshake_read(part.filled())?;
+                    }
+                    // HTTP/1.1: the head is the request; read as asked.
+                    _ => {
+                        let before = buf.filled().len();
+                        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+                        this.handshake_read(&buf.filled()[before..])?;
+                    }
+                }
                 return Poll::Ready(Ok(()));
             }
         }
@@ -323,6 +339,17 @@ enum Handshake {
 }
 
 impl Handshake {
+    /// At most how many more bytes the handshake needs, when that is known
+    /// (HTTP/2; an HTTP/1.1 head ends where its blank line is).
+    fn wanted(&self) -> Option<usize> {
+        match self {
+            Handshake::Preface(n) => Some(PREFACE.len() - n),
+            Handshake::FrameHeader(_, got) => Some(9 - got),
+            Handshake::FramePayload(left) => Some(*left),
+            Handshake::Http1 { .. } | Handshake::Done => None,
+        }
+    }
+
     /// Follows `data`, the next bytes read; true once the handshake is
     /// complete, an error when it cannot be.
     fn feed(&mut self, data: &[u8]) -> io::Result<bool> {
