@@ -373,6 +373,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CHAT_MAX_MESSAGE_BYTES"), "{err}");
+        let cli = parse(&["--handshake-timeout", "0s"]).unwrap();
+        assert!(
+            cli.config
+                .validate()
+                .unwrap_err()
+                .contains("CHAT_HANDSHAKE_TIMEOUT")
+        );
+        let err = parse(&["--max-connections-per-ip", "many"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CHAT_MAX_CONNECTIONS_PER_IP"), "{err}");
         let cli = parse(&["--max-message-bytes", "100000"]).unwrap();
         assert!(
             cli.config

@@ -9,7 +9,8 @@
 //! 2. every JoinRoom stream ends with UNAVAILABLE (tonic's own graceful
 //!    shutdown would wait for them forever);
 //! 3. in-flight calls finish, the writers drain their queues, and every task
-//!    chatd spawned has ended, or the grace period is over.
+//!    chatd spawned has ended, or the grace period is over: one deadline,
+//!    `CHAT_SHUTDOWN_GRACE` after the signal, bounds all of shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
