@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 
 on_both_backends! {
     silent_sockets_cannot_lock_clients_out: crate::silent_sockets_cannot_lock_clients_out,
+    a_slow_http1_head_is_closed_at_the_deadline: crate::a_slow_http1_head_is_closed_at_the_deadline,
     slots_are_held_by_handshaken_connections: crate::slots_are_held_by_handshaken_connections,
     a_handshaken_idle_connection_outlives_the_handshake_deadline:
         crate::a_handshaken_idle_connection_outlives_the_handshake_deadline,
@@ -126,6 +127,20 @@ async fn silent_sockets_cannot_lock_clients_out(backend: Backend) {
     for socket in &mut idle {
         closed_by(socket, deadline).await;
     }
+    server.shutdown().await.unwrap();
+}
+
+/// An HTTP/1.1 request head that never ends is closed at the handshake
+/// deadline too (hyper's own header timeout is 30 s).
+async fn a_slow_http1_head_is_closed_at_the_deadline(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(&db.url, &["--handshake-timeout", "1s"])).await;
+    let mut socket = within(TcpStream::connect(server.addr)).await.unwrap();
+    let opened = Instant::now();
+    within(socket.write_all(b"POST /chat.v1.ChatService/ListMembers HTTP/1.1\r\nhost: a\r\n"))
+        .await
+        .unwrap();
+    closed_by(&mut socket, opened + Duration::from_secs(4)).await;
     server.shutdown().await.unwrap();
 }
 
