@@ -110,8 +110,8 @@ pub struct Config {
     )]
     pub max_request_bytes: u32,
 
-    /// Most client connections open at once; further clients wait to be
-    /// accepted.
+    /// Most handshaken client connections open at once; further clients
+    /// wait for a free slot after their handshake.
     #[arg(
         long = "max-connections",
         env = "CHAT_MAX_CONNECTIONS",
@@ -151,6 +151,54 @@ pub struct Config {
         value_parser = parse_duration
     )]
     pub keepalive_timeout: Duration,
+
+    /// How long a new connection may take to complete its handshake (the
+    /// HTTP/2 preface and first frame, or an HTTP/1.1 request head) before
+    /// it is closed. Only handshaken connections count against
+    /// CHAT_MAX_CONNECTIONS, so silent sockets cannot lock clients out.
+    #[arg(
+        long = "handshake-timeout",
+        env = "CHAT_HANDSHAKE_TIMEOUT",
+        value_name = "CHAT_HANDSHAKE_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub handshake_timeout: Duration,
+
+    /// Most connections not holding a slot at once (in their handshake, or
+    /// handshaken and waiting for a slot); with CHAT_MAX_CONNECTIONS they
+    /// bound file descriptors. Accepting waits while all are taken.
+    #[arg(
+        long = "max-pending-connections",
+        env = "CHAT_MAX_PENDING_CONNECTIONS",
+        value_name = "CHAT_MAX_PENDING_CONNECTIONS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_pending_connections: u32,
+
+    /// Most connections open at once from one client IP address; more are
+    /// closed at once. 0 means no limit (the default: behind a load
+    /// balancer every connection comes from its address).
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "CHAT_MAX_CONNECTIONS_PER_IP",
+        value_name = "CHAT_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 0
+    )]
+    pub max_connections_per_ip: u32,
+
+    /// How long a request body may take to arrive whole; a slower request
+    /// ends with DEADLINE_EXCEEDED and its buffered bytes are freed. It
+    /// never cuts a response stream.
+    #[arg(
+        long = "request-body-timeout",
+        env = "CHAT_REQUEST_BODY_TIMEOUT",
+        value_name = "CHAT_REQUEST_BODY_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub request_body_timeout: Duration,
 
     /// Database connections in the pool.
     #[arg(
@@ -266,6 +314,11 @@ impl Config {
                 "CHAT_KEEPALIVE_INTERVAL and CHAT_KEEPALIVE_TIMEOUT must be above zero".into(),
             );
         }
+        if self.handshake_timeout.is_zero() || self.request_body_timeout.is_zero() {
+            return Err(
+                "CHAT_HANDSHAKE_TIMEOUT and CHAT_REQUEST_BODY_TIMEOUT must be above zero".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -344,6 +397,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CHAT_MAX_MESSAGE_BYTES"), "{err}");
+        let cli = parse(&["--handshake-timeout", "0s"]).unwrap();
+        assert!(
+            cli.config
+                .validate()
+                .unwrap_err()
+                .contains("CHAT_HANDSHAKE_TIMEOUT")
+        );
+        let err = parse(&["--max-connections-per-ip", "many"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CHAT_MAX_CONNECTIONS_PER_IP"), "{err}");
         let cli = parse(&["--max-message-bytes", "100000"]).unwrap();
         assert!(
             cli.config

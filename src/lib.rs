@@ -6,8 +6,10 @@
 //! - [`server`]: [`server::Application`] builds the tonic server (gRPC and
 //!   grpc-web on one port, CORS, reflection, health), runs it, and shuts it
 //!   down in order.
-//! - [`limits`]: the connection limit, the request body limit, and ending
-//!   never-ending response streams at shutdown.
+//! - [`connections`]: accepting connections: the handshake deadline, slots
+//!   only handshaken connections hold, and the per-IP limit.
+//! - [`limits`]: the request body limits (size and deadline).
+//! - [`shutdown`]: ending never-ending response streams at shutdown.
 //! - [`auth`]: HS256 bearer tokens, the interceptor that turns them into an
 //!   [`domain::Identity`], and the secret file.
 //! - [`files`]: chatd's files and directories on disk, created 0600 / 0700.
@@ -24,6 +26,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod files;
@@ -32,6 +35,7 @@ pub mod proto;
 pub mod rooms;
 pub mod server;
 pub mod service;
+pub mod shutdown;
 pub mod storage;
 pub mod writer;
 

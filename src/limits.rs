@@ -1,126 +1,40 @@
-//! Limits on what clients can make the server hold: connections and request
-//! bodies.
+//! Limits on what a request body can make the server hold.
 //!
-//! - [`incoming`] accepts connections only while a [`Semaphore`] permit is
-//!   free; each connection holds its permit until it closes.
-//! - [`EndOnShutdown`] ends never-ending response streams at shutdown.
-//! - [`BodyLimitLayer`] ends a request with RESOURCE_EXHAUSTED as soon as
-//!   a gRPC message in its body announces a length over the limit, or the
-//!   body grows past it, before anything is buffered. (tonic's own check
-//!   answers OUT_OF_RANGE, which is the wrong code for a client to act on.)
+//! [`BodyLimitLayer`] ends a request
+//!
+//! - with RESOURCE_EXHAUSTED as soon as a gRPC message in its body
+//!   announces a length over the limit, or the body grows past it, before
+//!   anything is buffered (tonic's own check answers OUT_OF_RANGE, which is
+//!   the wrong code for a client to act on);
+//! - with DEADLINE_EXCEEDED when its body has not arrived whole within the
+//!   request body deadline, so that a body that never finishes does not
+//!   hold its buffered bytes (or its call) forever. Every chat.v1 and
+//!   health method takes one request message, and tonic reads such a body
+//!   to its end before the handler runs, so the deadline covers exactly the
+//!   wait for the request; a server-streaming response (JoinRoom, Watch)
+//!   is never cut by it. Reflection streams requests, so there the deadline
+//!   ends with the first whole message.
+//!
+//! The layer sits inside tonic-web, so grpc-web bodies reach it already
+//! translated to gRPC framing.
 
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// An accepted connection and the permit it holds while open.
-#[derive(Debug)]
-pub struct LimitedConn {
-    stream: TcpStream,
-    /// Released when the connection is dropped, letting another client in.
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connected for LimitedConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for LimitedConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// Connections from `listener`, at most `limit` open at once, with
-/// TCP_NODELAY set (chat events are small and latency matters). Accept
-/// errors (such as running out of file descriptors) are logged and retried
-/// after a pause rather than ending the server.
-pub fn incoming(
-    listener: TcpListener,
-    limit: Arc<Semaphore>,
-) -> impl Stream<Item = io::Result<LimitedConn>> {
-    futures_util::stream::unfold((listener, limit), |(listener, limit)| async move {
-        let permit = match limit.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            // The semaphore is never closed; end the stream if it were.
-            Err(_) => return None,
-        };
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "TCP_NODELAY not set");
-                    }
-                    let conn = LimitedConn {
-                        stream,
-                        _permit: permit,
-                    };
-                    return Some((Ok(conn), (listener, limit)));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    })
-}
-
-/// Limits every request body to `max_bytes`.
+/// Limits every request body to `max_bytes`, and its first message to
+/// `timeout`.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimitLayer {
     pub max_bytes: usize,
+    pub timeout: Duration,
 }
 
 impl<S> tower::Layer<S> for BodyLimitLayer {
@@ -130,6 +44,7 @@ impl<S> tower::Layer<S> for BodyLimitLayer {
         BodyLimit {
             inner,
             max_bytes: self.max_bytes,
+            timeout: self.timeout,
         }
     }
 }
@@ -139,6 +54,7 @@ impl<S> tower::Layer<S> for BodyLimitLayer {
 pub struct BodyLimit<S> {
     inner: S,
     max_bytes: usize,
+    timeout: Duration,
 }
 
 impl<S> tower::Service<http::Request<Body>> for BodyLimit<S>
@@ -154,7 +70,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let max_bytes = self.max_bytes;
+        let (max_bytes, timeout) = (self.max_bytes, self.timeout);
+        // Reflection is the one service whose requests are streams.
+        let whole_body = !request.uri().path().starts_with("/grpc.reflection.");
         self.inner.call(request.map(|body| {
             Body::new(LimitedBody {
                 inner: body,
@@ -163,6 +81,10 @@ where
                 prefix: [0; 5],
                 prefix_len: 0,
                 skip: 0,
+                whole_body,
+                deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+                timeout,
+                failed: false,
             })
         }))
     }
@@ -179,6 +101,16 @@ struct LimitedBody {
     prefix_len: usize,
     /// Bytes of the current message still to pass before the next prefix.
     skip: usize,
+    /// Whether the deadline covers the whole body (true) or only its first
+    /// message.
+    whole_body: bool,
+    /// When the body (or its first message) must be complete by; None once
+    /// it is.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The request body deadline, for the message that names it.
+    timeout: Duration,
+    /// Whether an error ended the body; nothing is read after it.
+    failed: bool,
 }
 
 impl LimitedBody {
@@ -189,14 +121,25 @@ impl LimitedBody {
         ))
     }
 
+    fn too_slow(&self) -> Status {
+        Status::deadline_exceeded(format!(
+            "the request did not arrive whole within {:?} (CHAT_REQUEST_BODY_TIMEOUT)",
+            self.timeout
+        ))
+    }
+
     /// Follows the gRPC framing through `data`; errs on a message whose
-    /// announced length is over the limit.
+    /// announced length is over the limit. Ends the deadline once a whole
+    /// message has passed.
     fn check_framing(&mut self, mut data: &[u8]) -> Result<(), Status> {
         while !data.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(data.len());
                 self.skip -= n;
                 data = &data[n..];
+                if self.skip == 0 {
+                    self.message_done();
+                }
                 continue;
             }
             let n = (5 - self.prefix_len).min(data.len());
@@ -215,9 +158,24 @@ impl LimitedBody {
                 if self.skip > self.max_bytes {
                     return Err(self.too_large());
                 }
+                if self.skip == 0 {
+                    self.message_done();
+                }
             }
         }
         Ok(())
+    }
+
+    fn message_done(&mut self) {
+        if !self.whole_body {
+            self.deadline = None;
+        }
+    }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.failed = true;
+        self.deadline = None;
+        Poll::Ready(Some(Err(status)))
     }
 }
 
@@ -229,118 +187,45 @@ impl HttpBody for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            other => return other,
+            Poll::Pending => {
+                if let Some(deadline) = &mut self.deadline
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
+                    let status = self.too_slow();
+                    return self.fail(status);
+                }
+                return Poll::Pending;
+            }
+            other => {
+                // The body ended (or failed): nothing more to wait for.
+                self.deadline = None;
+                return other;
+            }
         };
         if let Some(data) = frame.data_ref() {
             if data.len() > self.remaining {
-                return Poll::Ready(Some(Err(self.too_large())));
+                let status = self.too_large();
+                return self.fail(status);
             }
             self.remaining -= data.len();
             let data = data.clone();
             if let Err(status) = self.check_framing(&data) {
-                return Poll::Ready(Some(Err(status)));
+                return self.fail(status);
             }
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.failed || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// Wraps a service whose response streams never end on their own (the
-/// health service's `Watch`), ending each one with UNAVAILABLE when `token`
-/// is cancelled. tonic's graceful shutdown waits for every open stream, so
-/// without this one health watcher would hold shutdown for the whole grace
-/// period.
-#[derive(Debug, Clone)]
-pub struct EndOnShutdown<S> {
-    inner: S,
-    token: tokio_util::sync::CancellationToken,
-}
-
-impl<S> EndOnShutdown<S> {
-    pub fn new(inner: S, token: tokio_util::sync::CancellationToken) -> Self {
-        EndOnShutdown { inner, token }
-    }
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for EndOnShutdown<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S> tower::Service<http::Request<Body>> for EndOnShutdown<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let token = self.token.clone();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| {
-                Body::new(EndingBody {
-                    inner: body,
-                    cancelled: Box::pin(token.cancelled_owned()),
-                    ended: false,
-                })
-            }))
-        })
-    }
-}
-
-struct EndingBody {
-    inner: Body,
-    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    ended: bool,
-}
-
-impl HttpBody for EndingBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        // What the stream has ready (such as a last NOT_SERVING) goes out
-        // first; the stream ends when it has nothing more right now.
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
-        }
-        if self.cancelled.as_mut().poll(cx).is_ready() {
-            self.ended = true;
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
-            trailers.insert(
-                "grpc-message",
-                http::HeaderValue::from_static("server is shutting down"),
-            );
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
     }
 }

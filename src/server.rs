@@ -9,7 +9,8 @@
 //! 2. every JoinRoom stream ends with UNAVAILABLE (tonic's own graceful
 //!    shutdown would wait for them forever);
 //! 3. in-flight calls finish, the writers drain their queues, and every task
-//!    chatd spawned has ended, or the grace period is over.
+//!    chatd spawned has ended, or the grace period is over: one deadline,
+//!    `CHAT_SHUTDOWN_GRACE` after the signal, bounds all of shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
@@ -29,11 +30,13 @@ use crate::auth::{
     Authenticator, CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
 };
 use crate::config::Config;
+use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
-use crate::limits::{BodyLimitLayer, EndOnShutdown, incoming};
+use crate::limits::BodyLimitLayer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
+use crate::shutdown::EndOnShutdown;
 use crate::storage::{Location, Store};
 use crate::writer::Writer;
 
@@ -176,21 +179,27 @@ impl Application {
 
         // The shutdown signal as tonic sees it: first end the streams, so
         // that tonic's graceful shutdown has only short calls to wait for.
-        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        // `signalled` carries when shutdown began: the grace counts from it.
+        let (signalled_tx, signalled) = tokio::sync::watch::channel(None::<Instant>);
         let signal = {
             let health = health.clone();
             let streams_end = streams_end.clone();
             async move {
                 shutdown.await;
+                signalled_tx.send_replace(Some(Instant::now()));
                 tracing::info!("shutting down");
                 set_health(&health, ServingStatus::NotServing).await;
                 streams_end.cancel();
                 rooms.close();
-                let _ = signalled_tx.send(());
             }
         };
 
-        let limit = Arc::new(Semaphore::new(config.max_connections as usize));
+        let limits = ConnLimits {
+            max_connections: config.max_connections as usize,
+            max_pending: config.max_pending_connections as usize,
+            max_per_ip: config.max_connections_per_ip as usize,
+            handshake_timeout: config.handshake_timeout,
+        };
         let server = Server::builder()
             .accept_http1(true)
             .http2_keepalive_interval(Some(config.keepalive_interval))
@@ -200,39 +209,50 @@ impl Application {
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(BodyLimitLayer {
                 max_bytes: max_request,
+                timeout: config.request_body_timeout,
             })
             .add_service(EndOnShutdown::new(health_service, streams_end.clone()))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(chat)
-            .serve_with_incoming_shutdown(incoming(listener, limit), signal);
+            .serve_with_incoming_shutdown(incoming(listener, limits), signal);
 
         tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
         tracing::info!("history is stored in {backend} at {data}");
         tracing::info!(
             "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
         );
+        // One deadline for the whole shutdown: the grace from the signal.
         let grace = config.shutdown_grace;
+        let mut signalled_copy = signalled.clone();
         let deadline = async move {
-            if signalled_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
+            let signalled = signalled_copy
+                .wait_for(Option::is_some)
+                .await
+                .map(|at| at.unwrap_or_else(Instant::now));
+            match signalled {
+                Ok(at) => tokio::time::sleep_until(at + grace).await,
+                Err(_) => std::future::pending::<()>().await,
             }
         };
+        let mut served = Ok(());
         tokio::select! {
-            served = server => {
-                served.map_err(|e| Error::Internal(format!("server: {e}")))?;
+            result = server => {
+                served = result.map_err(|e| Error::Internal(format!("server: {e}")));
             }
             () = deadline => tracing::warn!(?grace, "calls still open after the grace period; closing them"),
         }
+        // When the server stopped without a signal (it failed), the grace
+        // counts from now.
+        let end = signalled.borrow().unwrap_or_else(Instant::now) + grace;
         // Every ChatApi clone (and with it every writer handle) is gone once
-        // the server has stopped, so the writers drain and end.
+        // every connection has closed, so the writers drain and end.
         streams_end.cancel();
         tracker.close();
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
             tracing::warn!("background tasks still running after the grace period");
         }
+        served?;
         tracing::info!("chatd stopped");
         Ok(())
     }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod connections;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
