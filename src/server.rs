@@ -113,7 +113,7 @@ impl Application {
         let (backend, data) = store.location().describe();
         let tracker = TaskTracker::new();
         let streams_end = CancellationToken::new();
-        let rooms = Arc::new(Rooms::new(config.room_buffer as usize));
+        let rooms = Arc::new(Rooms::new(&config));
         let writer = Writer::spawn(
             store.clone(),
             rooms.clone(),
@@ -183,6 +183,7 @@ impl Application {
             .layer(BodyLimitLayer {
                 max_bytes: max_request,
             })
+            .layer(crate::quota::HoldUntilSentLayer)
             .add_service(EndOnShutdown::new(health_service, streams_end.clone()))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
