@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod memory;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
