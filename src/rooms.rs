@@ -224,15 +224,6 @@ impl Rooms {
         self.message_bound
     }
 
-    /// Live room entries (for tests and logs).
-    pub fn len(&self) -> usize {
-        self.map().rooms.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn map(&self) -> MutexGuard<'_, Registry> {
         self.rooms
             .lock()
@@ -723,6 +714,16 @@ mod tests {
         let known = room.lock().learn_last_seq(4);
         assert_eq!(known, 5);
         assert_eq!(room.lock().last_seq, Some(5));
+    }
+
+    #[test]
+    fn defaults_are_the_documented_limits() {
+        let config = crate::config::Cli::parse_from(["chatd"]).config;
+        assert_eq!(config.user_max_streams, 100);
+        assert_eq!(config.room_buffer_bytes, 1024 * 1024);
+        assert_eq!(config.user_buffer_bytes, 64 * 1024 * 1024);
+        // A history page always fits in a user's budget.
+        assert!(crate::service::HISTORY_PAGE_BYTES <= config.user_buffer_bytes as usize);
     }
 
     #[test]
