@@ -19,7 +19,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -31,89 +30,19 @@ use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
 use crate::quota::{Charge, Quotas, StreamSlot};
 use crate::storage::Store;
 
+mod ring;
+
+use ring::{Event, Ring, RingLimits, encode_chunks};
+
 /// The most messages a catch-up reads from storage at a time.
 const REPLAY_PAGE_MAX: usize = 256;
 /// The most bytes a catch-up page may take, counting each message at its
 /// largest possible size ([`proto::message_size_bound`]); at least one
 /// message is read.
 const REPLAY_PAGE_BYTES: usize = 256 * 1024;
-/// The most messages one ring event carries.
-const PUBLISH_CHUNK: usize = 8;
-/// A ring event stops taking messages once it holds this many bytes.
-const PUBLISH_CHUNK_BYTES: usize = 64 * 1024;
-/// What a ring event costs besides its encoded bytes (Arc, slot, lengths),
-/// as counted against `CHAT_ROOM_BUFFER_BYTES`.
-const EVENT_OVERHEAD: usize = 64;
 /// Bytes a stream moves from the ring to its own queue at a time (at least
 /// one event): what a stalled stream can pin after the ring dropped it.
 const TAKE_BYTES: usize = 64 * 1024;
-
-/// One event in a room's ring. The bytes are encoded `JoinRoomResponse`s,
-/// shared by every subscriber.
-#[derive(Clone, Debug)]
-enum Event {
-    /// Consecutive messages of the room, in seq order: one ring slot and
-    /// one look per subscriber for up to a chunk of a committed batch.
-    Messages(Arc<[(u64, Bytes)]>),
-    Presence {
-        /// Whose presence changed, so a stream can leave out events about
-        /// its own user.
-        user_id: Arc<str>,
-        bytes: Bytes,
-    },
-}
-
-impl Event {
-    /// Bytes counted against the ring's byte limit.
-    fn size(&self) -> usize {
-        EVENT_OVERHEAD
-            + match self {
-                Event::Messages(batch) => batch.iter().map(|(_, b)| b.len() + 16).sum(),
-                Event::Presence { user_id, bytes } => user_id.len() + bytes.len(),
-            }
-    }
-}
-
-/// A room's recent events, oldest first, at absolute positions that only
-/// grow: a stream's cursor below `start` means the ring dropped events it
-/// had not read.
-#[derive(Debug, Default)]
-struct Ring {
-    /// The position of `events[0]`.
-    start: u64,
-    events: VecDeque<Event>,
-    /// The sum of [`Event::size`] over `events`.
-    bytes: usize,
-}
-
-impl Ring {
-    /// The position the next event will get.
-    fn end(&self) -> u64 {
-        self.start + self.events.len() as u64
-    }
-
-    /// Appends `event`, dropping the oldest ones past either limit (the
-    /// newest event stays even if it alone is over the byte limit).
-    fn push(&mut self, event: Event, limits: RingLimits) {
-        self.bytes += event.size();
-        self.events.push_back(event);
-        while self.events.len() > 1
-            && (self.events.len() > limits.slots || self.bytes > limits.bytes)
-        {
-            if let Some(old) = self.events.pop_front() {
-                self.bytes -= old.size();
-                self.start += 1;
-            }
-        }
-    }
-}
-
-/// The bounds of every room's ring.
-#[derive(Debug, Clone, Copy)]
-struct RingLimits {
-    slots: usize,
-    bytes: usize,
-}
 
 /// A user present in a room.
 #[derive(Debug)]
@@ -369,27 +298,6 @@ impl Rooms {
             done: false,
         })
     }
-}
-
-/// The events for a room's share of a committed batch: each message encoded
-/// once, up to [`PUBLISH_CHUNK`] messages or [`PUBLISH_CHUNK_BYTES`] per event.
-fn encode_chunks(group: &[&StoredMessage]) -> Vec<Event> {
-    let mut events = Vec::new();
-    let mut chunk: Vec<(u64, Bytes)> = Vec::with_capacity(PUBLISH_CHUNK.min(group.len()));
-    let mut bytes = 0;
-    for m in group {
-        let encoded = EncodedEvent::encode(WireEvent::Message(proto::Message::from(*m))).0;
-        bytes += encoded.len();
-        chunk.push((m.seq, encoded));
-        if chunk.len() == PUBLISH_CHUNK || bytes >= PUBLISH_CHUNK_BYTES {
-            events.push(Event::Messages(std::mem::take(&mut chunk).into()));
-            bytes = 0;
-        }
-    }
-    if !chunk.is_empty() {
-        events.push(Event::Messages(chunk.into()));
-    }
-    events
 }
 
 /// A stream's place in a room: dropping it makes the user leave when it
