@@ -14,7 +14,8 @@
 //! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
 //! - [`writer`]: the write path; stores waiting sends as one atomic batch
 //!   (group commit) and publishes after commit.
-//! - [`rooms`]: the registry of live rooms: broadcast fan-out, presence, and
+//! - [`rooms`]: the registry of live rooms: fan-out through a ring bounded in
+//!   slots and bytes, presence, and
 //!   the per-stream reader that guarantees exactly-once, gapless delivery.
 //! - [`quota`]: per-user limits: open JoinRoom streams and unsent response
 //!   bytes (ListHistory and catch-up pages), held until the client reads.
