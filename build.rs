@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .package("chat.v1")
         .method(
             method("join_room", "JoinRoom", "JoinRoomRequest", "EncodedEvent")
+                // A small initial encode buffer per stream (src/proto.rs).
+                .codec_path("crate::proto::EventCodec")
                 .server_streaming()
                 .build(),
         )

@@ -245,6 +245,41 @@ pub struct Config {
     )]
     pub room_buffer: u32,
 
+    /// Bytes of encoded events buffered per room, on top of the slot limit:
+    /// what one live room may pin in memory (at least its newest event is
+    /// kept). A stream further behind is caught up from history.
+    #[arg(
+        long = "room-buffer-bytes",
+        env = "CHAT_ROOM_BUFFER_BYTES",
+        value_name = "CHAT_ROOM_BUFFER_BYTES",
+        default_value_t = 1_048_576,
+        value_parser = clap::value_parser!(u32).range(4096..)
+    )]
+    pub room_buffer_bytes: u32,
+
+    /// Most JoinRoom streams one user may have open at once, over all
+    /// connections; further joins get RESOURCE_EXHAUSTED.
+    #[arg(
+        long = "user-max-streams",
+        env = "CHAT_USER_MAX_STREAMS",
+        value_name = "CHAT_USER_MAX_STREAMS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub user_max_streams: u32,
+
+    /// Response bytes one user's calls may make the server hold before the
+    /// client reads them (ListHistory pages and JoinRoom catch-up pages). A
+    /// ListHistory over it gets RESOURCE_EXHAUSTED; a catch-up waits.
+    #[arg(
+        long = "user-buffer-bytes",
+        env = "CHAT_USER_BUFFER_BYTES",
+        value_name = "CHAT_USER_BUFFER_BYTES",
+        default_value_t = 64 * 1_048_576,
+        value_parser = clap::value_parser!(u32).range(8_388_608..)
+    )]
+    pub user_buffer_bytes: u32,
+
     /// On SIGINT / SIGTERM, how long in-flight calls get to finish.
     #[arg(
         long = "shutdown-grace",

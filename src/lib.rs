@@ -17,8 +17,11 @@
 //! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
 //! - [`writer`]: the write path; stores waiting sends as one atomic batch
 //!   (group commit) and publishes after commit.
-//! - [`rooms`]: the registry of live rooms: broadcast fan-out, presence, and
+//! - [`rooms`]: the registry of live rooms: fan-out through a ring bounded in
+//!   slots and bytes, presence, and
 //!   the per-stream reader that guarantees exactly-once, gapless delivery.
+//! - [`quota`]: per-user limits: open JoinRoom streams and unsent response
+//!   bytes (ListHistory and catch-up pages), held until the client reads.
 //! - [`storage`]: PostgreSQL or SQLite through diesel-async; the only
 //!   module that knows SQL or which backend runs.
 //! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
@@ -32,6 +35,7 @@ pub mod error;
 pub mod files;
 pub mod limits;
 pub mod proto;
+pub mod quota;
 pub mod rooms;
 pub mod server;
 pub mod service;

@@ -69,6 +69,56 @@ impl prost::Message for EncodedEvent {
     }
 }
 
+/// What a JoinRoom stream's encoder allocates up front. tonic's default
+/// (8 KiB per stream) would be most of an idle stream's cost; the buffer
+/// grows as events need it.
+const EVENT_BUFFER_BYTES: usize = 256;
+/// The most a JoinRoom stream's encoder gathers before handing a chunk to
+/// HTTP/2 (tonic's default): what one stalled stream can have waiting in
+/// HTTP/2 besides one event.
+const EVENT_YIELD_BYTES: usize = 32 * 1024;
+
+/// JoinRoom's codec: prost, with a small initial encode buffer (see
+/// [`EVENT_BUFFER_BYTES`]). The generated server names it in `build.rs`.
+#[derive(Debug, Clone)]
+pub struct EventCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Default for EventCodec<T, U> {
+    fn default() -> Self {
+        EventCodec(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for EventCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstCodec::<T, U>::raw_encoder(tonic::codec::BufferSettings::new(
+            EVENT_BUFFER_BYTES,
+            EVENT_YIELD_BYTES,
+        ))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<T, U>::raw_decoder(tonic::codec::BufferSettings::default())
+    }
+}
+
+/// An upper bound on the encoded size of one stored message whose content
+/// is at most `max_message_bytes`: the content (or a URL of at most
+/// [`crate::domain::URL_MAX_BYTES`]) plus room, sender, display name,
+/// client_message_id, timestamp, tags and lengths (under 1 KiB together).
+pub fn message_size_bound(max_message_bytes: usize) -> usize {
+    max_message_bytes.max(crate::domain::URL_MAX_BYTES) + 1024
+}
+
 impl From<&Identity> for Member {
     fn from(identity: &Identity) -> Self {
         Member {

@@ -1,55 +1,48 @@
 //! The room registry: live fan-out and presence.
 //!
-//! A room that has open JoinRoom streams has an entry here holding a
-//! broadcast channel of encoded events and the room's members. The writer
+//! A room that has open JoinRoom streams has an entry here holding a ring
+//! of encoded events and the room's members. The writer
 //! [`Rooms::publish`]es each message after it is committed; every stream
-//! reads the channel through a [`Subscription`].
+//! reads the ring through a [`Subscription`].
 //!
-//! The broadcast channel is a bounded ring shared by the room's streams, so
-//! memory per subscriber is bounded. Delivery is exactly-once and gapless
-//! per stream because the channel is only a fast path: a subscription
-//! tracks the next seq it owes its client, skips what it already sent, and
-//! reads from storage whatever it would otherwise miss (a replay on resume,
-//! a reader that fell behind the ring, or a seq that never came through the
-//! channel).
+//! The ring is bounded in slots (`CHAT_ROOM_BUFFER`) and in bytes
+//! (`CHAT_ROOM_BUFFER_BYTES`), allocates only as it fills, and is shared
+//! by the room's streams: each event is encoded once and each stream keeps
+//! only a cursor into it. Delivery is exactly-once and gapless per stream
+//! because the ring is only a fast path: a subscription tracks the next seq
+//! it owes its client, skips what it already sent, and reads from storage
+//! whatever it would otherwise miss (a replay on resume, a reader the ring
+//! left behind, or a seq that never came through the ring). Such catch-up
+//! pages are bounded in bytes and charged to the user's budget
+//! ([`crate::quota`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::config::Config;
 use crate::domain::{Identity, RoomName, StoredMessage};
 use crate::error::{Error, Result};
 use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
+use crate::quota::{Charge, Quotas, StreamSlot};
 use crate::storage::Store;
 
-/// How many messages a catch-up reads from storage at a time.
-const REPLAY_PAGE: u32 = 256;
-/// The most messages one ring slot carries, which bounds a room's ring to
-/// `capacity * PUBLISH_CHUNK` messages.
-const PUBLISH_CHUNK: usize = 8;
+mod ring;
 
-/// One event in a room's broadcast ring. The bytes are the encoded
-/// `JoinRoomResponse`, shared by every subscriber.
-#[derive(Clone, Debug)]
-enum Event {
-    /// Consecutive messages of the room, in seq order: one ring slot and
-    /// one wake-up per subscriber for a whole committed batch.
-    Messages(Arc<[(u64, Bytes)]>),
-    Presence {
-        /// Whose presence changed, so a stream can leave out events about
-        /// its own user.
-        user_id: Arc<str>,
-        bytes: Bytes,
-    },
-    /// The server is shutting down: end the stream. Sent through the ring
-    /// so that a stream waiting for events needs no second thing to wait
-    /// on.
-    Shutdown,
-}
+use ring::{Event, Ring, RingLimits, encode_chunks};
+
+/// The most messages a catch-up reads from storage at a time.
+const REPLAY_PAGE_MAX: usize = 256;
+/// The most bytes a catch-up page may take, counting each message at its
+/// largest possible size ([`proto::message_size_bound`]); at least one
+/// message is read.
+const REPLAY_PAGE_BYTES: usize = 256 * 1024;
+/// Bytes a stream moves from the ring to its own queue at a time (at least
+/// one event): what a stalled stream can pin after the ring dropped it.
+const TAKE_BYTES: usize = 64 * 1024;
 
 /// A user present in a room.
 #[derive(Debug)]
@@ -60,23 +53,40 @@ struct Presence {
     streams: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct RoomState {
-    tx: broadcast::Sender<Event>,
-    /// Members by user id, so listings come out in a stable order.
+    ring: Ring,
+    /// Members by user id, so listings come out in a stable order. Only
+    /// streams whose join succeeded count.
     members: BTreeMap<Arc<str>, Presence>,
-    /// Open streams in the room, all users together; the entry is removed
-    /// from the registry when this reaches 0.
+    /// Open and joining streams in the room, all users together; the entry
+    /// is removed from the registry when this reaches 0.
     streams: usize,
-    /// The newest seq known to be stored, once read from storage. Kept up to
-    /// date by `publish`, so only the first join of a room entry reads it.
+    /// The newest seq known to be stored: set by the first join's read of
+    /// storage and raised by every `publish` (whether or not that read has
+    /// come back), always under this lock and always to the larger value,
+    /// so it never goes back below a published seq.
     last_seq: Option<u64>,
+    /// Set by [`Rooms::close`]: streams end with UNAVAILABLE.
+    closed: bool,
+}
+
+impl RoomState {
+    /// Records that `seq` is stored; returns the newest seq known.
+    fn learn_last_seq(&mut self, seq: u64) -> u64 {
+        let known = self.last_seq.map_or(seq, |l| l.max(seq));
+        self.last_seq = Some(known);
+        known
+    }
 }
 
 #[derive(Debug)]
 struct Room {
     name: RoomName,
     state: Mutex<RoomState>,
+    /// Woken once per publish (and at shutdown): a waiting stream then
+    /// takes what is new under the lock.
+    notify: Notify,
 }
 
 impl Room {
@@ -106,8 +116,11 @@ impl Room {
 pub struct Rooms {
     /// Lock order: this map, then a room's state. Never held across `.await`.
     rooms: Mutex<Registry>,
-    /// Slots in each room's broadcast ring.
-    capacity: usize,
+    limits: RingLimits,
+    /// Per-user limits: open streams and unsent response bytes.
+    quotas: Quotas,
+    /// The largest encoded size of one message ([`proto::message_size_bound`]).
+    message_bound: usize,
 }
 
 #[derive(Debug, Default)]
@@ -118,11 +131,26 @@ struct Registry {
 }
 
 impl Rooms {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(config: &Config) -> Self {
         Rooms {
             rooms: Mutex::new(Registry::default()),
-            capacity: capacity.max(1),
+            limits: RingLimits {
+                slots: (config.room_buffer as usize).max(1),
+                bytes: config.room_buffer_bytes as usize,
+            },
+            quotas: Quotas::new(config.user_max_streams as usize, config.user_buffer_bytes),
+            message_bound: proto::message_size_bound(config.max_message_bytes as usize),
         }
+    }
+
+    /// The per-user limits.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// The largest encoded size of one message under the configured limits.
+    pub fn message_bound(&self) -> usize {
+        self.message_bound
     }
 
     fn map(&self) -> MutexGuard<'_, Registry> {
@@ -140,7 +168,8 @@ impl Rooms {
         let mut registry = self.map();
         registry.closed = true;
         for room in registry.rooms.values() {
-            let _ = room.lock().tx.send(Event::Shutdown);
+            room.lock().closed = true;
+            room.notify.notify_waiters();
         }
     }
 
@@ -156,22 +185,17 @@ impl Rooms {
         }
         for (name, group) in groups {
             let Some(room) = self.get(name) else { continue };
-            for chunk in group.chunks(PUBLISH_CHUNK) {
-                let encoded: Arc<[(u64, Bytes)]> = chunk
-                    .iter()
-                    .map(|m| {
-                        let event = WireEvent::Message(proto::Message::from(*m));
-                        (m.seq, EncodedEvent::encode(event).0)
-                    })
-                    .collect();
-                let newest = chunk.last().map_or(0, |m| m.seq);
+            let events = encode_chunks(&group);
+            let newest = group.last().map_or(0, |m| m.seq);
+            {
                 let mut state = room.lock();
-                if let Some(last) = &mut state.last_seq {
-                    *last = (*last).max(newest);
+                state.learn_last_seq(newest);
+                for event in events {
+                    state.ring.push(event, self.limits);
                 }
-                // An error only means no stream is listening right now.
-                let _ = state.tx.send(Event::Messages(encoded));
             }
+            // One wake-up per waiting stream for the whole batch.
+            room.notify.notify_waiters();
         }
     }
 
@@ -183,10 +207,11 @@ impl Rooms {
         }
     }
 
-    /// Opens a stream on `room` for `identity`: the caller becomes a member
-    /// (announced to the others if this is the user's first stream), and the
-    /// subscription starts after `resume_after` when given, else after the
-    /// room's newest stored seq.
+    /// Opens a stream on `room` for `identity`: the subscription starts
+    /// after `resume_after` when given, else after the room's newest stored
+    /// seq. Only once everything that can fail has passed does the caller
+    /// become a member (announced to the others if this is the user's first
+    /// stream), so a failed join is never seen by the room.
     pub async fn join(
         self: &Arc<Self>,
         room: RoomName,
@@ -195,9 +220,10 @@ impl Rooms {
         store: Store,
         shutdown: CancellationToken,
     ) -> Result<Subscription> {
-        // Subscribing, joining and taking the member snapshot happen under
-        // one lock, so the snapshot and the events that follow it agree.
-        let (entry, rx, members, cached_last) = {
+        let slot = self.quotas.open_stream(&identity.user_id)?;
+        // Taking the ring position first: anything published later is read
+        // from the ring, anything earlier is in storage before we read it.
+        let (entry, cursor, cached_last) = {
             let mut registry = self.map();
             if registry.closed {
                 return Err(Error::ShuttingDown);
@@ -208,57 +234,32 @@ impl Rooms {
                 .or_insert_with(|| {
                     Arc::new(Room {
                         name: room.clone(),
-                        state: Mutex::new(RoomState {
-                            tx: broadcast::channel(self.capacity).0,
-                            members: BTreeMap::new(),
-                            streams: 0,
-                            last_seq: None,
-                        }),
+                        state: Mutex::new(RoomState::default()),
+                        notify: Notify::new(),
                     })
                 })
                 .clone();
             let mut state = entry.lock();
             state.streams += 1;
-            let presence = state
-                .members
-                .entry(identity.user_id.clone())
-                .or_insert_with(|| Presence {
-                    display_name: identity.display_name.clone(),
-                    streams: 0,
-                });
-            presence.streams += 1;
-            if presence.streams == 1 {
-                let event = WireEvent::MemberJoined(proto::MemberJoined {
-                    member: Some(proto::Member::from(&identity)),
-                });
-                let _ = state.tx.send(Event::Presence {
-                    user_id: identity.user_id.clone(),
-                    bytes: EncodedEvent::encode(event).0,
-                });
-            }
-            let rx = state.tx.subscribe();
-            let members = Room::members(&state);
+            let cursor = state.ring.end();
             let cached_last = state.last_seq;
             drop(state);
-            (entry, rx, members, cached_last)
+            (entry, cursor, cached_last)
         };
         // From here on, dropping the guard undoes the join.
-        let guard = Membership {
+        let mut guard = Membership {
             rooms: self.clone(),
             room: entry,
             identity,
+            member: false,
+            _slot: slot,
         };
 
         let last_seq = match cached_last {
             Some(last) => last,
             None => {
-                // Read after subscribing: anything committed later comes
-                // through the channel, anything earlier is <= this.
-                let last = store.last_seq(&room).await?;
-                let mut state = guard.room.lock();
-                let known = state.last_seq.map_or(last, |l| l.max(last));
-                state.last_seq = Some(known);
-                known
+                let read = store.last_seq(&room).await?;
+                guard.room.lock().learn_last_seq(read)
             }
         };
         let start_after = match resume_after {
@@ -277,6 +278,7 @@ impl Rooms {
             Some(n) => n,
             None => last_seq,
         };
+        let (members, presence_from) = guard.become_member()?;
         let joined = EncodedEvent::encode(WireEvent::Joined(proto::Joined {
             room: room.to_string(),
             members,
@@ -284,13 +286,15 @@ impl Rooms {
         }));
         Ok(Subscription {
             guard,
-            rx,
             store,
             shutdown,
+            cursor,
+            presence_from,
             next_seq: start_after + 1,
             catching_up: resume_after.is_some_and(|n| n < last_seq),
             resync_members: false,
             pending: VecDeque::from([joined]),
+            page_charge: None,
             done: false,
         })
     }
@@ -304,6 +308,48 @@ struct Membership {
     rooms: Arc<Rooms>,
     room: Arc<Room>,
     identity: Identity,
+    /// Whether the join succeeded and counts in the room's members.
+    member: bool,
+    /// The stream's place in the user's `CHAT_USER_MAX_STREAMS`.
+    _slot: StreamSlot,
+}
+
+impl Membership {
+    /// Makes the stream's user a member (announcing them if this is their
+    /// first stream); returns the member list and the ring position from
+    /// which presence events are news to it.
+    fn become_member(&mut self) -> Result<(Vec<proto::Member>, u64)> {
+        let mut state = self.room.lock();
+        if state.closed {
+            return Err(Error::ShuttingDown);
+        }
+        let presence = state
+            .members
+            .entry(self.identity.user_id.clone())
+            .or_insert_with(|| Presence {
+                display_name: self.identity.display_name.clone(),
+                streams: 0,
+            });
+        presence.streams += 1;
+        let first = presence.streams == 1;
+        if first {
+            let event = WireEvent::MemberJoined(proto::MemberJoined {
+                member: Some(proto::Member::from(&self.identity)),
+            });
+            let event = Event::Presence {
+                user_id: self.identity.user_id.clone(),
+                bytes: EncodedEvent::encode(event).0,
+            };
+            state.ring.push(event, self.rooms.limits);
+        }
+        let snapshot = (Room::members(&state), state.ring.end());
+        drop(state);
+        self.member = true;
+        if first {
+            self.room.notify.notify_waiters();
+        }
+        Ok(snapshot)
+    }
 }
 
 impl Drop for Membership {
@@ -311,22 +357,23 @@ impl Drop for Membership {
         let mut map = self.rooms.map();
         let mut state = self.room.lock();
         state.streams = state.streams.saturating_sub(1);
-        let last_of_user = match state.members.get_mut(&self.identity.user_id) {
-            Some(presence) => {
-                presence.streams = presence.streams.saturating_sub(1);
-                presence.streams == 0
-            }
-            None => false,
-        };
-        if last_of_user {
+        let mut left = false;
+        if self.member
+            && let Some(presence) = state.members.get_mut(&self.identity.user_id)
+        {
+            presence.streams = presence.streams.saturating_sub(1);
+            left = presence.streams == 0;
+        }
+        if left {
             state.members.remove(&self.identity.user_id);
             let event = WireEvent::MemberLeft(proto::MemberLeft {
                 member: Some(proto::Member::from(&self.identity)),
             });
-            let _ = state.tx.send(Event::Presence {
+            let event = Event::Presence {
                 user_id: self.identity.user_id.clone(),
                 bytes: EncodedEvent::encode(event).0,
-            });
+            };
+            state.ring.push(event, self.rooms.limits);
         }
         if state.streams == 0
             && map
@@ -336,6 +383,11 @@ impl Drop for Membership {
         {
             map.rooms.remove(&self.room.name);
         }
+        drop(state);
+        drop(map);
+        if left {
+            self.room.notify.notify_waiters();
+        }
     }
 }
 
@@ -343,22 +395,28 @@ impl Drop for Membership {
 #[derive(Debug)]
 pub struct Subscription {
     guard: Membership,
-    rx: broadcast::Receiver<Event>,
     store: Store,
-    /// Cancelled when the server shuts down: the stream then ends with
-    /// UNAVAILABLE so the client rejoins with `resume_after_seq`. Waiting
-    /// streams learn it from `Event::Shutdown`; this token interrupts a
-    /// catch-up read.
+    /// Cancelled when the server shuts down: interrupts a catch-up read or
+    /// a wait for budget. Waiting streams learn of shutdown from the room.
     shutdown: CancellationToken,
+    /// The ring position this stream reads next.
+    cursor: u64,
+    /// Presence events before this ring position are already in the member
+    /// list the stream sent: they are skipped.
+    presence_from: u64,
     /// The seq this stream owes its client next.
     next_seq: u64,
-    /// Whether to read from storage before reading the channel again.
+    /// Whether to read from storage before reading the ring again.
     catching_up: bool,
     /// Whether presence events were dropped, so a fresh `joined` is owed
     /// once caught up.
     resync_members: bool,
-    /// Events ready to send, at most a replay page or a ring slot.
+    /// Events ready to send: a catch-up page or what one look at the ring
+    /// took (about [`TAKE_BYTES`]).
     pending: VecDeque<EncodedEvent>,
+    /// The user's budget held by the catch-up page in `pending`, given back
+    /// once the page has gone to the encoder.
+    page_charge: Option<Charge>,
     /// Whether the stream has ended (after an error status).
     done: bool,
 }
@@ -383,23 +441,61 @@ impl Subscription {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
-            // No shutdown check here: it would lock the token's mutex for
-            // every event of every stream. A stream learns of shutdown from
-            // `Event::Shutdown` in the ring, or, if it fell behind past that
-            // event, from the token in `catch_up`.
+            self.page_charge = None;
             if self.catching_up {
-                self.catch_up().await?;
+                // Boxed: the storage read's state would otherwise make every
+                // idle stream as large as a busy one.
+                Box::pin(self.catch_up()).await?;
                 continue;
             }
-            // Shutdown arrives through the ring too (`Rooms::close`), so
-            // this is the only wait on the hot path.
-            match self.rx.recv().await {
-                Ok(Event::Presence { user_id, bytes }) => {
-                    if user_id != self.guard.identity.user_id {
-                        return Ok(EncodedEvent(bytes));
+            if self.take()? {
+                continue;
+            }
+            // Register for the next wake-up before looking again, so a
+            // publish between the look and the wait is not missed.
+            let room = self.guard.room.clone();
+            let notified = room.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.take()? {
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    /// Moves what is new in the ring into `pending` (or notes that the ring
+    /// left this stream behind); returns whether there is anything to do.
+    fn take(&mut self) -> std::result::Result<bool, Status> {
+        let state = self.guard.room.lock();
+        if state.closed {
+            return Err(Error::ShuttingDown.into());
+        }
+        let ring = &state.ring;
+        if self.cursor < ring.start {
+            tracing::debug!(room = %self.guard.room.name, missed = ring.start - self.cursor, "stream fell behind; catching up from storage");
+            // Everything before the ring's end is stored by now: storage
+            // has it, and presence is re-sent as a fresh member list.
+            self.cursor = ring.end();
+            self.catching_up = true;
+            self.resync_members = true;
+            return Ok(true);
+        }
+        let mut taken = 0;
+        let mut progressed = false;
+        while self.cursor < ring.end() && taken < TAKE_BYTES && !self.catching_up {
+            let index = (self.cursor - ring.start) as usize;
+            let position = self.cursor;
+            self.cursor += 1;
+            progressed = true;
+            match &ring.events[index] {
+                Event::Presence { user_id, bytes } => {
+                    if position >= self.presence_from && *user_id != self.guard.identity.user_id {
+                        taken += bytes.len();
+                        self.pending.push_back(EncodedEvent(bytes.clone()));
                     }
                 }
-                Ok(Event::Messages(batch)) => {
+                Event::Messages(batch) => {
                     for (seq, bytes) in batch.iter() {
                         if *seq < self.next_seq {
                             continue;
@@ -411,48 +507,59 @@ impl Subscription {
                             break;
                         }
                         self.next_seq += 1;
+                        taken += bytes.len();
                         self.pending.push_back(EncodedEvent(bytes.clone()));
                     }
                 }
-                Ok(Event::Shutdown) => return Err(Error::ShuttingDown.into()),
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!(room = %self.guard.room.name, missed, "stream fell behind; catching up from storage");
-                    self.catching_up = true;
-                    self.resync_members = true;
-                }
-                // The sender lives in the room entry we hold: cannot happen.
-                Err(RecvError::Closed) => return Err(Status::internal("room closed")),
             }
         }
+        Ok(progressed)
     }
 
-    /// Reads the next page of messages this stream owes from storage.
+    /// Reads the next page of messages this stream owes from storage,
+    /// charging the page to the user's budget until it has been sent.
     async fn catch_up(&mut self) -> std::result::Result<(), Status> {
+        let rooms = &self.guard.rooms;
+        let bound = rooms.message_bound;
+        let limit = (REPLAY_PAGE_BYTES / bound).clamp(1, REPLAY_PAGE_MAX);
+        let user = &self.guard.identity.user_id;
+        let mut charge = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
+            charge = rooms.quotas.charge(user, limit * bound) => charge?,
+        };
         let room = &self.guard.room.name;
         let page = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
-            page = self.store.read_after(room, self.next_seq - 1, REPLAY_PAGE) => page?,
+            page = self.store.read_after(room, self.next_seq - 1, limit as u32) => page?,
         };
-        if page.len() < REPLAY_PAGE as usize {
+        if page.len() < limit {
             // Everything committed before the read is in the page; anything
-            // later comes through the channel, which we subscribed to first.
+            // later comes through the ring, whose position we took first.
             self.catching_up = false;
         }
+        let mut bytes = 0;
         for m in &page {
             if m.seq != self.next_seq {
                 tracing::error!(room = %room, expected = self.next_seq, found = m.seq, "gap in stored seqs");
                 return Err(Status::internal("internal error"));
             }
             self.next_seq += 1;
-            self.pending
-                .push_back(EncodedEvent::encode(WireEvent::Message(
-                    proto::Message::from(m),
-                )));
+            let event = EncodedEvent::encode(WireEvent::Message(proto::Message::from(m)));
+            bytes += event.0.len();
+            self.pending.push_back(event);
         }
+        charge.shrink_to(bytes);
+        self.page_charge = Some(charge);
         if !self.catching_up && self.resync_members {
             self.resync_members = false;
-            let members = Room::members(&self.guard.room.lock());
+            let (members, ring_end) = {
+                let state = self.guard.room.lock();
+                (Room::members(&state), state.ring.end())
+            };
+            // Presence events already in the ring are in this list.
+            self.presence_from = ring_end;
             self.pending
                 .push_back(EncodedEvent::encode(WireEvent::Joined(proto::Joined {
                     room: room.to_string(),
@@ -461,5 +568,94 @@ impl Subscription {
                 })));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn rooms(extra: &[&str]) -> Rooms {
+        let args = ["chatd"].into_iter().chain(extra.iter().copied());
+        Rooms::new(&crate::config::Cli::parse_from(args).config)
+    }
+
+    fn message(room: &RoomName, seq: u64, len: usize) -> StoredMessage {
+        StoredMessage {
+            room: room.clone(),
+            seq,
+            sender_id: "s".into(),
+            sender_name: "S".into(),
+            kind: crate::domain::ContentKind::Text,
+            content: "x".repeat(len),
+            client_message_id: None,
+            sent_at_micros: 0,
+        }
+    }
+
+    /// A room entry as the first join leaves it between taking its ring
+    /// position and reading the last seq from storage.
+    fn joining(rooms: &Rooms, name: &RoomName) -> Arc<Room> {
+        let room = Arc::new(Room {
+            name: name.clone(),
+            state: Mutex::new(RoomState {
+                streams: 1,
+                ..RoomState::default()
+            }),
+            notify: Notify::new(),
+        });
+        rooms.map().rooms.insert(name.clone(), room.clone());
+        room
+    }
+
+    /// The race of issue 7: a first join reads last seq N-1 from storage,
+    /// N is committed and published, then the join stores what it read.
+    /// The cache must say N, or the next joiner waits for N forever.
+    #[test]
+    fn a_publish_during_the_first_join_is_not_lost_from_the_cache() {
+        let rooms = rooms(&[]);
+        let name = RoomName::parse("r").unwrap();
+        let room = joining(&rooms, &name);
+        let n = message(&name, 5, 1);
+        rooms.publish(&[&n]);
+        let known = room.lock().learn_last_seq(4);
+        assert_eq!(known, 5);
+        assert_eq!(room.lock().last_seq, Some(5));
+    }
+
+    #[test]
+    fn defaults_are_the_documented_limits() {
+        let config = crate::config::Cli::parse_from(["chatd"]).config;
+        assert_eq!(config.user_max_streams, 100);
+        assert_eq!(config.room_buffer_bytes, 1024 * 1024);
+        assert_eq!(config.user_buffer_bytes, 64 * 1024 * 1024);
+        // A history page always fits in a user's budget.
+        assert!(crate::service::HISTORY_PAGE_BYTES <= config.user_buffer_bytes as usize);
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_slots_and_bytes_and_grows_as_it_fills() {
+        let rooms = rooms(&["--room-buffer", "16", "--room-buffer-bytes", "65536"]);
+        let name = RoomName::parse("r").unwrap();
+        let room = joining(&rooms, &name);
+        assert_eq!(room.lock().ring.events.capacity(), 0);
+        // Small messages: the slot limit holds.
+        for seq in 1..=100 {
+            rooms.publish(&[&message(&name, seq, 10)]);
+        }
+        {
+            let state = room.lock();
+            assert_eq!(state.ring.events.len(), 16);
+            assert_eq!(state.ring.start, 84);
+        }
+        // Large messages: the byte limit holds.
+        for seq in 101..=200 {
+            rooms.publish(&[&message(&name, seq, 10_000)]);
+        }
+        let state = room.lock();
+        assert!(state.ring.bytes <= 65_536, "{}", state.ring.bytes);
+        assert!(state.ring.events.len() < 16);
+        assert_eq!(state.ring.end(), 200);
     }
 }

@@ -134,7 +134,7 @@ impl Application {
         let (backend, data) = store.location().describe();
         let tracker = TaskTracker::new();
         let streams_end = CancellationToken::new();
-        let rooms = Arc::new(Rooms::new(config.room_buffer as usize));
+        let rooms = Arc::new(Rooms::new(&config));
         let writer = Writer::spawn(
             store.clone(),
             rooms.clone(),
@@ -211,6 +211,7 @@ impl Application {
                 max_bytes: max_request,
                 timeout: config.request_body_timeout,
             })
+            .layer(crate::quota::HoldUntilSentLayer)
             .add_service(EndOnShutdown::new(health_service, streams_end.clone()))
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

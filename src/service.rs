@@ -16,6 +16,7 @@ use crate::domain::{
 };
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
+use crate::quota::HeldCharge;
 use crate::rooms::Rooms;
 use crate::storage::Store;
 use crate::writer::Writer;
@@ -40,6 +41,10 @@ fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
         .cloned()
         .ok_or_else(|| Status::unauthenticated("authorization: missing bearer token"))
 }
+
+/// The most bytes one ListHistory response may take (4 MiB): 500 messages
+/// of the default 4 KiB limit fit; with larger messages a page has fewer.
+pub const HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
 
@@ -101,19 +106,36 @@ impl ChatService for ChatApi {
         &self,
         request: Request<proto::ListHistoryRequest>,
     ) -> Result<Response<proto::ListHistoryResponse>, Status> {
-        identity(&request)?;
+        let caller = identity(&request)?;
         let request = request.into_inner();
-        let query = HistoryQuery::parse(
+        let mut query = HistoryQuery::parse(
             &request.room,
             request.page_size,
             request.before_seq,
             request.after_seq,
         )?;
+        // A page is at most HISTORY_PAGE_BYTES (fewer messages when they can
+        // be large; `has_more` tells the client to go on), charged to the
+        // caller's budget at its largest before the read, at its real size
+        // after, until the client has taken the response.
+        let bound = self.rooms.message_bound();
+        let fit = (HISTORY_PAGE_BYTES / bound).max(1);
+        query.limit = query.limit.min(u32::try_from(fit).unwrap_or(u32::MAX));
+        let mut charge = self
+            .rooms
+            .quotas()
+            .try_charge(&caller.user_id, query.limit as usize * bound)?;
         let page = self.store.history(&query).await?;
-        Ok(Response::new(proto::ListHistoryResponse {
+        let response = proto::ListHistoryResponse {
             messages: page.messages.iter().map(proto::Message::from).collect(),
             has_more: page.has_more,
-        }))
+        };
+        charge.shrink_to(prost::Message::encoded_len(&response));
+        let mut response = Response::new(response);
+        response
+            .extensions_mut()
+            .insert(HeldCharge(Arc::new(charge)));
+        Ok(response)
     }
 
     async fn list_members(

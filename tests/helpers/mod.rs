@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod connections;
+pub mod memory;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,378 @@
+//! Per-user quotas: what one user may make the server hold (open JoinRoom streams, unsent response bytes).
+//!
+//! - [`Quotas::open_stream`] counts a user's open JoinRoom streams against
+//!   `CHAT_USER_MAX_STREAMS`.
+//! - [`Quotas::try_charge`] and [`Quotas::charge`] take bytes from the
+//!   user's budget of unsent responses (`CHAT_USER_BUFFER_BYTES`): a
+//!   ListHistory page or a JoinRoom catch-up page is charged before it is
+//!   read and stays charged until it has left the server (for a unary call,
+//!   until its response body is dropped: see [`HoldUntilSentLayer`]).
+//!
+//! A user's entry exists only while something of theirs is charged or
+//! open, so the map does not grow with every user ever seen.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+use tonic::body::Body;
+
+use crate::error::{Error, Result};
+
+/// The per-user limits and the users that currently use some of them.
+#[derive(Debug)]
+pub struct Quotas {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Users with open streams or charged bytes. Never held across `.await`.
+    users: Mutex<HashMap<Arc<str>, Arc<UserState>>>,
+    max_streams: usize,
+    max_bytes: u32,
+}
+
+#[derive(Debug)]
+struct UserState {
+    /// Permits are bytes of unsent responses.
+    bytes: Arc<Semaphore>,
+    /// Open JoinRoom streams.
+    streams: AtomicUsize,
+}
+
+impl Quotas {
+    pub fn new(max_streams: usize, max_bytes: u32) -> Self {
+        Quotas {
+            inner: Arc::new(Inner {
+                users: Mutex::new(HashMap::new()),
+                max_streams: max_streams.max(1),
+                max_bytes: max_bytes.max(1),
+            }),
+        }
+    }
+
+    /// The per-user byte budget.
+    pub fn max_bytes(&self) -> usize {
+        self.inner.max_bytes as usize
+    }
+
+    /// Counts one more open JoinRoom stream of `user`, or refuses it with
+    /// RESOURCE_EXHAUSTED when the user has `CHAT_USER_MAX_STREAMS` open.
+    pub fn open_stream(&self, user: &Arc<str>) -> Result<StreamSlot> {
+        let user = self.inner.user(user);
+        let max = self.inner.max_streams;
+        let counted = user
+            .state
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match counted {
+            Ok(_) => Ok(StreamSlot(user)),
+            Err(_) => Err(Error::ResourceExhausted(format!(
+                "this user already has {max} JoinRoom streams open (CHAT_USER_MAX_STREAMS)"
+            ))),
+        }
+    }
+
+    /// Charges `bytes` to `user` now, or refuses with RESOURCE_EXHAUSTED
+    /// when the user's unsent responses already hold the budget.
+    pub fn try_charge(&self, user: &Arc<str>, bytes: usize) -> Result<Charge> {
+        let user = self.inner.user(user);
+        let n = self.clamp(bytes);
+        match user.state.bytes.clone().try_acquire_many_owned(n) {
+            Ok(permit) => Ok(Charge {
+                permit,
+                _user: user,
+            }),
+            Err(_) => Err(Error::ResourceExhausted(format!(
+                "too many unread responses: this user's calls hold {} bytes the client has not read yet (CHAT_USER_BUFFER_BYTES); read them first",
+                self.inner.max_bytes
+            ))),
+        }
+    }
+
+    /// Charges `bytes` to `user`, waiting until the user's earlier
+    /// responses have been sent if the budget is used up.
+    pub async fn charge(&self, user: &Arc<str>, bytes: usize) -> Result<Charge> {
+        let user = self.inner.user(user);
+        let n = self.clamp(bytes);
+        match user.state.bytes.clone().acquire_many_owned(n).await {
+            Ok(permit) => Ok(Charge {
+                permit,
+                _user: user,
+            }),
+            // The semaphore is never closed.
+            Err(_) => Err(Error::Internal("a user's byte budget was closed".into())),
+        }
+    }
+
+    fn clamp(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.inner.max_bytes)
+    }
+
+    /// How many users have something open or charged (for tests).
+    pub fn active_users(&self) -> usize {
+        self.inner.lock().len()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<UserState>>> {
+        self.users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn user(self: &Arc<Self>, id: &Arc<str>) -> UserRef {
+        let mut users = self.lock();
+        let state = users
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(UserState {
+                    bytes: Arc::new(Semaphore::new(self.max_bytes as usize)),
+                    streams: AtomicUsize::new(0),
+                })
+            })
+            .clone();
+        UserRef {
+            quotas: self.clone(),
+            id: id.clone(),
+            state,
+        }
+    }
+}
+
+/// A handle on a user's entry; the entry is removed when the last handle
+/// goes. Handles are only made under the map's lock (never cloned), so the
+/// count checked in `drop` cannot grow behind its back.
+#[derive(Debug)]
+struct UserRef {
+    quotas: Arc<Inner>,
+    id: Arc<str>,
+    state: Arc<UserState>,
+}
+
+impl Drop for UserRef {
+    fn drop(&mut self) {
+        let mut users = self.quotas.lock();
+        // The map's reference and ours: nobody else uses the entry.
+        if Arc::strong_count(&self.state) == 2
+            && users
+                .get(&self.id)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.state))
+        {
+            users.remove(&self.id);
+        }
+    }
+}
+
+/// What one closed stream (with its room) is counted as freeing, towards
+/// [`TRIM_AFTER_BYTES`]: a generous estimate of a stream's cost.
+const STREAM_FREES: usize = 16 * 1024;
+
+/// One open JoinRoom stream of a user; dropping it frees the slot.
+#[derive(Debug)]
+pub struct StreamSlot(UserRef);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.state.streams.fetch_sub(1, Ordering::AcqRel);
+        note_freed(STREAM_FREES);
+    }
+}
+
+/// Freed bytes after which chatd asks the allocator to give free memory
+/// back to the system.
+const TRIM_AFTER_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes freed (by count of charges and streams) since the last trim.
+static FREED: AtomicUsize = AtomicUsize::new(0);
+/// Whether a trim is running.
+static TRIMMING: AtomicBool = AtomicBool::new(false);
+
+/// Notes that about `bytes` were freed. glibc's malloc keeps freed memory
+/// in its arenas (10,000 closed streams left their ~35 MB resident), so
+/// after every [`TRIM_AFTER_BYTES`] freed, one `malloc_trim` runs on the
+/// blocking pool (never two at once) and returns the free pages.
+fn note_freed(bytes: usize) {
+    let total = FREED.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    if total < TRIM_AFTER_BYTES || TRIMMING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    FREED.store(0, Ordering::Relaxed);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            // Ends by itself within milliseconds; the runtime waits for it.
+            drop(runtime.spawn_blocking(|| {
+                trim_allocator();
+                TRIMMING.store(false, Ordering::Release);
+            }));
+        }
+        Err(_) => TRIMMING.store(false, Ordering::Release),
+    }
+}
+
+/// Returns the allocator's free memory to the system.
+fn trim_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it has no
+    // preconditions and may be called from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Bytes charged to a user's budget; dropping it gives them back.
+#[derive(Debug)]
+pub struct Charge {
+    permit: OwnedSemaphorePermit,
+    _user: UserRef,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        note_freed(self.permit.num_permits());
+    }
+}
+
+impl Charge {
+    /// Gives back what is charged beyond `bytes` (once the real size of a
+    /// page is known).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let keep = bytes.max(1);
+        let held = self.permit.num_permits();
+        if held > keep {
+            drop(self.permit.split(held - keep));
+        }
+    }
+
+    /// Bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.permit.num_permits()
+    }
+}
+
+/// A charge travelling with a unary response: put into the tonic
+/// `Response`'s extensions by the handler, moved into the response body by
+/// [`HoldUntilSentLayer`], and given back when that body is dropped (when
+/// hyper has handed the last data to HTTP/2 and asks for the trailers,
+/// which it does only once the client's flow-control window has taken most
+/// of the data), or when the call is abandoned.
+#[derive(Debug, Clone)]
+pub struct HeldCharge(pub Arc<Charge>);
+
+/// Moves a response's [`HeldCharge`] from its extensions into its body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HoldUntilSentLayer;
+
+impl<S> tower::Layer<S> for HoldUntilSentLayer {
+    type Service = HoldUntilSent<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HoldUntilSent { inner }
+    }
+}
+
+/// See [`HoldUntilSentLayer`].
+#[derive(Debug, Clone)]
+pub struct HoldUntilSent<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for HoldUntilSent<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            Ok(match response.extensions_mut().remove::<HeldCharge>() {
+                None => response,
+                Some(charge) => response.map(|inner| {
+                    Body::new(ChargedBody {
+                        inner,
+                        _charge: charge,
+                    })
+                }),
+            })
+        })
+    }
+}
+
+/// A response body that keeps its charge until it is dropped.
+struct ChargedBody {
+    inner: Body,
+    _charge: HeldCharge,
+}
+
+impl HttpBody for ChargedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streams_and_bytes_are_per_user_and_entries_go_when_unused() {
+        let quotas = Quotas::new(2, 1000);
+        let alice: Arc<str> = "alice".into();
+        let bob: Arc<str> = "bob".into();
+        let a1 = quotas.open_stream(&alice).unwrap();
+        let _a2 = quotas.open_stream(&alice).unwrap();
+        let err = quotas.open_stream(&alice).unwrap_err().to_string();
+        assert!(err.contains("CHAT_USER_MAX_STREAMS"), "{err}");
+        let _b1 = quotas.open_stream(&bob).unwrap();
+        drop(a1);
+        let _a3 = quotas.open_stream(&alice).unwrap();
+
+        let mut c = quotas.try_charge(&alice, 900).unwrap();
+        let err = quotas.try_charge(&alice, 200).unwrap_err().to_string();
+        assert!(err.contains("CHAT_USER_BUFFER_BYTES"), "{err}");
+        quotas.try_charge(&bob, 1000).unwrap();
+        c.shrink_to(100);
+        assert_eq!(c.bytes(), 100);
+        let d = quotas.try_charge(&alice, 900).unwrap();
+        drop((c, d));
+        assert_eq!(quotas.active_users(), 2);
+        drop((_a2, _a3, _b1));
+        assert_eq!(quotas.active_users(), 0);
+    }
+}

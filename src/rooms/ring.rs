@@ -1,0 +1,105 @@
+//! A room's ring of recent events: bounded in slots and bytes, allocated as it fills.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::domain::StoredMessage;
+use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
+
+/// The most messages one ring event carries.
+const PUBLISH_CHUNK: usize = 8;
+/// A ring event stops taking messages once it holds this many bytes.
+const PUBLISH_CHUNK_BYTES: usize = 64 * 1024;
+/// What a ring event costs besides its encoded bytes (Arc, slot, lengths),
+/// as counted against `CHAT_ROOM_BUFFER_BYTES`.
+const EVENT_OVERHEAD: usize = 64;
+
+/// One event in a room's ring. The bytes are encoded `JoinRoomResponse`s,
+/// shared by every subscriber.
+#[derive(Clone, Debug)]
+pub(super) enum Event {
+    /// Consecutive messages of the room, in seq order: one ring slot and
+    /// one look per subscriber for up to a chunk of a committed batch.
+    Messages(Arc<[(u64, Bytes)]>),
+    Presence {
+        /// Whose presence changed, so a stream can leave out events about
+        /// its own user.
+        user_id: Arc<str>,
+        bytes: Bytes,
+    },
+}
+
+impl Event {
+    /// Bytes counted against the ring's byte limit.
+    pub(super) fn size(&self) -> usize {
+        EVENT_OVERHEAD
+            + match self {
+                Event::Messages(batch) => batch.iter().map(|(_, b)| b.len() + 16).sum(),
+                Event::Presence { user_id, bytes } => user_id.len() + bytes.len(),
+            }
+    }
+}
+
+/// A room's recent events, oldest first, at absolute positions that only
+/// grow: a stream's cursor below `start` means the ring dropped events it
+/// had not read.
+#[derive(Debug, Default)]
+pub(super) struct Ring {
+    /// The position of `events[0]`.
+    pub(super) start: u64,
+    pub(super) events: VecDeque<Event>,
+    /// The sum of [`Event::size`] over `events`.
+    pub(super) bytes: usize,
+}
+
+impl Ring {
+    /// The position the next event will get.
+    pub(super) fn end(&self) -> u64 {
+        self.start + self.events.len() as u64
+    }
+
+    /// Appends `event`, dropping the oldest ones past either limit (the
+    /// newest event stays even if it alone is over the byte limit).
+    pub(super) fn push(&mut self, event: Event, limits: RingLimits) {
+        self.bytes += event.size();
+        self.events.push_back(event);
+        while self.events.len() > 1
+            && (self.events.len() > limits.slots || self.bytes > limits.bytes)
+        {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.size();
+                self.start += 1;
+            }
+        }
+    }
+}
+
+/// The bounds of every room's ring.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RingLimits {
+    pub(super) slots: usize,
+    pub(super) bytes: usize,
+}
+
+/// The events for a room's share of a committed batch: each message encoded
+/// once, up to [`PUBLISH_CHUNK`] messages or [`PUBLISH_CHUNK_BYTES`] per event.
+pub(super) fn encode_chunks(group: &[&StoredMessage]) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut chunk: Vec<(u64, Bytes)> = Vec::with_capacity(PUBLISH_CHUNK.min(group.len()));
+    let mut bytes = 0;
+    for m in group {
+        let encoded = EncodedEvent::encode(WireEvent::Message(proto::Message::from(*m))).0;
+        bytes += encoded.len();
+        chunk.push((m.seq, encoded));
+        if chunk.len() == PUBLISH_CHUNK || bytes >= PUBLISH_CHUNK_BYTES {
+            events.push(Event::Messages(std::mem::take(&mut chunk).into()));
+            bytes = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        events.push(Event::Messages(chunk.into()));
+    }
+    events
+}
