@@ -12,14 +12,17 @@
 //!   [`domain::Identity`], and the secret file.
 //! - [`service`]: chat.v1.ChatService, converting proto to domain and back.
 //! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
-//! - [`writer`]: the write path; stores waiting sends as one atomic batch
-//!   (group commit) and publishes after commit.
+//! - [`writer`]: the write path; stores waiting sends as atomic batches
+//!   (group commit; several at once, never two for one room) and publishes
+//!   after commit.
 //! - [`rooms`]: the registry of live rooms: broadcast fan-out, presence, and
 //!   the per-stream reader that guarantees exactly-once, gapless delivery.
 //! - [`storage`]: PostgreSQL or SQLite through diesel-async; the only
-//!   module that knows SQL or which backend runs.
+//!   module that knows SQL or which backend runs. Every call has a deadline
+//!   (`CHAT_DB_TIMEOUT`).
 //! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
-//! - [`error`]: the one error type and its mapping to gRPC statuses.
+//! - [`error`]: the one error type, the classification of storage errors
+//!   (retry or not), and the mapping to gRPC statuses, logged once.
 
 pub mod auth;
 pub mod config;

@@ -381,6 +381,19 @@ async fn full_disk_is_unavailable_not_serving_and_logged_once_per_batch() {
         "only {failed} of 200 sends failed on a full disk"
     );
     health_becomes(&mut watch, ServingStatus::NotServing).await;
+    // It stays so while the disk is full, though SELECT 1 still works:
+    // health re-checks every second (no event to wait for here), so after
+    // 2.5 s at least two probe writes have failed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let now = within(
+        HealthClient::new(chatd.channel().await).check(HealthCheckRequest {
+            service: "chat.v1.ChatService".into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(now.status, ServingStatus::NotServing as i32);
 
     // Logged once per failing batch, not once per request (before: one
     // line per failing batch plus one per request).

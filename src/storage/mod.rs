@@ -208,11 +208,21 @@ macro_rules! with_pooled {
     };
 }
 
-/// A committed write that needs no table of its own: see
-/// [`Store::probe_write`]. Valid on both backends.
-const PROBE_WRITE_SQL: &str = "BEGIN; \
-     INSERT INTO rooms (name, last_seq) VALUES ('', 0) ON CONFLICT (name) DO NOTHING; \
-     DELETE FROM rooms WHERE name = ''; \
+/// The probe write of [`Store::probe_write`], PostgreSQL's dialect: a
+/// message of room '' (no client can name it: room names are never empty)
+/// with 64 KiB of hex from random bytes (as large as a big batch and not
+/// compressible to nothing), inserted and deleted in one transaction.
+const PG_PROBE_WRITE: &str = "BEGIN; \
+     INSERT INTO messages (room, seq, sender_id, sender_name, content_type, content, sent_at_micros) \
+     SELECT '', 1, '', '', 1, string_agg(md5(random()::text), ''), 0 FROM generate_series(1, 2048); \
+     DELETE FROM messages WHERE room = ''; \
+     COMMIT;";
+
+/// [`PG_PROBE_WRITE`] in SQLite's dialect.
+const SQLITE_PROBE_WRITE: &str = "BEGIN IMMEDIATE; \
+     INSERT INTO messages (room, seq, sender_id, sender_name, content_type, content, sent_at_micros) \
+     VALUES ('', 1, '', '', 1, hex(randomblob(32768)), 0); \
+     DELETE FROM messages WHERE room = ''; \
      COMMIT;";
 
 /// The batch write, which differs per backend: stores `fresh` (no
@@ -336,18 +346,21 @@ impl Store {
         result
     }
 
-    /// Whether a write can be committed: inserts and deletes a row of a
-    /// room no client can name (room names are never empty) in one
-    /// transaction. A full disk or a read-only standby still answers
+    /// Whether a write as large as a big batch can be committed: see
+    /// [`PG_PROBE_WRITE`]. A full disk or a read-only standby still answers
     /// [`ping`](Self::ping); this does not. Clears
     /// [`writes_failing`](Self::writes_failing) when it succeeds.
     pub async fn probe_write(&self) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let sql = match self.backend {
+            Backend::Postgres(_) => PG_PROBE_WRITE,
+            Backend::Sqlite(_) => SQLITE_PROBE_WRITE,
+        };
         // A failure may leave the transaction open: such a connection is
         // dropped, not pooled.
         try_with_conn!(self, deadline, true, |conn| {
             use diesel_async::SimpleAsyncConnection;
-            conn.batch_execute(PROBE_WRITE_SQL).await?;
+            conn.batch_execute(sql).await?;
         })?;
         self.state.writes_failing.store(false, Ordering::Relaxed);
         Ok(())
