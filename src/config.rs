@@ -344,6 +344,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CHAT_MAX_MESSAGE_BYTES"), "{err}");
+        let err = parse(&["--db-timeout", "10ms"]).unwrap_err().to_string();
+        assert!(err.contains("CHAT_DB_TIMEOUT"), "{err}");
+        assert_eq!(
+            parse(&[]).unwrap().config.db_timeout,
+            Duration::from_secs(4)
+        );
         let cli = parse(&["--max-message-bytes", "100000"]).unwrap();
         assert!(
             cli.config

@@ -648,6 +648,15 @@ mod tests {
     }
 
     #[test]
+    fn seqs_come_from_the_write_only() {
+        // assemble takes the seqs as given and refuses a count that does
+        // not match the fresh messages.
+        let plans = vec![Plan::New, Plan::New];
+        assert!(assemble(&[], plans, vec![7], 0).is_err());
+        assert!(assemble(&[], Vec::new(), Vec::new(), 0).unwrap().is_empty());
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redact_password("postgres://u:secret@h:5432/db"),
