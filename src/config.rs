@@ -210,6 +210,20 @@ pub struct Config {
     )]
     pub db_pool_size: u32,
 
+    /// The deadline of every database call: waiting for a pooled
+    /// connection plus the statement (PostgreSQL's statement_timeout and
+    /// lock_timeout, SQLite's busy timeout are set below it). A call that
+    /// misses it fails with UNAVAILABLE; a send waits at most this long in
+    /// its writer's queue too, so it is answered within twice this.
+    #[arg(
+        long = "db-timeout",
+        env = "CHAT_DB_TIMEOUT",
+        value_name = "CHAT_DB_TIMEOUT",
+        default_value = "4s",
+        value_parser = parse_db_timeout
+    )]
+    pub db_timeout: Duration,
+
     /// Threads that run connections and calls; 0 means one per CPU. On a
     /// machine shared with other busy processes fewer threads can deliver
     /// more (see docs/benchmarks.md).
@@ -362,6 +376,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m, 24h)"))
 }
 
+/// A database deadline: at least 100 ms (statements need time), at most
+/// 10 minutes.
+fn parse_db_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+        return Err(format!("{s} is outside 100ms..=10m"));
+    }
+    Ok(d)
+}
+
 fn parse_database_url(s: &str) -> Result<String, String> {
     // The data directory only matters when the URL is unset.
     Location::parse(Some(s), std::path::Path::new(".")).map(|_| s.to_owned())
@@ -443,6 +467,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("CHAT_MAX_CONNECTIONS_PER_IP"), "{err}");
+        let err = parse(&["--db-timeout", "10ms"]).unwrap_err().to_string();
+        assert!(err.contains("CHAT_DB_TIMEOUT"), "{err}");
+        assert_eq!(
+            parse(&[]).unwrap().config.db_timeout,
+            Duration::from_secs(4)
+        );
         let cli = parse(&["--max-message-bytes", "100000"]).unwrap();
         assert!(
             cli.config

@@ -2,7 +2,14 @@
 //!
 //! Handlers return [`Error`]; the conversion into [`tonic::Status`] at the
 //! service boundary is the only place that decides what a client sees. Storage
-//! and internal details are logged with `tracing` there and never sent.
+//! and internal details are logged with `tracing` (once: see
+//! [`Error::Reported`] and [`log_storage_failure`]) and never sent.
+//!
+//! Storage errors are classified into a [`Failure`] by [`Error::failure`]:
+//! what a client should do about them (retry later, or not).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use diesel::result::DatabaseErrorKind;
 use tonic::{Code, Status};
@@ -31,17 +38,23 @@ pub enum Error {
     ShuttingDown,
 
     /// A query failed.
-    #[error("database query failed")]
+    #[error("database query failed: {0}")]
     Database(#[from] diesel::result::Error),
 
     /// No database connection could be had.
-    #[error("database pool failed")]
+    #[error("database pool failed: {0}")]
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
 
-    /// Storage could not be reached; the details were logged where it
-    /// happened.
-    #[error("storage unavailable")]
-    Unavailable,
+    /// A database call missed its deadline (`CHAT_DB_TIMEOUT`); says which
+    /// step.
+    #[error("database call timed out {0}")]
+    TimedOut(&'static str),
+
+    /// A storage failure that was already logged where it happened (a failed
+    /// batch is logged once, not once per request): the client gets the
+    /// failure's status and nothing is logged again.
+    #[error("storage failed ({0:?}); logged where it happened")]
+    Reported(Failure),
 
     /// The write path's answer never came (its task ended).
     #[error("the writer stopped before answering")]
@@ -56,6 +69,21 @@ pub enum Error {
     Config(String),
 }
 
+/// What a storage failure means for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database cannot be reached or cannot serve now (down, hung,
+    /// restarting, locked, overloaded): retry later. UNAVAILABLE.
+    Unavailable,
+    /// The database's disk is full: writes fail until an operator frees
+    /// space; reads still work. UNAVAILABLE too (a retry later succeeds
+    /// once space is freed), with its own message and log line.
+    Full,
+    /// Our bug or a schema that does not match: retrying will not help.
+    /// INTERNAL.
+    Internal,
+}
+
 impl Error {
     /// A malformed request field.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
@@ -65,48 +93,369 @@ impl Error {
         }
     }
 
-    /// Whether the database could not be reached (as opposed to a query the
-    /// database refused): these become UNAVAILABLE and are worth a retry.
-    pub fn is_unavailable(&self) -> bool {
+    /// For errors of storage or of the write path, what they mean for the
+    /// client; `None` for everything else (client errors, config).
+    pub fn failure(&self) -> Option<Failure> {
         match self {
-            Error::Pool(_) | Error::Unavailable | Error::ShuttingDown | Error::WriterGone => true,
-            Error::Database(e) => is_connection_error(e),
+            Error::Pool(_) | Error::TimedOut(_) | Error::WriterGone | Error::ShuttingDown => {
+                Some(Failure::Unavailable)
+            }
+            Error::Reported(f) => Some(*f),
+            Error::Database(e) => Some(classify(e)),
+            Error::Internal(_) => Some(Failure::Internal),
+            _ => None,
+        }
+    }
+
+    /// Whether the client should retry later (UNAVAILABLE).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.failure(), Some(Failure::Unavailable | Failure::Full))
+    }
+
+    /// Whether this error means the connection it happened on is gone or in
+    /// an unknown state and must not go back to the pool.
+    pub fn loses_connection(&self) -> bool {
+        match self {
+            Error::TimedOut(_) => true,
+            Error::Database(e) => connection_lost(e),
             _ => false,
         }
     }
 }
 
-/// Diesel errors that mean "the connection is gone", not "the query is bad".
-fn is_connection_error(e: &diesel::result::Error) -> bool {
-    matches!(
-        e,
+/// Classifies a diesel error by what a client should do about it.
+///
+/// The limitation: diesel-async maps a PostgreSQL error to diesel's
+/// [`DatabaseErrorKind`] (`Unknown` for most SQLSTATEs) and does not expose
+/// the SQLSTATE itself (see diesel-async's `pg/error_helper.rs`); diesel's
+/// SQLite backend likewise gives `Unknown` with `sqlite3_errmsg` for
+/// everything but constraint violations. So besides the kinds, the server's
+/// primary message is matched (PostgreSQL messages are English unless
+/// `lc_messages` is changed; SQLite's are fixed).
+///
+/// Unknown server errors default to [`Failure::Unavailable`]: chatd's
+/// statements are fixed and tested, so a server error that is neither a
+/// typed kind (constraint violations: our bug) nor a known permanent one
+/// (missing table, syntax, permission, corruption) is almost always
+/// operational (a restart, failover, overload, resource limit), which a
+/// retry later survives. Every send is safe to retry (idempotency keys) and
+/// every read is idempotent, and each such error is still logged.
+pub fn classify(e: &diesel::result::Error) -> Failure {
+    use diesel::result::Error as D;
+    match e {
+        D::DatabaseError(kind, info) => classify_db(kind, info.message()),
+        D::BrokenTransactionManager => Failure::Unavailable,
+        D::RollbackErrorOnCommit { commit_error, .. } => classify(commit_error),
+        _ => Failure::Internal,
+    }
+}
+
+fn classify_db(kind: &DatabaseErrorKind, message: &str) -> Failure {
+    use DatabaseErrorKind as K;
+    match kind {
+        // The connection is gone (IO error, closed socket, terminated
+        // backend), a serialization failure, or a standby after failover
+        // (25006 read_only_sql_transaction).
+        K::ClosedConnection
+        | K::UnableToSendCommand
+        | K::SerializationFailure
+        | K::ReadOnlyTransaction => Failure::Unavailable,
+        // Constraint violations: our statements never cause them unless
+        // something is wrong with us or the data.
+        K::UniqueViolation
+        | K::ForeignKeyViolation
+        | K::NotNullViolation
+        | K::CheckViolation
+        | K::RestrictViolation
+        | K::ExclusionViolation => Failure::Internal,
+        _ => classify_message(message),
+    }
+}
+
+/// Primary messages that mean a full disk: PostgreSQL 53100 disk_full
+/// ("could not extend file ...: No space left on device", "could not write
+/// to file ..."), SQLite SQLITE_FULL ("database or disk is full").
+const FULL: &[&str] = &[
+    "no space left on device",
+    "database or disk is full",
+    "disk full",
+    "could not extend file",
+    "quota exceeded",
+];
+
+/// Primary messages of errors that a retry will not fix: PostgreSQL 42xxx
+/// (undefined table/column, syntax, permission: a schema or grant that does
+/// not match this chatd), SQLite SQLITE_CORRUPT / SQLITE_NOTADB and schema
+/// mismatches.
+const PERMANENT: &[&str] = &[
+    "does not exist",
+    "syntax error",
+    "permission denied",
+    "must be owner",
+    "no such table",
+    "no such column",
+    "malformed",
+    "file is not a database",
+    "has no column",
+    "invalid input",
+    "out of range",
+];
+
+/// Classifies a server error by its primary message; see [`classify`].
+///
+/// Known unavailable messages (they need no entry as they are the
+/// default, listed here for the reader): PostgreSQL 57P01 "terminating
+/// connection due to administrator command", 57P02/57P03 "the database
+/// system is shutting down / starting up / in recovery mode", 57014
+/// "canceling statement due to statement timeout", 55P03 "canceling
+/// statement due to lock timeout", 53200/53300 "out of memory", "sorry, too
+/// many clients already", 08xxx connection exceptions, 40P01 "deadlock
+/// detected"; SQLite SQLITE_BUSY "database is locked", SQLITE_LOCKED
+/// "database table is locked", SQLITE_IOERR "disk I/O error",
+/// SQLITE_READONLY "attempt to write a readonly database", SQLITE_CANTOPEN
+/// "unable to open database file".
+fn classify_message(message: &str) -> Failure {
+    let message = message.to_ascii_lowercase();
+    if FULL.iter().any(|m| message.contains(m)) {
+        Failure::Full
+    } else if PERMANENT.iter().any(|m| message.contains(m)) {
+        Failure::Internal
+    } else {
+        Failure::Unavailable
+    }
+}
+
+/// Diesel errors after which the connection must be dropped, not pooled:
+/// it is closed, or the server ended the session (57P01 and friends arrive
+/// as a FATAL with the connection closing right after).
+fn connection_lost(e: &diesel::result::Error) -> bool {
+    match e {
         diesel::result::Error::DatabaseError(
             DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-            _
-        ) | diesel::result::Error::BrokenTransactionManager
-    )
+            _,
+        )
+        | diesel::result::Error::BrokenTransactionManager => true,
+        diesel::result::Error::DatabaseError(_, info) => {
+            let m = info.message().to_ascii_lowercase();
+            m.contains("terminating connection") || m.contains("shutting down")
+        }
+        _ => false,
+    }
+}
+
+/// Logs a storage failure that has not been logged yet. Unavailable
+/// conditions are logged at most once per [`LOG_EVERY`] with the number of
+/// the others: an outage hits every call and every stream at once, and one
+/// line says as much as thousands. Internal errors are always logged.
+pub fn log_storage_failure(err: &Error, failure: Failure) {
+    match failure {
+        Failure::Internal => tracing::error!(error = %err, "internal error"),
+        Failure::Unavailable | Failure::Full => {
+            if let Some(suppressed) = THROTTLE.allow() {
+                tracing::warn!(error = %err, suppressed, "storage unavailable");
+            }
+        }
+    }
+}
+
+/// At most one "storage unavailable" line per this interval.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A log rate limiter: one line per [`LOG_EVERY`], counting the rest.
+struct Throttle {
+    /// Milliseconds since [`Throttle::epoch`] of the last line, plus one (0:
+    /// never).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+static THROTTLE: Throttle = Throttle {
+    last: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+impl Throttle {
+    fn epoch() -> Instant {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    /// `Some(lines suppressed since the last one)` when a line may be
+    /// logged now.
+    fn allow(&self) -> Option<u64> {
+        let now = Self::epoch().elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        let unavailable = err.is_unavailable();
+        let failure = err.failure();
         match err {
             Error::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
             Error::OutOfRange { .. } => Status::out_of_range(err.to_string()),
             Error::Unauthenticated(msg) => Status::unauthenticated(msg),
             Error::ResourceExhausted(msg) => Status::resource_exhausted(msg),
             Error::ShuttingDown => Status::unavailable("server is shutting down; retry shortly"),
-            other if unavailable => {
-                tracing::warn!(error = ?other, "storage unavailable");
-                Status::new(Code::Unavailable, "storage is unavailable; retry shortly")
-            }
-            other => {
-                tracing::error!(error = ?other, "internal error");
+            Error::Config(_) => {
+                tracing::error!(error = %err, "internal error");
                 Status::internal("internal error")
+            }
+            _ => {
+                let failure = failure.unwrap_or(Failure::Internal);
+                if !matches!(err, Error::Reported(_)) {
+                    log_storage_failure(&err, failure);
+                }
+                status_of(failure)
             }
         }
     }
 }
 
+/// The status a client gets for a storage failure; no internals in it.
+fn status_of(failure: Failure) -> Status {
+    match failure {
+        Failure::Unavailable => {
+            Status::new(Code::Unavailable, "storage is unavailable; retry shortly")
+        }
+        Failure::Full => Status::new(Code::Unavailable, "storage is full; retry later"),
+        Failure::Internal => Status::internal("internal error"),
+    }
+}
+
 /// Shorthand for results in chatd.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(kind: DatabaseErrorKind, message: &str) -> diesel::result::Error {
+        diesel::result::Error::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn classification() {
+        use DatabaseErrorKind as K;
+        let cases = [
+            (
+                K::Unknown,
+                "terminating connection due to administrator command",
+                Failure::Unavailable,
+            ),
+            (
+                K::Unknown,
+                "canceling statement due to statement timeout",
+                Failure::Unavailable,
+            ),
+            (
+                K::Unknown,
+                "canceling statement due to lock timeout",
+                Failure::Unavailable,
+            ),
+            (
+                K::Unknown,
+                "sorry, too many clients already",
+                Failure::Unavailable,
+            ),
+            (
+                K::Unknown,
+                "the database system is starting up",
+                Failure::Unavailable,
+            ),
+            (K::Unknown, "deadlock detected", Failure::Unavailable),
+            (K::Unknown, "database is locked", Failure::Unavailable),
+            (K::Unknown, "database or disk is full", Failure::Full),
+            (
+                K::Unknown,
+                "could not extend file \"base/1/2\": No space left on device",
+                Failure::Full,
+            ),
+            (
+                K::Unknown,
+                "relation \"messages\" does not exist",
+                Failure::Internal,
+            ),
+            (
+                K::Unknown,
+                "database disk image is malformed",
+                Failure::Internal,
+            ),
+            (
+                K::UnableToSendCommand,
+                "connection closed",
+                Failure::Unavailable,
+            ),
+            (K::ClosedConnection, "", Failure::Unavailable),
+            (
+                K::SerializationFailure,
+                "could not serialize access",
+                Failure::Unavailable,
+            ),
+            (
+                K::ReadOnlyTransaction,
+                "cannot execute INSERT in a read-only transaction",
+                Failure::Unavailable,
+            ),
+            (K::UniqueViolation, "duplicate key value", Failure::Internal),
+            (
+                K::CheckViolation,
+                "violates check constraint",
+                Failure::Internal,
+            ),
+        ];
+        for (kind, message, want) in cases {
+            assert_eq!(classify(&db(kind, message)), want, "{message}");
+        }
+        assert_eq!(
+            classify(&diesel::result::Error::NotFound),
+            Failure::Internal
+        );
+    }
+
+    #[test]
+    fn statuses_hide_internals() {
+        let status = Status::from(Error::Database(db(
+            DatabaseErrorKind::Unknown,
+            "database or disk is full",
+        )));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("database or disk"));
+        let status = Status::from(Error::Reported(Failure::Unavailable));
+        assert_eq!(status.code(), Code::Unavailable);
+        let status = Status::from(Error::Internal("x".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
+    fn lost_connections() {
+        assert!(Error::TimedOut("x").loses_connection());
+        assert!(
+            Error::Database(db(
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command"
+            ))
+            .loses_connection()
+        );
+        assert!(
+            !Error::Database(db(
+                DatabaseErrorKind::Unknown,
+                "canceling statement due to statement timeout"
+            ))
+            .loses_connection()
+        );
+    }
+}

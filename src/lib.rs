@@ -15,17 +15,20 @@
 //! - [`files`]: chatd's files and directories on disk, created 0600 / 0700.
 //! - [`service`]: chat.v1.ChatService, converting proto to domain and back.
 //! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
-//! - [`writer`]: the write path; stores waiting sends as one atomic batch
-//!   (group commit) and publishes after commit.
+//! - [`writer`]: the write path; stores waiting sends as atomic batches
+//!   (group commit; several at once, never two for one room) and publishes
+//!   after commit.
 //! - [`rooms`]: the registry of live rooms: fan-out through a ring bounded in
 //!   slots and bytes, presence, and
 //!   the per-stream reader that guarantees exactly-once, gapless delivery.
 //! - [`quota`]: per-user limits: open JoinRoom streams and unsent response
 //!   bytes (ListHistory and catch-up pages), held until the client reads.
 //! - [`storage`]: PostgreSQL or SQLite through diesel-async; the only
-//!   module that knows SQL or which backend runs.
+//!   module that knows SQL or which backend runs. Every call has a deadline
+//!   (`CHAT_DB_TIMEOUT`).
 //! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
-//! - [`error`]: the one error type and its mapping to gRPC statuses.
+//! - [`error`]: the one error type, the classification of storage errors
+//!   (retry or not), and the mapping to gRPC statuses, logged once.
 
 pub mod auth;
 pub mod config;

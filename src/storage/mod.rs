@@ -10,14 +10,21 @@
 //! - Reads are written once with diesel's query builder and compiled for
 //!   each backend ([`with_conn!`]); what truly differs lives in `postgres.rs`
 //!   and `sqlite.rs`: opening connections, migrations, and the batch write.
+//! - Every call has a deadline ([`Store::timeout`], `CHAT_DB_TIMEOUT`)
+//!   covering the wait for a pooled connection and the statement; a
+//!   connection that missed it (or that the server closed) is dropped, never
+//!   pooled again. The outcome of writes is kept for health
+//!   ([`Store::writes_failing`]).
 
 mod models;
 mod postgres;
 mod schema;
 mod sqlite;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::prelude::*;
@@ -30,13 +37,14 @@ use self::schema::{messages, rooms};
 use crate::domain::{
     HistoryCursor, HistoryPage, HistoryQuery, NewMessage, RoomName, StoredMessage,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Failure, Result};
 
 pub use self::sqlite::Synchronous;
 
-/// How long a caller waits for a pooled connection, or for a new one to be
-/// made, before the call fails with UNAVAILABLE.
-const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Batches one PostgreSQL writer may run at once on separate connections
+/// (each touching other rooms), so that one slow room does not stall the
+/// others. SQLite has one write lock for the whole file: one at a time.
+const PG_CONCURRENT_BATCHES: usize = 4;
 
 /// The file name of the default SQLite database in the data directory.
 pub const DEFAULT_SQLITE_FILE: &str = "chat.db";
@@ -111,7 +119,22 @@ pub struct Appended {
 pub struct Store {
     backend: Backend,
     /// Shared: every JoinRoom stream holds a `Store`.
-    location: std::sync::Arc<Location>,
+    location: Arc<Location>,
+    /// The deadline of every call (`CHAT_DB_TIMEOUT`).
+    timeout: Duration,
+    /// What health needs to know about calls that failed.
+    state: Arc<State>,
+}
+
+/// Outcomes of calls, shared by every clone of a [`Store`], for health.
+#[derive(Default)]
+struct State {
+    /// The last batch write failed for a reason a retry may fix (the
+    /// database is down, hung, locked or full); cleared by a write that
+    /// succeeds. A full disk still answers `SELECT 1`, so health needs this.
+    writes_failing: AtomicBool,
+    /// Woken when a call fails as unavailable, so health probes at once.
+    failed: tokio::sync::Notify,
 }
 
 #[derive(Clone)]
@@ -129,43 +152,224 @@ impl std::fmt::Debug for Store {
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of whichever
-/// backend the store has. The body is compiled once per backend, so reads
-/// are written once with diesel's query builder.
-macro_rules! with_conn {
-    ($store:expr, |$conn:ident| $body:expr) => {
-        match &$store.backend {
+/// backend the store has, all before `$deadline` (a tokio `Instant`). The
+/// body is compiled once per backend, so reads are written once with
+/// diesel's query builder. See [`with_pooled!`] for what happens on errors.
+macro_rules! try_with_conn {
+    ($store:expr, $deadline:expr, $drop_on_error:expr, |$conn:ident| $body:expr) => {{
+        let store: &Store = &$store;
+        let result = match &store.backend {
             Backend::Postgres(pool) => {
-                let mut pooled = pool.get().await?;
-                let $conn = &mut *pooled;
-                $body
+                with_pooled!(pool, $deadline, $drop_on_error, |$conn| $body)
             }
             Backend::Sqlite(pool) => {
-                let mut pooled = pool.get().await?;
-                let $conn = &mut *pooled;
-                $body
+                with_pooled!(pool, $deadline, $drop_on_error, |$conn| $body)
             }
+        };
+        store.observe(result)
+    }};
+}
+
+/// [`try_with_conn!`] with the store's own deadline, returning the body's
+/// value (errors go up with `?`).
+macro_rules! with_conn {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let deadline = tokio::time::Instant::now() + $store.timeout;
+        try_with_conn!($store, deadline, false, |$conn| $body)?
+    }};
+}
+
+/// Takes a connection from `$pool` and runs `$body` on it, both before
+/// `$deadline`. A connection whose call timed out (mid-query: its state is
+/// unknown), that the server closed, or (with `$drop_on_error`) whose call
+/// failed in any way is dropped instead of going back to the pool; when the
+/// server ended the session, every idle connection goes too (after a
+/// restart or failover all of them are dead).
+macro_rules! with_pooled {
+    ($pool:expr, $deadline:expr, $drop_on_error:expr, |$conn:ident| $body:expr) => {
+        async {
+            let deadline: tokio::time::Instant = $deadline;
+            let mut pooled = match tokio::time::timeout_at(deadline, $pool.get()).await {
+                Ok(got) => got?,
+                Err(_) => return Err(Error::TimedOut("waiting for a connection")),
+            };
+            let outcome = tokio::time::timeout_at(deadline, async {
+                let $conn = &mut *pooled;
+                Ok::<_, Error>($body)
+            })
+            .await;
+            let result = outcome.unwrap_or(Err(Error::TimedOut("running a statement")));
+            if let Err(e) = &result {
+                let lost = e.loses_connection();
+                if $drop_on_error || lost {
+                    drop(deadpool::managed::Object::take(pooled));
+                }
+                if lost && !matches!(e, Error::TimedOut(_)) {
+                    $pool.retain(|_, _| false);
+                }
+            }
+            result
         }
+        .await
     };
+}
+
+/// The probe write of [`Store::probe_write`], PostgreSQL's dialect: a
+/// message of room '' (no client can name it: room names are never empty)
+/// with 64 KiB of hex from random bytes (as large as a big batch and not
+/// compressible to nothing), inserted and deleted in one transaction.
+const PG_PROBE_WRITE: &str = "BEGIN; \
+     INSERT INTO messages (room, seq, sender_id, sender_name, content_type, content, sent_at_micros) \
+     SELECT '', 1, '', '', 1, string_agg(md5(random()::text), ''), 0 FROM generate_series(1, 2048); \
+     DELETE FROM messages WHERE room = ''; \
+     COMMIT;";
+
+/// [`PG_PROBE_WRITE`] in SQLite's dialect.
+const SQLITE_PROBE_WRITE: &str = "BEGIN IMMEDIATE; \
+     INSERT INTO messages (room, seq, sender_id, sender_name, content_type, content, sent_at_micros) \
+     VALUES ('', 1, '', '', 1, hex(randomblob(32768)), 0); \
+     DELETE FROM messages WHERE room = ''; \
+     COMMIT;";
+
+/// The batch write, which differs per backend: stores `fresh` (no
+/// duplicates among them) atomically and returns the seq the write gave
+/// each of them, in their order.
+trait AppendFresh {
+    async fn append_fresh(
+        &mut self,
+        fresh: &[&NewMessage],
+        sent_at_micros: i64,
+    ) -> Result<Vec<i64>>;
+}
+
+/// The idempotency keys of `$batch` already stored, by (room, sender, key),
+/// read on `$conn` (written once, compiled per backend).
+macro_rules! stored_keys_query {
+    ($conn:expr, $batch:expr) => {{
+        let batch: &[NewMessage] = $batch;
+        let ids: Vec<&str> = batch
+            .iter()
+            .filter_map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
+            .collect();
+        if ids.is_empty() {
+            HashMap::new()
+        } else {
+            let room_names: Vec<&str> = batch
+                .iter()
+                .filter(|m| m.client_message_id.is_some())
+                .map(|m| m.room.as_str())
+                .collect();
+            // May return more rows than match (other senders, other
+            // room/key pairs); the exact match is by the map key.
+            let rows: Vec<MessageRow> = messages::table
+                .filter(messages::client_message_id.eq_any(&ids))
+                .filter(messages::room.eq_any(&room_names))
+                .select(MessageRow::as_select())
+                .load($conn)
+                .await?;
+            keys_of(rows)?
+        }
+    }};
+}
+
+/// Stored messages by their idempotency key.
+fn keys_of(rows: Vec<MessageRow>) -> Result<HashMap<Key, StoredMessage>> {
+    let mut stored = HashMap::new();
+    for row in rows {
+        let message = StoredMessage::try_from(row)?;
+        if let Some(id) = message.client_message_id.clone() {
+            let key = (
+                message.room.as_str().to_owned(),
+                message.sender_id.clone(),
+                id,
+            );
+            stored.insert(key, message);
+        }
+    }
+    Ok(stored)
 }
 
 impl Store {
     /// A pool of at most `max_connections` connections. Connections are
     /// made on demand, so this succeeds while a database server is down.
+    /// Every call, from the wait for a connection to its last row, gets
+    /// `timeout`.
     pub fn open(
         location: Location,
         max_connections: usize,
         synchronous: Synchronous,
+        timeout: Duration,
     ) -> Result<Self> {
         let backend = match &location {
-            Location::Postgres(url) => Backend::Postgres(postgres::pool(url, max_connections)?),
+            Location::Postgres(url) => {
+                Backend::Postgres(postgres::pool(url, max_connections, timeout)?)
+            }
             Location::Sqlite(path) => {
-                Backend::Sqlite(sqlite::pool(path, max_connections, synchronous)?)
+                Backend::Sqlite(sqlite::pool(path, max_connections, synchronous, timeout)?)
             }
         };
         Ok(Store {
             backend,
             location: location.into(),
+            timeout,
+            state: Arc::default(),
         })
+    }
+
+    /// The deadline of every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How many batches a writer may store at once: each holds a
+    /// connection, and never two touch the same room.
+    pub fn concurrent_batches(&self) -> usize {
+        match self.backend {
+            Backend::Postgres(_) => PG_CONCURRENT_BATCHES,
+            Backend::Sqlite(_) => 1,
+        }
+    }
+
+    /// Whether the last batch write failed for a reason a retry may fix.
+    pub fn writes_failing(&self) -> bool {
+        AtomicBool::load(&self.state.writes_failing, Ordering::Relaxed)
+    }
+
+    /// Resolves after a call has failed as unavailable (at once if one
+    /// failed since the last wait).
+    pub async fn failed(&self) {
+        self.state.failed.notified().await;
+    }
+
+    /// Passes `result` through, waking health when it is a failure a retry
+    /// may fix.
+    fn observe<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_unavailable()
+        {
+            self.state.failed.notify_one();
+        }
+        result
+    }
+
+    /// Whether a write as large as a big batch can be committed: see
+    /// [`PG_PROBE_WRITE`]. A full disk or a read-only standby still answers
+    /// [`ping`](Self::ping); this does not. Clears
+    /// [`writes_failing`](Self::writes_failing) when it succeeds.
+    pub async fn probe_write(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sql = match self.backend {
+            Backend::Postgres(_) => PG_PROBE_WRITE,
+            Backend::Sqlite(_) => SQLITE_PROBE_WRITE,
+        };
+        // A failure may leave the transaction open: such a connection is
+        // dropped, not pooled.
+        try_with_conn!(self, deadline, true, |conn| {
+            use diesel_async::SimpleAsyncConnection;
+            conn.batch_execute(sql).await?;
+        })?;
+        self.state.writes_failing.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn location(&self) -> &Location {
@@ -175,8 +379,8 @@ impl Store {
     /// Runs every pending migration of the backend.
     pub async fn migrate(&self) -> Result<()> {
         match &*self.location {
-            Location::Postgres(url) => postgres::migrate(url).await,
-            Location::Sqlite(path) => sqlite::migrate(path).await,
+            Location::Postgres(url) => postgres::migrate(url, self.timeout).await,
+            Location::Sqlite(path) => sqlite::migrate(path, self.timeout).await,
         }
     }
 
@@ -190,83 +394,35 @@ impl Store {
 
     /// Stores a batch of messages atomically and returns, in the batch's
     /// order, each stored message. Each room's new messages get the next
-    /// seqs of that room in batch order. A message whose
-    /// (room, sender, client_message_id) was stored before comes back as the
-    /// original, with `fresh: false`.
+    /// seqs of that room in batch order, as the write assigned them. A
+    /// message whose (room, sender, client_message_id) was stored before
+    /// comes back as the original, with `fresh: false`. The lookup and the
+    /// write share one connection and one deadline.
     pub async fn append(&self, batch: &[NewMessage], sent_at_micros: i64) -> Result<Vec<Appended>> {
-        let stored = self.stored_keys(batch).await?;
-        let plans = plan(batch, &stored);
-        let fresh: Vec<&NewMessage> = batch
-            .iter()
-            .zip(&plans)
-            .filter(|(_, p)| matches!(p, Plan::New))
-            .map(|(m, _)| m)
-            .collect();
-        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-        for m in &fresh {
-            *counts.entry(m.room.as_str()).or_default() += 1;
-        }
-        let tops = if fresh.is_empty() {
-            HashMap::new()
-        } else {
-            match &self.backend {
-                Backend::Postgres(pool) => {
-                    postgres::append(&mut *pool.get().await?, &fresh, sent_at_micros).await?
-                }
-                Backend::Sqlite(pool) => {
-                    sqlite::append(&mut *pool.get().await?, &fresh, &counts, sent_at_micros).await?
-                }
-            }
-        };
-        // Each room's first new seq: its new last seq minus its new messages.
-        let mut next_seq: HashMap<&str, i64> = HashMap::new();
-        for (room, n) in &counts {
-            let top = tops
-                .get(*room)
-                .copied()
-                .ok_or_else(|| Error::Internal(format!("no counter returned for room {room}")))?;
-            next_seq.insert(room, top - n + 1);
-        }
-        assemble(batch, plans, next_seq, sent_at_micros)
-    }
-
-    /// Idempotency keys of the batch already stored, by (room, sender, key).
-    async fn stored_keys(&self, batch: &[NewMessage]) -> Result<HashMap<Key, StoredMessage>> {
-        let keyed: Vec<&NewMessage> = batch
-            .iter()
-            .filter(|m| m.client_message_id.is_some())
-            .collect();
-        let mut stored = HashMap::new();
-        if keyed.is_empty() {
-            return Ok(stored);
-        }
-        let ids: Vec<&str> = keyed
-            .iter()
-            .filter_map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
-            .collect();
-        let room_names: Vec<&str> = keyed.iter().map(|m| m.room.as_str()).collect();
-        // May return more rows than match (other senders, other room/key
-        // pairs); the exact match is by the map key.
-        let rows: Vec<MessageRow> = with_conn!(self, |conn| {
-            messages::table
-                .filter(messages::client_message_id.eq_any(&ids))
-                .filter(messages::room.eq_any(&room_names))
-                .select(MessageRow::as_select())
-                .load(conn)
-                .await?
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let result = try_with_conn!(self, deadline, false, |conn| {
+            let keys = stored_keys_query!(conn, batch);
+            let plans = plan(batch, &keys);
+            let fresh: Vec<&NewMessage> = batch
+                .iter()
+                .zip(&plans)
+                .filter(|(_, p)| matches!(p, Plan::New))
+                .map(|(m, _)| m)
+                .collect();
+            let seqs = if fresh.is_empty() {
+                Vec::new()
+            } else {
+                conn.append_fresh(&fresh, sent_at_micros).await?
+            };
+            assemble(batch, plans, seqs, sent_at_micros)?
         });
-        for row in rows {
-            let message = StoredMessage::try_from(row)?;
-            if let Some(id) = message.client_message_id.clone() {
-                let key = (
-                    message.room.as_str().to_owned(),
-                    message.sender_id.clone(),
-                    id,
-                );
-                stored.insert(key, message);
-            }
-        }
-        Ok(stored)
+        let failing = result
+            .as_ref()
+            .err()
+            .and_then(Error::failure)
+            .is_some_and(|f| f != Failure::Internal);
+        self.state.writes_failing.store(failing, Ordering::Relaxed);
+        result
     }
 
     /// One page of a room's history, ascending.
@@ -345,10 +501,12 @@ impl Store {
     }
 }
 
-/// A pool of at most `max_connections`, with [`POOL_TIMEOUT`] on every wait.
+/// A pool of at most `max_connections`; `timeout` bounds every wait for a
+/// connection, making one, and recycling one.
 fn build_pool<C>(
     manager: AsyncDieselConnectionManager<C>,
     max_connections: usize,
+    timeout: Duration,
 ) -> Result<Pool<C>>
 where
     C: diesel_async::AsyncConnection + 'static,
@@ -356,9 +514,9 @@ where
 {
     Pool::builder(manager)
         .max_size(max_connections)
-        .wait_timeout(Some(POOL_TIMEOUT))
-        .create_timeout(Some(POOL_TIMEOUT))
-        .recycle_timeout(Some(POOL_TIMEOUT))
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| Error::Config(format!("DATABASE_URL: cannot build a pool: {e}")))
@@ -412,23 +570,31 @@ fn plan(batch: &[NewMessage], stored: &HashMap<Key, StoredMessage>) -> Vec<Plan>
         .collect()
 }
 
-/// The batch as stored, given each room's first new seq.
+/// The batch as stored: fresh messages take, in order, the seqs the write
+/// gave them (`seqs`, one per [`Plan::New`]); repeats take their original.
 fn assemble(
     batch: &[NewMessage],
     plans: Vec<Plan>,
-    mut next_seq: HashMap<&str, i64>,
+    seqs: Vec<i64>,
     sent_at_micros: i64,
 ) -> Result<Vec<Appended>> {
+    let fresh_count = plans.iter().filter(|p| matches!(p, Plan::New)).count();
+    if seqs.len() != fresh_count {
+        return Err(Error::Internal(format!(
+            "the write returned {} seqs for {fresh_count} messages",
+            seqs.len()
+        )));
+    }
+    let mut seqs = seqs.into_iter();
     let mut out: Vec<Appended> = Vec::with_capacity(batch.len());
     for (m, plan) in batch.iter().zip(plans) {
         let appended = match plan {
             Plan::New => {
-                let slot = next_seq
-                    .get_mut(m.room.as_str())
-                    .ok_or_else(|| Error::Internal(format!("no seq for room {}", m.room)))?;
-                let seq = u64::try_from(*slot)
-                    .map_err(|_| Error::Internal(format!("counter gave seq {slot}")))?;
-                *slot += 1;
+                let stored = seqs
+                    .next()
+                    .ok_or_else(|| Error::Internal("fewer seqs than messages".into()))?;
+                let seq = u64::try_from(stored)
+                    .map_err(|_| Error::Internal(format!("the write gave seq {stored}")))?;
                 Appended {
                     message: StoredMessage {
                         room: m.room.clone(),
@@ -485,6 +651,15 @@ mod tests {
         ));
         assert!(Location::parse(Some("sqlite://"), dir).is_err());
         assert!(Location::parse(Some("mysql://h/db"), dir).is_err());
+    }
+
+    #[test]
+    fn seqs_come_from_the_write_only() {
+        // assemble takes the seqs as given and refuses a count that does
+        // not match the fresh messages.
+        let plans = vec![Plan::New, Plan::New];
+        assert!(assemble(&[], plans, vec![7], 0).is_err());
+        assert!(assemble(&[], Vec::new(), Vec::new(), 0).unwrap().is_empty());
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! What only SQLite does: connections with WAL and a busy timeout, its
 //! migrations, and the batch write as one immediate transaction.
 //!
+//! Deadlines: a connection waits for another's write lock for 3/4 of the
+//! call deadline (`busy_timeout`), then fails with "database is locked"
+//! (UNAVAILABLE); the call as a whole is bounded by the deadline around it
+//! in `storage/mod.rs`.
+//!
 //! SQLite is bundled into the binary (no system library). diesel-async's
 //! `SyncConnectionWrapper` runs each query on tokio's blocking pool, so the
 //! reads share the query-builder code with PostgreSQL; the write takes the
 //! connection for one blocking transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -21,6 +27,7 @@ use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
+use super::AppendFresh;
 use super::models::NewMessageRow;
 use super::schema::{messages, rooms};
 use crate::domain::NewMessage;
@@ -29,8 +36,11 @@ use crate::error::{Error, Result};
 /// SQLite's migrations, compiled into the binary.
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-/// How long a connection waits for another one's write lock.
-const BUSY_TIMEOUT_MS: u32 = 5_000;
+/// How long a connection waits for another one's write lock: 3/4 of the
+/// call deadline, so that the wait ends with SQLite's own clean error first.
+fn busy_timeout_ms(timeout: Duration) -> u128 {
+    (timeout.as_millis() * 3 / 4).max(50)
+}
 
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 pub type SqlitePool = Pool<SqliteConn>;
@@ -66,9 +76,15 @@ fn path_str(path: &Path) -> Result<&str> {
     })
 }
 
-pub fn pool(path: &Path, max_connections: usize, synchronous: Synchronous) -> Result<SqlitePool> {
+pub fn pool(
+    path: &Path,
+    max_connections: usize,
+    synchronous: Synchronous,
+    timeout: Duration,
+) -> Result<SqlitePool> {
     let setup = format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {}; PRAGMA busy_timeout = {BUSY_TIMEOUT_MS};",
+        "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = {};",
+        busy_timeout_ms(timeout),
         synchronous.pragma()
     );
     let mut config = ManagerConfig::<SqliteConn>::default();
@@ -86,20 +102,23 @@ pub fn pool(path: &Path, max_connections: usize, synchronous: Synchronous) -> Re
     });
     let manager =
         AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path_str(path)?, config);
-    super::build_pool(manager, max_connections)
+    super::build_pool(manager, max_connections, timeout)
 }
 
 /// Creates the file (and its directory) if needed and runs every pending
-/// migration.
-pub async fn migrate(path: &Path) -> Result<()> {
+/// migration, waiting at most `timeout` for another process's lock.
+pub async fn migrate(path: &Path, timeout: Duration) -> Result<()> {
     create_private(path)?;
     let url = path_str(path)?.to_owned();
     tokio::task::spawn_blocking(move || {
         use diesel::connection::SimpleConnection;
         let mut conn = SqliteConnection::establish(&url)
             .map_err(|e| Error::Config(format!("DATABASE_URL: cannot open {url}: {e}")))?;
-        conn.batch_execute("PRAGMA journal_mode = WAL;")
-            .map_err(|e| Error::Config(format!("DATABASE_URL: cannot enable WAL on {url}: {e}")))?;
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL;",
+            busy_timeout_ms(timeout)
+        ))
+        .map_err(|e| Error::Config(format!("DATABASE_URL: cannot enable WAL on {url}: {e}")))?;
         conn.run_pending_migrations(MIGRATIONS)
             .map_err(|e| Error::Config(format!("database migrations failed: {e}")))?;
         Ok(())
@@ -141,68 +160,84 @@ struct Owned {
     client_message_id: Option<String>,
 }
 
-/// Stores `fresh` (no duplicates among them; `counts` per room) in one
-/// immediate transaction and returns each room's new last seq.
-pub async fn append(
-    conn: &mut SqliteConn,
-    fresh: &[&NewMessage],
-    counts: &BTreeMap<&str, i64>,
-    sent_at_micros: i64,
-) -> Result<HashMap<String, i64>> {
-    let owned: Vec<Owned> = fresh
-        .iter()
-        .map(|m| Owned {
-            room: m.room.as_str().to_owned(),
-            sender_id: m.sender.user_id.to_string(),
-            sender_name: m.sender.display_name.to_string(),
-            content_type: m.content.kind.code(),
-            content: m.content.body.clone(),
-            client_message_id: m
-                .client_message_id
-                .as_ref()
-                .map(|id| id.as_str().to_owned()),
-        })
-        .collect();
-    let counts: Vec<(String, i64)> = counts.iter().map(|(r, n)| ((*r).to_owned(), *n)).collect();
-    let tops = conn
-        .spawn_blocking(move |conn| {
-            conn.immediate_transaction(|conn| {
-                let mut tops = HashMap::new();
-                let mut next_seq: HashMap<&str, i64> = HashMap::new();
-                for (room, n) in &counts {
-                    let top: i64 = diesel::insert_into(rooms::table)
-                        .values((rooms::name.eq(room), rooms::last_seq.eq(n)))
-                        .on_conflict(rooms::name)
-                        .do_update()
-                        .set(rooms::last_seq.eq(rooms::last_seq + excluded(rooms::last_seq)))
-                        .returning(rooms::last_seq)
-                        .get_result(conn)?;
-                    next_seq.insert(room, top - n + 1);
-                    tops.insert(room.clone(), top);
-                }
-                let mut rows = Vec::with_capacity(owned.len());
-                for m in &owned {
-                    let slot = next_seq
-                        .get_mut(m.room.as_str())
-                        .ok_or(diesel::result::Error::NotFound)?;
-                    rows.push(NewMessageRow {
-                        room: &m.room,
-                        seq: *slot,
-                        sender_id: &m.sender_id,
-                        sender_name: &m.sender_name,
-                        content_type: m.content_type,
-                        content: &m.content,
-                        client_message_id: m.client_message_id.as_deref(),
-                        sent_at_micros,
-                    });
-                    *slot += 1;
-                }
-                diesel::insert_into(messages::table)
-                    .values(&rows)
-                    .execute(conn)?;
-                Ok(tops)
+impl AppendFresh for SqliteConn {
+    /// Stores `fresh` in one immediate transaction: bumps each room's
+    /// counter, gives the messages the seqs after its old value in batch
+    /// order, inserts them, and returns those seqs. The transaction rolls
+    /// back unless every row went in.
+    async fn append_fresh(
+        &mut self,
+        fresh: &[&NewMessage],
+        sent_at_micros: i64,
+    ) -> Result<Vec<i64>> {
+        let owned: Vec<Owned> = fresh
+            .iter()
+            .map(|m| Owned {
+                room: m.room.as_str().to_owned(),
+                sender_id: m.sender.user_id.to_string(),
+                sender_name: m.sender.display_name.to_string(),
+                content_type: m.content.kind.code(),
+                content: m.content.body.clone(),
+                client_message_id: m
+                    .client_message_id
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned()),
             })
-        })
-        .await?;
-    Ok(tops)
+            .collect();
+        let seqs = self
+            .spawn_blocking(move |conn| {
+                conn.immediate_transaction(|conn| write_batch(conn, &owned, sent_at_micros))
+            })
+            .await?;
+        Ok(seqs)
+    }
+}
+
+/// The body of the batch transaction; see [`AppendFresh::append_fresh`].
+fn write_batch(
+    conn: &mut SqliteConnection,
+    owned: &[Owned],
+    sent_at_micros: i64,
+) -> QueryResult<Vec<i64>> {
+    // Messages per room, rooms in a fixed order.
+    let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
+    for m in owned {
+        *counts.entry(m.room.as_str()).or_default() += 1;
+    }
+    let mut next_seq: HashMap<&str, i64> = HashMap::new();
+    for (room, n) in &counts {
+        let top: i64 = diesel::insert_into(rooms::table)
+            .values((rooms::name.eq(room), rooms::last_seq.eq(n)))
+            .on_conflict(rooms::name)
+            .do_update()
+            .set(rooms::last_seq.eq(rooms::last_seq + excluded(rooms::last_seq)))
+            .returning(rooms::last_seq)
+            .get_result(conn)?;
+        next_seq.insert(room, top - n + 1);
+    }
+    let mut rows = Vec::with_capacity(owned.len());
+    for m in owned {
+        let slot = next_seq
+            .get_mut(m.room.as_str())
+            .ok_or(diesel::result::Error::NotFound)?;
+        rows.push(NewMessageRow {
+            room: &m.room,
+            seq: *slot,
+            sender_id: &m.sender_id,
+            sender_name: &m.sender_name,
+            content_type: m.content_type,
+            content: &m.content,
+            client_message_id: m.client_message_id.as_deref(),
+            sent_at_micros,
+        });
+        *slot += 1;
+    }
+    let inserted = diesel::insert_into(messages::table)
+        .values(&rows)
+        .execute(conn)?;
+    if inserted != rows.len() {
+        // Inside the transaction: the error rolls it back, counters too.
+        return Err(diesel::result::Error::RollbackTransaction);
+    }
+    Ok(rows.iter().map(|r| r.seq).collect())
 }

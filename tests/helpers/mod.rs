@@ -476,3 +476,4 @@ fn upstream_addr(url: &str) -> String {
         format!("{host}:5432")
     }
 }
+pub mod database;

@@ -1,0 +1,203 @@
+//! Database faults for tests: a TCP proxy in front of PostgreSQL that can
+//! forward, hang (keep every socket open but pass no byte) or cut, and a
+//! chatd process whose log lines a test can count.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{Bearer, Client, SECRET, TestDb, admin_url, within};
+
+/// What the proxy does with bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Forward,
+    /// A partition without RST: sockets stay open, no byte passes.
+    Hang,
+    /// Every connection is closed; new ones are refused.
+    Cut,
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can hang, cut and
+/// restore.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    mode: watch::Sender<Mode>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start() -> FaultProxy {
+        let upstream = upstream_addr(&admin_url());
+        let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (mode, mode_rx) = watch::channel(Mode::Forward);
+        let task = tokio::spawn(async move {
+            // Dropping the set (when the proxy task is aborted) aborts every
+            // connection's task.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                if *mode_rx.borrow() == Mode::Cut {
+                    continue;
+                }
+                let mode_rx = mode_rx.clone();
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (ir, iw) = inbound.into_split();
+                    let (or, ow) = outbound.into_split();
+                    tokio::join!(pump(ir, ow, mode_rx.clone()), pump(or, iw, mode_rx.clone()));
+                });
+            }
+        });
+        FaultProxy { addr, mode, task }
+    }
+
+    /// The test database's URL through this proxy.
+    pub fn url_for(&self, db: &TestDb) -> String {
+        let admin = admin_url();
+        let (scheme, rest) = admin.split_once("://").unwrap_or(("postgres", &admin));
+        let userinfo = rest
+            .rsplit_once('@')
+            .map(|(u, _)| format!("{u}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{userinfo}{}/{}", self.addr, db.pg_name())
+    }
+
+    pub fn set(&self, mode: Mode) {
+        let _ = self.mode.send(mode);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while the mode allows: holds bytes while hung,
+/// ends (closing both halves) when cut.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(now) = mode.wait_for(|m| *m != Mode::Hang).await.map(|m| *m) else {
+            return;
+        };
+        if now == Mode::Cut {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = mode.changed() => continue,
+        };
+        // Read before a hang began: held until it ends.
+        let Ok(now) = mode.wait_for(|m| *m != Mode::Hang).await.map(|m| *m) else {
+            return;
+        };
+        if now == Mode::Cut || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `host:port` of a postgres URL.
+fn upstream_addr(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host = rest.split(['/', '?']).next().unwrap_or("127.0.0.1");
+    if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:5432")
+    }
+}
+
+/// The real chatd binary, its stderr kept line by line.
+pub struct Process {
+    child: std::process::Child,
+    pub addr: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    pub async fn start(db_url: &str, dir: &std::path::Path) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .arg("serve")
+            .args(super::server_args(db_url))
+            .env("CHAT_DATA_DIR", dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chatd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("chatd: {line}");
+                if let Some(rest) = line.split("addr=").nth(1)
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                lines.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = within(addr_rx).await.expect("chatd printed its address");
+        Process { child, addr, log }
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        within(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                .expect("endpoint")
+                .connect(),
+        )
+        .await
+        .expect("connect to chatd")
+    }
+
+    pub async fn client(&self, user: &str) -> Client {
+        let token = chatd::auth::Keys::new(SECRET.as_bytes())
+            .mint(user, None, Some(std::time::Duration::from_secs(3600)))
+            .expect("mint");
+        chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer::new(&token),
+        )
+    }
+
+    /// Log lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
