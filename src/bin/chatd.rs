@@ -49,12 +49,15 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: chatd::config::Config) -> chatd::Result<()> {
-    // Each connection is a file descriptor: take the whole hard limit.
+    // Each connection, handshaken or pending, is a file descriptor: take the
+    // whole hard limit.
+    let connections = u64::from(config.max_connections) + u64::from(config.max_pending_connections);
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < u64::from(config.max_connections) + 64 => tracing::warn!(
+        Ok(limit) if limit < connections + 64 => tracing::warn!(
             limit,
             max_connections = config.max_connections,
-            "the open-files limit is below CHAT_MAX_CONNECTIONS; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+            max_pending_connections = config.max_pending_connections,
+            "the open-files limit is below CHAT_MAX_CONNECTIONS + CHAT_MAX_PENDING_CONNECTIONS; raise the hard limit (ulimit -Hn, LimitNOFILE=)"
         ),
         Ok(limit) => tracing::debug!(limit, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
