@@ -147,6 +147,14 @@ async fn run(mut rx: mpsc::Receiver<WriteRequest>, store: Store, rooms: Arc<Room
 /// longer than `max_wait` (their room's previous batch is slow).
 fn expire(pending: &mut VecDeque<WriteRequest>, max_wait: Duration) {
     let now = Instant::now();
+    // The oldest request is at the front: when it has time left, all have
+    // (the common case, which then costs nothing).
+    if pending
+        .front()
+        .is_none_or(|r| now.duration_since(r.queued) < max_wait)
+    {
+        return;
+    }
     let before = pending.len();
     let mut kept = VecDeque::with_capacity(before);
     for r in pending.drain(..) {
