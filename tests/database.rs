@@ -106,7 +106,7 @@ async fn hung_postgres_is_unavailable_within_10s_then_recovers() {
 
     proxy.set(Mode::Forward);
     health_becomes(&mut watch, ServingStatus::Serving).await;
-    assert_eq!(send(&mut c, "h", "after").await.seq, 2);
+    assert_eq!(eventually_sent(&mut c, "h", "after").await.seq, 2);
     assert_eq!(seqs(&newest_page(&mut c, "h").await.messages), [1, 2]);
     let (_stream, joined) = join(&mut c, "quiet", None).await;
     assert_eq!(joined.last_seq, 0);
@@ -289,7 +289,7 @@ async fn sqlite_locked_by_another_connection_is_unavailable() {
 
     other.batch_execute("ROLLBACK;").unwrap();
     health_becomes(&mut watch, ServingStatus::Serving).await;
-    assert_eq!(send(&mut c, "l", "after").await.seq, 2);
+    assert_eq!(eventually_sent(&mut c, "l", "after").await.seq, 2);
     server.shutdown().await.unwrap();
 }
 
@@ -411,7 +411,7 @@ async fn full_disk_is_unavailable_not_serving_and_logged_once_per_batch() {
     // Space is freed: it recovers by itself, and nothing acknowledged is lost.
     std::fs::remove_file(&filler).unwrap();
     health_becomes(&mut watch, ServingStatus::Serving).await;
-    assert_eq!(send(&mut c, "f", "after").await.seq, 2);
+    assert_eq!(eventually_sent(&mut c, "f", "after").await.seq, 2);
     assert_eq!(seqs(&newest_page(&mut c, "f").await.messages), [1, 2]);
     drop(c);
     drop(chatd);
