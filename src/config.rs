@@ -21,6 +21,8 @@ pub struct Cli {
     pub config: Config,
 }
 
+// Parsed once at start-up: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve chat.v1 (the default when no command is given).
@@ -51,6 +53,23 @@ pub struct Config {
         value_parser = parse_database_url
     )]
     pub database_url: Option<String>,
+
+    /// NATS server(s) to join a cluster through, e.g. nats://127.0.0.1:4222.
+    /// Unset: a single node, no NATS needed.
+    #[arg(long = "nats-url", env = "CHAT_NATS_URL", value_name = "CHAT_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// The cluster's name: every node with the same database, NATS and name
+    /// is one chat service. It prefixes every NATS subject, so two clusters
+    /// can share one NATS.
+    #[arg(
+        long = "cluster-name",
+        env = "CHAT_CLUSTER_NAME",
+        value_name = "CHAT_CLUSTER_NAME",
+        default_value = "chatd",
+        value_parser = parse_cluster_name
+    )]
+    pub cluster_name: String,
 
     /// SQLite only: `full` fsyncs every commit before acknowledging it
     /// (survives power loss); `normal` survives a crash of chatd but may
@@ -389,6 +408,20 @@ fn parse_db_timeout(s: &str) -> Result<Duration, String> {
 fn parse_database_url(s: &str) -> Result<String, String> {
     // The data directory only matters when the URL is unset.
     Location::parse(Some(s), std::path::Path::new(".")).map(|_| s.to_owned())
+}
+
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} must be 1 to 64 of a-z, A-Z, 0-9, '-' and '_'"
+        ))
+    }
 }
 
 fn parse_origin(s: &str) -> Result<String, String> {

@@ -25,7 +25,8 @@
 //!   bytes (ListHistory and catch-up pages), held until the client reads.
 //! - [`storage`]: PostgreSQL or SQLite through diesel-async; the only
 //!   module that knows SQL or which backend runs. Every call has a deadline
-//!   (`CHAT_DB_TIMEOUT`).
+//!   (`CHAT_DB_TIMEOUT`). Its `guard` holds the lock that keeps a second
+//!   single node off the same database.
 //! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
 //! - [`error`]: the one error type, the classification of storage errors
 //!   (retry or not), and the mapping to gRPC statuses, logged once.

@@ -37,7 +37,7 @@ use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
 use crate::shutdown::EndOnShutdown;
-use crate::storage::{Location, Store};
+use crate::storage::{Location, ServeLock, Store};
 use crate::writer::Writer;
 
 /// How often health re-checks a database that works (sooner when a call
@@ -56,6 +56,8 @@ pub struct Application {
     config: Config,
     keys: Arc<Keys>,
     store: Store,
+    /// Held while this node serves: no second single node on its database.
+    serve_lock: ServeLock,
 }
 
 impl Application {
@@ -86,6 +88,15 @@ impl Application {
         );
         let location = Location::parse(config.database_url.as_deref(), &config.secret.data_dir)
             .map_err(|e| Error::Config(format!("DATABASE_URL: {e}")))?;
+        if let (Some(_), Location::Sqlite(path)) = (&config.nats_url, &location) {
+            return Err(Error::Config(format!(
+                "CHAT_NATS_URL is set but DATABASE_URL selects SQLite ({}): an embedded file \
+                 cannot be shared; a cluster needs PostgreSQL (DATABASE_URL=postgres://…)",
+                path.display()
+            )));
+        }
+        let cluster = config.nats_url.is_some();
+        let serve_lock = ServeLock::take(&location, cluster, config.db_timeout).await?;
         let store = Store::open(
             location,
             config.db_pool_size as usize,
@@ -110,6 +121,7 @@ impl Application {
             config,
             keys: Arc::new(Keys::with_policy(&secret, policy)),
             store,
+            serve_lock,
         })
     }
 
@@ -135,6 +147,7 @@ impl Application {
             config,
             keys,
             store,
+            serve_lock,
         } = self;
         let (backend, data) = store.location().describe();
         let tracker = TaskTracker::new();
@@ -258,6 +271,8 @@ impl Application {
         if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
             tracing::warn!("background tasks still running after the grace period");
         }
+        // Another chatd may serve this database from now on.
+        drop(serve_lock);
         served?;
         tracing::info!("chatd stopped");
         Ok(())

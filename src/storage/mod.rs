@@ -15,7 +15,10 @@
 //!   connection that missed it (or that the server closed) is dropped, never
 //!   pooled again. The outcome of writes is kept for health
 //!   ([`Store::writes_failing`]).
+//! - `guard.rs` holds [`ServeLock`]: one chatd per database unless they
+//!   form a cluster.
 
+mod guard;
 mod models;
 mod postgres;
 mod schema;
@@ -39,6 +42,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Failure, Result};
 
+pub use self::guard::ServeLock;
 pub use self::sqlite::Synchronous;
 
 /// Batches one PostgreSQL writer may run at once on separate connections
@@ -231,45 +235,16 @@ const SQLITE_PROBE_WRITE: &str = "BEGIN IMMEDIATE; \
      DELETE FROM messages WHERE room = ''; \
      COMMIT;";
 
-/// The batch write, which differs per backend: stores `fresh` (no
-/// duplicates among them) atomically and returns the seq the write gave
-/// each of them, in their order.
-trait AppendFresh {
-    async fn append_fresh(
+/// The batch write, which differs per backend: stores `batch` atomically
+/// and returns, in its order, each message as stored (see
+/// [`Store::append`]). The lookup of the batch's idempotency keys and the
+/// write are race-free against other processes writing the same keys.
+trait AppendBatch {
+    async fn append_batch(
         &mut self,
-        fresh: &[&NewMessage],
+        batch: &[NewMessage],
         sent_at_micros: i64,
-    ) -> Result<Vec<i64>>;
-}
-
-/// The idempotency keys of `$batch` already stored, by (room, sender, key),
-/// read on `$conn` (written once, compiled per backend).
-macro_rules! stored_keys_query {
-    ($conn:expr, $batch:expr) => {{
-        let batch: &[NewMessage] = $batch;
-        let ids: Vec<&str> = batch
-            .iter()
-            .filter_map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
-            .collect();
-        if ids.is_empty() {
-            HashMap::new()
-        } else {
-            let room_names: Vec<&str> = batch
-                .iter()
-                .filter(|m| m.client_message_id.is_some())
-                .map(|m| m.room.as_str())
-                .collect();
-            // May return more rows than match (other senders, other
-            // room/key pairs); the exact match is by the map key.
-            let rows: Vec<MessageRow> = messages::table
-                .filter(messages::client_message_id.eq_any(&ids))
-                .filter(messages::room.eq_any(&room_names))
-                .select(MessageRow::as_select())
-                .load($conn)
-                .await?;
-            keys_of(rows)?
-        }
-    }};
+    ) -> Result<Vec<Appended>>;
 }
 
 /// Stored messages by their idempotency key.
@@ -396,25 +371,13 @@ impl Store {
     /// order, each stored message. Each room's new messages get the next
     /// seqs of that room in batch order, as the write assigned them. A
     /// message whose (room, sender, client_message_id) was stored before
-    /// comes back as the original, with `fresh: false`. The lookup and the
-    /// write share one connection and one deadline.
+    /// comes back as the original, with `fresh: false`, also when another
+    /// process stored it at the same instant. The lookup and the write share
+    /// one connection and one deadline.
     pub async fn append(&self, batch: &[NewMessage], sent_at_micros: i64) -> Result<Vec<Appended>> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let result = try_with_conn!(self, deadline, false, |conn| {
-            let keys = stored_keys_query!(conn, batch);
-            let plans = plan(batch, &keys);
-            let fresh: Vec<&NewMessage> = batch
-                .iter()
-                .zip(&plans)
-                .filter(|(_, p)| matches!(p, Plan::New))
-                .map(|(m, _)| m)
-                .collect();
-            let seqs = if fresh.is_empty() {
-                Vec::new()
-            } else {
-                conn.append_fresh(&fresh, sent_at_micros).await?
-            };
-            assemble(batch, plans, seqs, sent_at_micros)?
+            conn.append_batch(batch, sent_at_micros).await?
         });
         let failing = result
             .as_ref()
@@ -547,6 +510,31 @@ enum Plan {
     Existing(StoredMessage),
     /// It repeats the message at this index of the batch.
     SameAs(usize),
+}
+
+/// The messages of `batch` that `plans` store, in batch order.
+fn fresh_of<'a>(batch: &'a [NewMessage], plans: &[Plan]) -> Vec<&'a NewMessage> {
+    batch
+        .iter()
+        .zip(plans)
+        .filter(|(_, p)| matches!(p, Plan::New))
+        .map(|(m, _)| m)
+        .collect()
+}
+
+/// The idempotency keys of `batch`, and the rooms of the messages that
+/// carry one, for the lookup of the stored ones. The lookup may return more
+/// rows than match (other senders, other room/key pairs); [`keys_of`]
+/// matches exactly.
+fn lookup_args(batch: &[NewMessage]) -> (Vec<&str>, Vec<&str>) {
+    batch
+        .iter()
+        .filter_map(|m| {
+            m.client_message_id
+                .as_ref()
+                .map(|id| (id.as_str(), m.room.as_str()))
+        })
+        .unzip()
 }
 
 fn plan(batch: &[NewMessage], stored: &HashMap<Key, StoredMessage>) -> Vec<Plan> {

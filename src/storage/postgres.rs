@@ -1,6 +1,8 @@
 //! What only PostgreSQL does: its pool (with server-side timeouts and TCP
-//! keepalive on every connection), its migrations, and the batch write as
-//! one statement.
+//! keepalive on every connection), its migrations (serialized between
+//! processes by an advisory lock), and the batch write: one statement, and
+//! a transaction with the rooms locked when another process stored one of
+//! the batch's idempotency keys at the same instant.
 
 use std::time::Duration;
 
@@ -14,8 +16,10 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
-use super::AppendFresh;
-use crate::domain::NewMessage;
+use super::models::MessageRow;
+use super::schema::messages;
+use super::{AppendBatch, Appended, Key, assemble, fresh_of, keys_of, lookup_args, plan};
+use crate::domain::{NewMessage, StoredMessage};
 use crate::error::{Error, Result};
 
 /// PostgreSQL's migrations, compiled into the binary.
@@ -41,7 +45,7 @@ pub type PgPool = Pool<AsyncPgConnection>;
 
 /// `url` with the TCP parameters and a `connect_timeout` of `timeout`
 /// (whole seconds, at least 1) added where it does not set them.
-fn with_params(url: &str, timeout: Duration) -> String {
+pub(super) fn with_params(url: &str, timeout: Duration) -> String {
     let connect = timeout.as_secs().max(1).to_string();
     let query = url.split_once('?').map_or("", |(_, q)| q);
     let set = |name: &str| {
@@ -70,7 +74,7 @@ fn with_params(url: &str, timeout: Duration) -> String {
 /// `SET`s every pooled connection runs once: the server itself cancels a
 /// statement or a lock wait a little before chatd's own deadline would drop
 /// the connection, so the error is clean and the connection reusable.
-fn session_setup(timeout: Duration) -> String {
+pub(super) fn session_setup(timeout: Duration) -> String {
     let ms = (timeout.as_millis() * 3 / 4).max(50);
     format!("SET statement_timeout = {ms}; SET lock_timeout = {ms};")
 }
@@ -101,13 +105,37 @@ pub fn pool(url: &str, max_connections: usize, timeout: Duration) -> Result<PgPo
     super::build_pool(manager, max_connections, timeout)
 }
 
-/// Runs every pending migration on a connection of its own.
+/// The advisory lock (per database) that serializes migrations between
+/// processes: two nodes started together on a fresh database would
+/// otherwise both create the tables, and one fail.
+const MIGRATION_LOCK: i64 = 0x6368_6174_645f_6d31; // "chatd_m1"
+
+/// Runs every pending migration on a connection of its own, holding
+/// [`MIGRATION_LOCK`]: a process that finds another one migrating waits for
+/// it, then finds nothing left to do. The wait and the migrations share
+/// one deadline, [`MIGRATION_TIMEOUT`].
 pub async fn migrate(url: &str, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + MIGRATION_TIMEOUT;
     let url = with_params(url, timeout);
-    let conn = tokio::time::timeout(timeout, AsyncPgConnection::establish(&url))
+    let mut conn = tokio::time::timeout(timeout, AsyncPgConnection::establish(&url))
         .await
         .map_err(|_| Error::Config("DATABASE_URL: timed out connecting".into()))?
         .map_err(|e| Error::Config(format!("DATABASE_URL: cannot connect: {e}")))?;
+    // The server gives up waiting a little before the deadline, so the
+    // error is its own; the lock is the session's until the connection
+    // closes, after the migrations.
+    let wait_ms = MIGRATION_TIMEOUT.as_millis() * 9 / 10;
+    let lock = format!(
+        "SET lock_timeout = {wait_ms}; SELECT pg_advisory_lock({MIGRATION_LOCK}); SET lock_timeout = 0;"
+    );
+    tokio::time::timeout_at(deadline, conn.batch_execute(&lock))
+        .await
+        .map_err(|_| Error::Config(migrations_late()))?
+        .map_err(|e| {
+            Error::Config(format!(
+                "database migrations: waiting for another chatd's migrations failed: {e}"
+            ))
+        })?;
     // The harness blocks its thread: run it where blocking is allowed, so
     // that the deadline below can fire.
     let run = tokio::task::spawn_blocking(move || {
@@ -117,14 +145,14 @@ pub async fn migrate(url: &str, timeout: Duration) -> Result<()> {
             .map(|_| ())
             .map_err(|e| Error::Config(format!("database migrations failed: {e}")))
     });
-    tokio::time::timeout(MIGRATION_TIMEOUT, run)
+    tokio::time::timeout_at(deadline, run)
         .await
-        .map_err(|_| {
-            Error::Config(format!(
-                "database migrations did not finish within {MIGRATION_TIMEOUT:?}"
-            ))
-        })?
+        .map_err(|_| Error::Config(migrations_late()))?
         .map_err(|e| Error::Internal(format!("migration task: {e}")))?
+}
+
+fn migrations_late() -> String {
+    format!("database migrations did not finish within {MIGRATION_TIMEOUT:?}")
 }
 
 /// Bumps each room's counter by its number of new messages and inserts the
@@ -165,48 +193,161 @@ struct Assigned {
     seq: i64,
 }
 
-impl AppendFresh for AsyncPgConnection {
-    async fn append_fresh(
-        &mut self,
-        fresh: &[&NewMessage],
-        sent_at_micros: i64,
-    ) -> Result<Vec<i64>> {
-        use diesel::sql_types::{Array, BigInt, Nullable, SmallInt, Text};
+/// Creates the rows of the batch's rooms that do not exist yet (last_seq
+/// 0) and locks every one, in name order (as every writer does, so two
+/// cannot deadlock). Until the transaction ends, no other writer can store
+/// a message in these rooms: each must bump their counter first.
+const LOCK_ROOMS_SQL: &str = "\
+INSERT INTO rooms (name, last_seq)
+SELECT name, 0 FROM unnest($1::text[]) AS t(name) ORDER BY name
+ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq";
 
-        let rooms: Vec<&str> = fresh.iter().map(|m| m.room.as_str()).collect();
-        let sender_ids: Vec<&str> = fresh.iter().map(|m| &*m.sender.user_id).collect();
-        let sender_names: Vec<&str> = fresh.iter().map(|m| &*m.sender.display_name).collect();
-        let kinds: Vec<i16> = fresh.iter().map(|m| m.content.kind.code()).collect();
-        let contents: Vec<&str> = fresh.iter().map(|m| m.content.body.as_str()).collect();
-        let ids: Vec<Option<&str>> = fresh
-            .iter()
-            .map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
-            .collect();
-        let assigned: Vec<Assigned> = diesel::sql_query(APPEND_SQL)
-            .bind::<Array<Text>, _>(&rooms)
-            .bind::<Array<Text>, _>(&sender_ids)
-            .bind::<Array<Text>, _>(&sender_names)
-            .bind::<Array<SmallInt>, _>(&kinds)
-            .bind::<Array<Text>, _>(&contents)
-            .bind::<Array<Nullable<Text>>, _>(&ids)
-            .bind::<BigInt, _>(sent_at_micros)
-            .load(self)
-            .await?;
-        // An INSERT without ON CONFLICT stores every row or fails as a
-        // whole, so this holds; it checks that the rows map back 1:1.
-        let in_order = assigned
-            .iter()
-            .enumerate()
-            .all(|(i, a)| a.ord == i as i64 + 1);
-        if assigned.len() != fresh.len() || !in_order {
-            return Err(Error::Internal(format!(
-                "the write returned {} seqs for {} messages",
-                assigned.len(),
-                fresh.len()
-            )));
+/// The unique index an idempotency key lives in.
+const KEY_INDEX: &str = "messages_idempotency_key";
+
+impl AppendBatch for AsyncPgConnection {
+    /// The fast path is the lookup of the batch's keys, then one statement
+    /// that stores the new messages (as before: no extra round trip). That
+    /// statement fails as a whole, changing nothing and using no seq, when
+    /// another process committed one of the keys after the lookup. Then
+    /// the batch runs again in a transaction that first locks its rooms:
+    /// from then on no other writer can store into them, and the lookup,
+    /// a new statement, sees every key committed before, so the write
+    /// cannot conflict and the repeats come back as their originals.
+    async fn append_batch(
+        &mut self,
+        batch: &[NewMessage],
+        sent_at_micros: i64,
+    ) -> Result<Vec<Appended>> {
+        if let Some(done) = try_append(self, batch, sent_at_micros).await? {
+            return Ok(done);
         }
-        Ok(assigned.into_iter().map(|a| a.seq).collect())
+        tracing::debug!(
+            "an idempotency key was stored meanwhile; writing again with the rooms locked"
+        );
+        self.batch_execute("BEGIN").await?;
+        let locked = async {
+            let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
+            rooms.sort_unstable();
+            rooms.dedup();
+            diesel::sql_query(LOCK_ROOMS_SQL)
+                .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&rooms)
+                .execute(&mut *self)
+                .await?;
+            try_append(&mut *self, batch, sent_at_micros).await
+        }
+        .await;
+        match locked {
+            Ok(Some(done)) => {
+                self.batch_execute("COMMIT").await?;
+                Ok(done)
+            }
+            Ok(None) => {
+                self.batch_execute("ROLLBACK").await?;
+                Err(Error::Internal(
+                    "an idempotency key conflicted with its room locked".into(),
+                ))
+            }
+            Err(e) => {
+                // A connection in an unknown state is dropped by the caller
+                // (timeouts, lost connections); otherwise this ends the
+                // transaction before the connection goes back to the pool.
+                if !e.loses_connection() {
+                    self.batch_execute("ROLLBACK").await?;
+                }
+                Err(e)
+            }
+        }
     }
+}
+
+/// Looks up the batch's keys and stores its new messages in one statement.
+/// `None` when another writer committed one of the keys after the lookup:
+/// the statement then changed nothing.
+async fn try_append(
+    conn: &mut AsyncPgConnection,
+    batch: &[NewMessage],
+    sent_at_micros: i64,
+) -> Result<Option<Vec<Appended>>> {
+    let keys = stored_keys(conn, batch).await?;
+    let plans = plan(batch, &keys);
+    let fresh = fresh_of(batch, &plans);
+    let seqs = if fresh.is_empty() {
+        Vec::new()
+    } else {
+        match append_fresh(conn, &fresh, sent_at_micros).await {
+            Ok(seqs) => seqs,
+            Err(Error::Database(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                info,
+            ))) if info.constraint_name() == Some(KEY_INDEX) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    };
+    assemble(batch, plans, seqs, sent_at_micros).map(Some)
+}
+
+/// The messages already stored under the batch's idempotency keys.
+async fn stored_keys(
+    conn: &mut AsyncPgConnection,
+    batch: &[NewMessage],
+) -> Result<std::collections::HashMap<Key, StoredMessage>> {
+    use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
+    let (ids, rooms) = lookup_args(batch);
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<MessageRow> = messages::table
+        .filter(messages::client_message_id.eq_any(&ids))
+        .filter(messages::room.eq_any(&rooms))
+        .select(MessageRow::as_select())
+        .load(conn)
+        .await?;
+    keys_of(rows)
+}
+
+/// Stores `fresh` (no duplicates among them) with [`APPEND_SQL`] and
+/// returns the seq the write gave each of them, in their order.
+async fn append_fresh(
+    conn: &mut AsyncPgConnection,
+    fresh: &[&NewMessage],
+    sent_at_micros: i64,
+) -> Result<Vec<i64>> {
+    use diesel::sql_types::{Array, BigInt, Nullable, SmallInt, Text};
+
+    let rooms: Vec<&str> = fresh.iter().map(|m| m.room.as_str()).collect();
+    let sender_ids: Vec<&str> = fresh.iter().map(|m| &*m.sender.user_id).collect();
+    let sender_names: Vec<&str> = fresh.iter().map(|m| &*m.sender.display_name).collect();
+    let kinds: Vec<i16> = fresh.iter().map(|m| m.content.kind.code()).collect();
+    let contents: Vec<&str> = fresh.iter().map(|m| m.content.body.as_str()).collect();
+    let ids: Vec<Option<&str>> = fresh
+        .iter()
+        .map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
+        .collect();
+    let assigned: Vec<Assigned> = diesel::sql_query(APPEND_SQL)
+        .bind::<Array<Text>, _>(&rooms)
+        .bind::<Array<Text>, _>(&sender_ids)
+        .bind::<Array<Text>, _>(&sender_names)
+        .bind::<Array<SmallInt>, _>(&kinds)
+        .bind::<Array<Text>, _>(&contents)
+        .bind::<Array<Nullable<Text>>, _>(&ids)
+        .bind::<BigInt, _>(sent_at_micros)
+        .load(conn)
+        .await?;
+    // An INSERT without ON CONFLICT stores every row or fails as a whole,
+    // so this holds; it checks that the rows map back 1:1.
+    let in_order = assigned
+        .iter()
+        .enumerate()
+        .all(|(i, a)| a.ord == i as i64 + 1);
+    if assigned.len() != fresh.len() || !in_order {
+        return Err(Error::Internal(format!(
+            "the write returned {} seqs for {} messages",
+            assigned.len(),
+            fresh.len()
+        )));
+    }
+    Ok(assigned.into_iter().map(|a| a.seq).collect())
 }
 
 #[cfg(test)]

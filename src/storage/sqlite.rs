@@ -1,5 +1,6 @@
 //! What only SQLite does: connections with WAL and a busy timeout, its
-//! migrations, and the batch write as one immediate transaction.
+//! migrations, and the batch write (the lookup of its idempotency keys
+//! included) as one immediate transaction.
 //!
 //! Deadlines: a connection waits for another's write lock for 3/4 of the
 //! call deadline (`busy_timeout`), then fails with "database is locked"
@@ -27,9 +28,9 @@ use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
-use super::AppendFresh;
-use super::models::NewMessageRow;
+use super::models::{MessageRow, NewMessageRow};
 use super::schema::{messages, rooms};
+use super::{AppendBatch, Appended, assemble, fresh_of, keys_of, lookup_args, plan};
 use crate::domain::NewMessage;
 use crate::error::{Error, Result};
 
@@ -150,58 +151,50 @@ fn create_private(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A message of the batch, owned so the blocking write can take it.
-struct Owned {
-    room: String,
-    sender_id: String,
-    sender_name: String,
-    content_type: i16,
-    content: String,
-    client_message_id: Option<String>,
-}
-
-impl AppendFresh for SqliteConn {
-    /// Stores `fresh` in one immediate transaction: bumps each room's
-    /// counter, gives the messages the seqs after its old value in batch
-    /// order, inserts them, and returns those seqs. The transaction rolls
-    /// back unless every row went in.
-    async fn append_fresh(
+impl AppendBatch for SqliteConn {
+    /// Looks up the batch's keys, bumps each room's counter, gives the new
+    /// messages the seqs after its old value in batch order and inserts
+    /// them, in one immediate transaction: it holds the file's write lock
+    /// from its start, so no other connection (or process) can store a key
+    /// between the lookup and the write. It rolls back unless every row
+    /// went in.
+    async fn append_batch(
         &mut self,
-        fresh: &[&NewMessage],
+        batch: &[NewMessage],
         sent_at_micros: i64,
-    ) -> Result<Vec<i64>> {
-        let owned: Vec<Owned> = fresh
-            .iter()
-            .map(|m| Owned {
-                room: m.room.as_str().to_owned(),
-                sender_id: m.sender.user_id.to_string(),
-                sender_name: m.sender.display_name.to_string(),
-                content_type: m.content.kind.code(),
-                content: m.content.body.clone(),
-                client_message_id: m
-                    .client_message_id
-                    .as_ref()
-                    .map(|id| id.as_str().to_owned()),
-            })
-            .collect();
-        let seqs = self
-            .spawn_blocking(move |conn| {
-                conn.immediate_transaction(|conn| write_batch(conn, &owned, sent_at_micros))
-            })
-            .await?;
-        Ok(seqs)
+    ) -> Result<Vec<Appended>> {
+        // The blocking pool needs the batch owned.
+        let batch = batch.to_vec();
+        // The closure's own error type is diesel's; the batch's errors
+        // (ours) travel inside its value.
+        self.spawn_blocking(move |conn| {
+            Ok(conn.immediate_transaction(|conn| write_batch(conn, &batch, sent_at_micros)))
+        })
+        .await?
     }
 }
 
-/// The body of the batch transaction; see [`AppendFresh::append_fresh`].
+/// The body of the batch transaction; see [`AppendBatch::append_batch`].
 fn write_batch(
     conn: &mut SqliteConnection,
-    owned: &[Owned],
+    batch: &[NewMessage],
     sent_at_micros: i64,
-) -> QueryResult<Vec<i64>> {
+) -> Result<Vec<Appended>> {
+    let (ids, room_names) = lookup_args(batch);
+    let stored = if ids.is_empty() {
+        Vec::new()
+    } else {
+        messages::table
+            .filter(messages::client_message_id.eq_any(&ids))
+            .filter(messages::room.eq_any(&room_names))
+            .select(MessageRow::as_select())
+            .load(conn)?
+    };
+    let plans = plan(batch, &keys_of(stored)?);
+    let fresh = fresh_of(batch, &plans);
     // Messages per room, rooms in a fixed order.
     let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
-    for m in owned {
+    for m in &fresh {
         *counts.entry(m.room.as_str()).or_default() += 1;
     }
     let mut next_seq: HashMap<&str, i64> = HashMap::new();
@@ -215,29 +208,35 @@ fn write_batch(
             .get_result(conn)?;
         next_seq.insert(room, top - n + 1);
     }
-    let mut rows = Vec::with_capacity(owned.len());
-    for m in owned {
+    let mut rows = Vec::with_capacity(fresh.len());
+    for m in &fresh {
         let slot = next_seq
             .get_mut(m.room.as_str())
             .ok_or(diesel::result::Error::NotFound)?;
         rows.push(NewMessageRow {
-            room: &m.room,
+            room: m.room.as_str(),
             seq: *slot,
-            sender_id: &m.sender_id,
-            sender_name: &m.sender_name,
-            content_type: m.content_type,
-            content: &m.content,
-            client_message_id: m.client_message_id.as_deref(),
+            sender_id: &m.sender.user_id,
+            sender_name: &m.sender.display_name,
+            content_type: m.content.kind.code(),
+            content: &m.content.body,
+            client_message_id: m.client_message_id.as_ref().map(|id| id.as_str()),
             sent_at_micros,
         });
         *slot += 1;
     }
-    let inserted = diesel::insert_into(messages::table)
-        .values(&rows)
-        .execute(conn)?;
-    if inserted != rows.len() {
-        // Inside the transaction: the error rolls it back, counters too.
-        return Err(diesel::result::Error::RollbackTransaction);
+    if !rows.is_empty() {
+        let inserted = diesel::insert_into(messages::table)
+            .values(&rows)
+            .execute(conn)?;
+        if inserted != rows.len() {
+            // Inside the transaction: the error rolls it back, counters too.
+            return Err(Error::Internal(format!(
+                "stored {inserted} of {} messages",
+                rows.len()
+            )));
+        }
     }
-    Ok(rows.iter().map(|r| r.seq).collect())
+    let seqs = rows.iter().map(|r| r.seq).collect();
+    assemble(batch, plans, seqs, sent_at_micros)
 }
