@@ -11,7 +11,8 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{
-    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    AnsiTransactionManager, AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
+    SimpleAsyncConnection, TransactionManager,
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
@@ -225,7 +226,9 @@ impl AppendBatch for AsyncPgConnection {
         tracing::debug!(
             "an idempotency key was stored meanwhile; writing again with the rooms locked"
         );
-        self.batch_execute("BEGIN").await?;
+        // Through diesel's transaction manager, so that a connection left
+        // inside the transaction (a cancelled call) is never pooled again.
+        AnsiTransactionManager::begin_transaction(self).await?;
         let locked = async {
             let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
             rooms.sort_unstable();
@@ -239,11 +242,11 @@ impl AppendBatch for AsyncPgConnection {
         .await;
         match locked {
             Ok(Some(done)) => {
-                self.batch_execute("COMMIT").await?;
+                AnsiTransactionManager::commit_transaction(self).await?;
                 Ok(done)
             }
             Ok(None) => {
-                self.batch_execute("ROLLBACK").await?;
+                AnsiTransactionManager::rollback_transaction(self).await?;
                 Err(Error::Internal(
                     "an idempotency key conflicted with its room locked".into(),
                 ))
@@ -251,9 +254,10 @@ impl AppendBatch for AsyncPgConnection {
             Err(e) => {
                 // A connection in an unknown state is dropped by the caller
                 // (timeouts, lost connections); otherwise this ends the
-                // transaction before the connection goes back to the pool.
+                // transaction before the connection goes back to the pool
+                // (a failed rollback marks it broken: it is not pooled).
                 if !e.loses_connection() {
-                    self.batch_execute("ROLLBACK").await?;
+                    let _ = AnsiTransactionManager::rollback_transaction(self).await;
                 }
                 Err(e)
             }
