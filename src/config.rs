@@ -21,6 +21,8 @@ pub struct Cli {
     pub config: Config,
 }
 
+// Parsed once at start-up: the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve chat.v1 (the default when no command is given).
@@ -51,6 +53,35 @@ pub struct Config {
         value_parser = parse_database_url
     )]
     pub database_url: Option<String>,
+
+    /// NATS server(s) to join a cluster through, e.g. nats://127.0.0.1:4222.
+    /// Unset: a single node, no NATS needed.
+    #[arg(long = "nats-url", env = "CHAT_NATS_URL", value_name = "CHAT_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// The cluster's name: every node with the same database, NATS and name
+    /// is one chat service. It prefixes every NATS subject, so two clusters
+    /// can share one NATS.
+    #[arg(
+        long = "cluster-name",
+        env = "CHAT_CLUSTER_NAME",
+        value_name = "CHAT_CLUSTER_NAME",
+        default_value = "chatd",
+        value_parser = parse_cluster_name
+    )]
+    pub cluster_name: String,
+
+    /// Cluster only: how long a node that stopped answering (killed, cut
+    /// off) still counts its users as members; after it they leave the
+    /// room on every other node, with one member_left each.
+    #[arg(
+        long = "presence-timeout",
+        env = "CHAT_PRESENCE_TIMEOUT",
+        value_name = "CHAT_PRESENCE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_presence_timeout
+    )]
+    pub presence_timeout: Duration,
 
     /// SQLite only: `full` fsyncs every commit before acknowledging it
     /// (survives power loss); `normal` survives a crash of chatd but may
@@ -389,6 +420,30 @@ fn parse_db_timeout(s: &str) -> Result<Duration, String> {
 fn parse_database_url(s: &str) -> Result<String, String> {
     // The data directory only matters when the URL is unset.
     Location::parse(Some(s), std::path::Path::new(".")).map(|_| s.to_owned())
+}
+
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} must be 1 to 64 of a-z, A-Z, 0-9, '-' and '_'"
+        ))
+    }
+}
+
+/// A presence timeout: at least 1 s (nodes announce themselves every third
+/// of it), at most 10 minutes.
+fn parse_presence_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+        return Err(format!("{s} is outside 1s..=10m"));
+    }
+    Ok(d)
 }
 
 fn parse_origin(s: &str) -> Result<String, String> {

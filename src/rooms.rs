@@ -32,7 +32,8 @@ use crate::storage::Store;
 
 mod ring;
 
-use ring::{Event, Ring, RingLimits, encode_chunks};
+use bytes::Bytes;
+use ring::{Event, Ring, RingLimits, chunks, encode_message};
 
 /// The most messages a catch-up reads from storage at a time.
 const REPLAY_PAGE_MAX: usize = 256;
@@ -121,6 +122,9 @@ pub struct Rooms {
     quotas: Quotas,
     /// The largest encoded size of one message ([`proto::message_size_bound`]).
     message_bound: usize,
+    /// Notified when a room entry is added or removed, so a cluster node
+    /// can follow only the rooms that have streams here.
+    changed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +144,7 @@ impl Rooms {
             },
             quotas: Quotas::new(config.user_max_streams as usize, config.user_buffer_bytes),
             message_bound: proto::message_size_bound(config.max_message_bytes as usize),
+            changed: Notify::new(),
         }
     }
 
@@ -175,28 +180,55 @@ impl Rooms {
 
     /// Delivers committed messages, in seq order, to the room's streams.
     pub fn publish(&self, messages: &[&StoredMessage]) {
-        // Group by room, keeping each room's (ascending) seq order.
-        let mut groups: Vec<(&RoomName, Vec<&StoredMessage>)> = Vec::new();
-        for m in messages {
-            match groups.iter_mut().find(|(room, _)| **room == m.room) {
-                Some((_, group)) => group.push(m),
-                None => groups.push((&m.room, vec![m])),
+        for (name, group) in group_by_room(messages) {
+            // Rooms without streams here cost no encoding.
+            if self.get(name).is_none() {
+                continue;
+            }
+            let encoded: Vec<(u64, Bytes)> = group.into_iter().map(encode_message).collect();
+            self.publish_encoded(name, &encoded);
+        }
+    }
+
+    /// Delivers a room's share of a committed batch, already encoded, to
+    /// the room's streams (if it has any here). The messages may come from
+    /// any node, late, twice or out of order: a stream skips seqs it has
+    /// sent and catches up from storage past a gap, and the room's newest
+    /// known seq only ever grows.
+    pub fn publish_encoded(&self, name: &RoomName, messages: &[(u64, Bytes)]) {
+        let Some(room) = self.get(name) else { return };
+        let Some(newest) = messages.iter().map(|(seq, _)| *seq).max() else {
+            return;
+        };
+        let events = chunks(messages);
+        {
+            let mut state = room.lock();
+            state.learn_last_seq(newest);
+            for event in events {
+                state.ring.push(event, self.limits);
             }
         }
-        for (name, group) in groups {
-            let Some(room) = self.get(name) else { continue };
-            let events = encode_chunks(&group);
-            let newest = group.last().map_or(0, |m| m.seq);
-            {
-                let mut state = room.lock();
-                state.learn_last_seq(newest);
-                for event in events {
-                    state.ring.push(event, self.limits);
-                }
-            }
-            // One wake-up per waiting stream for the whole batch.
-            room.notify.notify_waiters();
-        }
+        // One wake-up per waiting stream for the whole batch.
+        room.notify.notify_waiters();
+    }
+
+    /// The rooms with streams here and, for each, the newest seq the room
+    /// has seen (`None` while its first join is still reading storage).
+    pub fn live(&self) -> Vec<(RoomName, Option<u64>)> {
+        let rooms: Vec<Arc<Room>> = self.map().rooms.values().cloned().collect();
+        rooms
+            .into_iter()
+            .map(|room| {
+                let last = room.lock().last_seq;
+                (room.name.clone(), last)
+            })
+            .collect()
+    }
+
+    /// Resolves after a room entry was added or removed since the last
+    /// call (at once if one was): what interest-based subscriptions follow.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The room's current members.
@@ -232,6 +264,7 @@ impl Rooms {
                 .rooms
                 .entry(room.clone())
                 .or_insert_with(|| {
+                    self.changed.notify_one();
                     Arc::new(Room {
                         name: room.clone(),
                         state: Mutex::new(RoomState::default()),
@@ -298,6 +331,36 @@ impl Rooms {
             done: false,
         })
     }
+}
+
+/// Committed messages grouped by room, keeping each room's (ascending)
+/// seq order.
+fn group_by_room<'a>(
+    messages: &[&'a StoredMessage],
+) -> Vec<(&'a RoomName, Vec<&'a StoredMessage>)> {
+    let mut groups: Vec<(&RoomName, Vec<&StoredMessage>)> = Vec::new();
+    for m in messages {
+        match groups.iter_mut().find(|(room, _)| **room == m.room) {
+            Some((_, group)) => group.push(m),
+            None => groups.push((&m.room, vec![m])),
+        }
+    }
+    groups
+}
+
+/// A committed batch, each message encoded once as a `JoinRoomResponse`,
+/// grouped by room in seq order: what the local streams and the other
+/// nodes of a cluster both get.
+pub fn encode_batch(messages: &[&StoredMessage]) -> Vec<(RoomName, Vec<(u64, Bytes)>)> {
+    group_by_room(messages)
+        .into_iter()
+        .map(|(room, group)| {
+            (
+                room.clone(),
+                group.into_iter().map(encode_message).collect(),
+            )
+        })
+        .collect()
 }
 
 /// A stream's place in a room: dropping it makes the user leave when it
@@ -382,6 +445,7 @@ impl Drop for Membership {
                 .is_some_and(|r| Arc::ptr_eq(r, &self.room))
         {
             map.rooms.remove(&self.room.name);
+            self.rooms.changed.notify_one();
         }
         drop(state);
         drop(map);

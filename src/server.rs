@@ -29,6 +29,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::{
     Authenticator, CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
 };
+use crate::cluster::Cluster;
+use crate::cluster::bus::{Publisher, follow_rooms, poll_storage, spawn_publisher};
+use crate::cluster::presence::Presence;
 use crate::config::Config;
 use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
@@ -140,10 +143,20 @@ impl Application {
         let tracker = TaskTracker::new();
         let streams_end = CancellationToken::new();
         let rooms = Arc::new(Rooms::new(&config));
+        // Ends the cluster tasks once the server has stopped (the writers
+        // may still publish while they drain).
+        let cluster_stop = CancellationToken::new();
+        let cluster = match &config.nats_url {
+            Some(url) => {
+                Some(start_cluster(&config, url, &rooms, &store, &tracker, &cluster_stop).await?)
+            }
+            None => None,
+        };
         let writer = Writer::spawn(
             store.clone(),
             rooms.clone(),
             config.writers as usize,
+            cluster.as_ref().map(|(_, publisher)| publisher.clone()),
             &tracker,
         );
 
@@ -254,14 +267,49 @@ impl Application {
         // Every ChatApi clone (and with it every writer handle) is gone once
         // every connection has closed, so the writers drain and end.
         streams_end.cancel();
+        cluster_stop.cancel();
         tracker.close();
         if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
             tracing::warn!("background tasks still running after the grace period");
+        }
+        if let Some((cluster, _)) = cluster {
+            cluster.close().await;
         }
         served?;
         tracing::info!("chatd stopped");
         Ok(())
     }
+}
+
+/// Connects to NATS and starts the cluster tasks on `tracker`: the
+/// publisher of committed batches, the interest-based subscriptions, the
+/// storage poller and presence. All end at `stop`.
+async fn start_cluster(
+    config: &Config,
+    url: &str,
+    rooms: &Arc<Rooms>,
+    store: &Store,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(Cluster, Publisher)> {
+    let cluster = Cluster::connect(config, url).await?;
+    let publisher = spawn_publisher(&cluster, tracker, stop.clone());
+    let presence = Arc::new(Presence::default());
+    tracker.spawn(follow_rooms(
+        cluster.clone(),
+        rooms.clone(),
+        store.clone(),
+        presence,
+        tracker.clone(),
+        stop.clone(),
+    ));
+    tracker.spawn(poll_storage(
+        cluster.clone(),
+        rooms.clone(),
+        store.clone(),
+        stop.clone(),
+    ));
+    Ok((cluster, publisher))
 }
 
 /// Sets the status of both the whole server ("") and ChatService.
