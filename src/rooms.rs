@@ -60,6 +60,11 @@ struct RoomState {
     /// Members by user id, so listings come out in a stable order. Only
     /// streams whose join succeeded count.
     members: BTreeMap<Arc<str>, Presence>,
+    /// Users present in the room on other nodes of a cluster (by user id,
+    /// with their display name), as [`Rooms::set_remote`] last said. A user
+    /// is a member while present here or there; events go out when the
+    /// union gains or loses them.
+    remote: BTreeMap<Arc<str>, Arc<str>>,
     /// Open and joining streams in the room, all users together; the entry
     /// is removed from the registry when this reaches 0.
     streams: usize,
@@ -100,15 +105,43 @@ impl Room {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The room's members here and on other nodes, by user id.
     fn members(state: &RoomState) -> Vec<proto::Member> {
-        state
-            .members
-            .iter()
-            .map(|(id, p)| proto::Member {
+        let mut members: BTreeMap<&Arc<str>, &Arc<str>> = state.remote.iter().collect();
+        for (id, p) in &state.members {
+            members.insert(id, &p.display_name);
+        }
+        members
+            .into_iter()
+            .map(|(id, name)| proto::Member {
                 user_id: id.to_string(),
-                display_name: p.display_name.to_string(),
+                display_name: name.to_string(),
             })
             .collect()
+    }
+
+    /// Pushes a member_joined or member_left of `user` into the ring.
+    fn push_presence(
+        state: &mut RoomState,
+        user: &Arc<str>,
+        name: &Arc<str>,
+        joined: bool,
+        limits: RingLimits,
+    ) {
+        let member = Some(proto::Member {
+            user_id: user.to_string(),
+            display_name: name.to_string(),
+        });
+        let event = if joined {
+            WireEvent::MemberJoined(proto::MemberJoined { member })
+        } else {
+            WireEvent::MemberLeft(proto::MemberLeft { member })
+        };
+        let event = Event::Presence {
+            user_id: user.clone(),
+            bytes: EncodedEvent::encode(event).0,
+        };
+        state.ring.push(event, limits);
     }
 }
 
@@ -125,6 +158,10 @@ pub struct Rooms {
     /// Notified when a room entry is added or removed, so a cluster node
     /// can follow only the rooms that have streams here.
     changed: Notify,
+    /// Cluster only: told the room whose local members changed (a user's
+    /// first stream opened or last closed), so the node announces them.
+    /// Bounded; a change it drops goes out with the next periodic snapshot.
+    presence_changes: std::sync::OnceLock<tokio::sync::mpsc::Sender<RoomName>>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +182,7 @@ impl Rooms {
             quotas: Quotas::new(config.user_max_streams as usize, config.user_buffer_bytes),
             message_bound: proto::message_size_bound(config.max_message_bytes as usize),
             changed: Notify::new(),
+            presence_changes: std::sync::OnceLock::new(),
         }
     }
 
@@ -223,6 +261,63 @@ impl Rooms {
                 (room.name.clone(), last)
             })
             .collect()
+    }
+
+    /// Cluster only: where to tell which rooms' local members changed.
+    pub fn watch_presence(&self, changes: tokio::sync::mpsc::Sender<RoomName>) {
+        let _ = self.presence_changes.set(changes);
+    }
+
+    fn presence_changed(&self, room: &RoomName) {
+        if let Some(changes) = self.presence_changes.get() {
+            let _ = changes.try_send(room.clone());
+        }
+    }
+
+    /// Whether `room` has streams here.
+    pub fn is_live(&self, room: &RoomName) -> bool {
+        self.get(room).is_some()
+    }
+
+    /// The users with streams in `room` on this node (id, display name).
+    pub fn local_members(&self, room: &RoomName) -> Vec<(Arc<str>, Arc<str>)> {
+        match self.get(room) {
+            Some(room) => room
+                .lock()
+                .members
+                .iter()
+                .map(|(id, p)| (id.clone(), p.display_name.clone()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Sets who is in `room` on the other nodes; the users this adds to or
+    /// removes from the room's members (here or there) are announced to
+    /// the room's streams.
+    pub fn set_remote(&self, name: &RoomName, remote: BTreeMap<Arc<str>, Arc<str>>) {
+        let Some(room) = self.get(name) else { return };
+        let mut changed = false;
+        {
+            let mut state = room.lock();
+            let old = std::mem::take(&mut state.remote);
+            for (user, display) in &remote {
+                if !old.contains_key(user) && !state.members.contains_key(user) {
+                    Room::push_presence(&mut state, user, display, true, self.limits);
+                    changed = true;
+                }
+            }
+            for (user, display) in &old {
+                if !remote.contains_key(user) && !state.members.contains_key(user) {
+                    Room::push_presence(&mut state, user, display, false, self.limits);
+                    changed = true;
+                }
+            }
+            state.remote = remote;
+        }
+        if changed {
+            room.notify.notify_waiters();
+        }
     }
 
     /// Resolves after a room entry was added or removed since the last
@@ -395,21 +490,25 @@ impl Membership {
             });
         presence.streams += 1;
         let first = presence.streams == 1;
-        if first {
-            let event = WireEvent::MemberJoined(proto::MemberJoined {
-                member: Some(proto::Member::from(&self.identity)),
-            });
-            let event = Event::Presence {
-                user_id: self.identity.user_id.clone(),
-                bytes: EncodedEvent::encode(event).0,
-            };
-            state.ring.push(event, self.rooms.limits);
+        // A user already present on another node is no news.
+        let news = first && !state.remote.contains_key(&self.identity.user_id);
+        if news {
+            Room::push_presence(
+                &mut state,
+                &self.identity.user_id,
+                &self.identity.display_name,
+                true,
+                self.rooms.limits,
+            );
         }
         let snapshot = (Room::members(&state), state.ring.end());
         drop(state);
         self.member = true;
-        if first {
+        if news {
             self.room.notify.notify_waiters();
+        }
+        if first {
+            self.rooms.presence_changed(&self.room.name);
         }
         Ok(snapshot)
     }
@@ -427,16 +526,19 @@ impl Drop for Membership {
             presence.streams = presence.streams.saturating_sub(1);
             left = presence.streams == 0;
         }
+        // Still present on another node: no news.
+        let news = left && !state.remote.contains_key(&self.identity.user_id);
         if left {
             state.members.remove(&self.identity.user_id);
-            let event = WireEvent::MemberLeft(proto::MemberLeft {
-                member: Some(proto::Member::from(&self.identity)),
-            });
-            let event = Event::Presence {
-                user_id: self.identity.user_id.clone(),
-                bytes: EncodedEvent::encode(event).0,
-            };
-            state.ring.push(event, self.rooms.limits);
+        }
+        if news {
+            Room::push_presence(
+                &mut state,
+                &self.identity.user_id,
+                &self.identity.display_name,
+                false,
+                self.rooms.limits,
+            );
         }
         if state.streams == 0
             && map
@@ -449,8 +551,11 @@ impl Drop for Membership {
         }
         drop(state);
         drop(map);
-        if left {
+        if news {
             self.room.notify.notify_waiters();
+        }
+        if left {
+            self.rooms.presence_changed(&self.room.name);
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::auth::{
 };
 use crate::cluster::Cluster;
 use crate::cluster::bus::{Publisher, follow_rooms, poll_storage, spawn_publisher};
-use crate::cluster::presence::Presence;
+use crate::cluster::presence::{self, Presence};
 use crate::config::Config;
 use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
@@ -156,7 +156,7 @@ impl Application {
             store.clone(),
             rooms.clone(),
             config.writers as usize,
-            cluster.as_ref().map(|(_, publisher)| publisher.clone()),
+            cluster.as_ref().map(|(_, publisher, _)| publisher.clone()),
             &tracker,
         );
 
@@ -186,6 +186,7 @@ impl Application {
             store,
             max_message_bytes: config.max_message_bytes as usize,
             shutdown: streams_end.clone(),
+            presence: cluster.as_ref().map(|(_, _, presence)| presence.clone()),
         };
         let max_request = config.max_request_bytes as usize;
         // The body limit layer answers first; tonic's own limit stays as a
@@ -272,7 +273,7 @@ impl Application {
         if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
             tracing::warn!("background tasks still running after the grace period");
         }
-        if let Some((cluster, _)) = cluster {
+        if let Some((cluster, _, _)) = cluster {
             cluster.close().await;
         }
         served?;
@@ -291,15 +292,22 @@ async fn start_cluster(
     store: &Store,
     tracker: &TaskTracker,
     stop: &CancellationToken,
-) -> Result<(Cluster, Publisher)> {
+) -> Result<(Cluster, Publisher, Arc<Presence>)> {
     let cluster = Cluster::connect(config, url).await?;
     let publisher = spawn_publisher(&cluster, tracker, stop.clone());
-    let presence = Arc::new(Presence::default());
+    let presence = Arc::new(Presence::new(
+        cluster.clone(),
+        rooms.clone(),
+        config.presence_timeout,
+    ));
+    let (changes_tx, changes) = tokio::sync::mpsc::channel(presence::CHANGES_QUEUE);
+    rooms.watch_presence(changes_tx);
+    tracker.spawn(presence::run(presence.clone(), changes, stop.clone()));
     tracker.spawn(follow_rooms(
         cluster.clone(),
         rooms.clone(),
         store.clone(),
-        presence,
+        presence.clone(),
         tracker.clone(),
         stop.clone(),
     ));
@@ -309,7 +317,7 @@ async fn start_cluster(
         store.clone(),
         stop.clone(),
     ));
-    Ok((cluster, publisher))
+    Ok((cluster, publisher, presence))
 }
 
 /// Sets the status of both the whole server ("") and ChatService.

@@ -158,5 +158,167 @@ async fn nats_stopped_and_restarted_mid_traffic_loses_and_repeats_nothing() {
     drop(nodes);
 }
 
-#[allow(dead_code)]
-fn _unused(_: proto::Member, _: NodeProcess) {}
+/// The next presence event on `stream` (messages are skipped):
+/// (joined?, user id).
+async fn next_presence(stream: &mut Streaming<JoinRoomResponse>) -> (bool, String) {
+    loop {
+        match next_event(stream).await {
+            Event::MemberJoined(j) => return (true, member_id(j.member)),
+            Event::MemberLeft(l) => return (false, member_id(l.member)),
+            _ => {}
+        }
+    }
+}
+
+fn member_id(member: Option<proto::Member>) -> String {
+    member.map(|m| m.user_id).unwrap_or_default()
+}
+
+/// The next presence event on `stream` about someone other than the
+/// observers (users named obs*).
+async fn next_presence_not_obs(stream: &mut Streaming<JoinRoomResponse>) -> (bool, String) {
+    loop {
+        let event = next_presence(stream).await;
+        if !event.1.starts_with("obs") {
+            return event;
+        }
+    }
+}
+
+/// No presence event arrives on `stream` for `quiet`.
+async fn assert_no_presence_for(stream: &mut Streaming<JoinRoomResponse>, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + quiet;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => return,
+            Ok(Ok(Some(r))) => {
+                if let Some(Event::MemberJoined(_) | Event::MemberLeft(_)) = r.event {
+                    panic!("unexpected presence event {:?}", r.event)
+                }
+            }
+            Ok(other) => panic!("stream ended: {other:?}"),
+        }
+    }
+}
+
+/// Polls ListMembers on `client` until it names exactly `expected`.
+async fn wait_members(client: &mut Client, room: &str, expected: &[&str]) {
+    within(async {
+        loop {
+            let members = helpers::list_members(client, room).await;
+            if helpers::user_ids(&members) == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A user with streams on two nodes is one member, announced once; they
+/// leave when their last stream anywhere closes, once; ListMembers on
+/// every node agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_a_user_on_two_nodes_is_one_member() {
+    let db = TestDb::postgres().await;
+    let cluster = unique_cluster("presence");
+    let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 3).await;
+    let room = "team";
+    let mut obs = nodes[0].client("obs").await;
+    let (mut watch, joined) = join(&mut obs, room, None).await;
+    assert_eq!(helpers::user_ids(&joined.members), vec!["obs"]);
+
+    let mut alice1 = nodes[1].client("alice").await;
+    let (phone, _) = join(&mut alice1, room, None).await;
+    assert_eq!(next_presence(&mut watch).await, (true, "alice".into()));
+    let mut alice2 = nodes[2].client("alice").await;
+    let (laptop, _) = join(&mut alice2, room, None).await;
+    for node in &nodes {
+        let mut c = node.client("lister").await;
+        wait_members(&mut c, room, &["alice", "obs"]).await;
+    }
+    // A node with no stream in the room asks the others.
+    let extra = helpers::TestServer::start_with(helpers::config(
+        &db.url,
+        &helpers::cluster::node_args(SHARED_NATS, &cluster, "3s"),
+    ))
+    .await;
+    let mut c = extra.client("lister").await;
+    wait_members(&mut c, room, &["alice", "obs"]).await;
+
+    drop(phone);
+    // Still present through the laptop: no member_left.
+    assert_no_presence_for(&mut watch, Duration::from_millis(1500)).await;
+    drop(laptop);
+    assert_eq!(next_presence(&mut watch).await, (false, "alice".into()));
+    // Exactly once, and no storm of refreshes after it.
+    assert_no_presence_for(&mut watch, Duration::from_millis(2500)).await;
+    for node in &nodes {
+        let mut c = node.client("lister").await;
+        wait_members(&mut c, room, &["obs"]).await;
+    }
+}
+
+/// A node killed with SIGKILL: its members leave on every other node
+/// within the presence timeout (3 s here) plus 2 s, with one member_left
+/// each; its clients resume on another node and miss nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_members_leave_everywhere_and_its_clients_resume_elsewhere() {
+    let db = TestDb::postgres().await;
+    let cluster = unique_cluster("kill");
+    let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 2).await;
+    let mut doomed = NodeProcess::start(&db, SHARED_NATS, &cluster, "3s").await;
+    let room = "ops";
+    let mut watches = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = node.client(&format!("obs{i}")).await;
+        let (stream, _) = join(&mut c, room, None).await;
+        watches.push((c, stream));
+    }
+    let mut carol = doomed.client("carol").await;
+    let (mut carol_stream, _) = join(&mut carol, room, None).await;
+    let mut dave = doomed.client("dave").await;
+    let (_dave_stream, _) = join(&mut dave, room, None).await;
+    for (_, w) in &mut watches {
+        let mut seen = vec![
+            next_presence_not_obs(w).await,
+            next_presence_not_obs(w).await,
+        ];
+        seen.sort();
+        assert_eq!(seen, vec![(true, "carol".into()), (true, "dave".into())]);
+    }
+    let mut sender = nodes[0].client("sender").await;
+    for _ in 0..3 {
+        send(&mut sender, room, "before").await;
+    }
+    let last_seen = *collect_seqs(&mut carol_stream, 3).await.last().unwrap();
+
+    doomed.kill9();
+    let killed = tokio::time::Instant::now();
+    // Messages sent while carol is away.
+    for _ in 0..3 {
+        send(&mut sender, room, "while away").await;
+    }
+    for (_, w) in &mut watches {
+        let mut seen = vec![
+            next_presence_not_obs(w).await,
+            next_presence_not_obs(w).await,
+        ];
+        seen.sort();
+        assert_eq!(seen, vec![(false, "carol".into()), (false, "dave".into())]);
+    }
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "members left after {took:?}");
+    eprintln!("members of the killed node left after {took:?}");
+    for (_, w) in &mut watches {
+        assert_no_presence_for(w, Duration::from_millis(1500)).await;
+    }
+
+    // Carol resumes on another node: nothing missed.
+    let mut carol = nodes[1].client("carol").await;
+    let (mut resumed, _) = join(&mut carol, room, Some(last_seen)).await;
+    assert_eq!(
+        collect_seqs(&mut resumed, 3).await,
+        vec![last_seen + 1, last_seen + 2, last_seen + 3]
+    );
+}

@@ -224,8 +224,8 @@ async fn follow(
                 None => break,
             },
         };
-        let kind = message.subject.rsplit('.').next().unwrap_or("");
-        match kind {
+        let kind = message.subject.rsplit('.').next().unwrap_or("").to_owned();
+        match kind.as_str() {
             "m" => match Notice::decode(message.payload) {
                 Ok(notice) => {
                     let messages: Vec<(u64, Bytes)> = notice
@@ -237,7 +237,7 @@ async fn follow(
                 }
                 Err(e) => tracing::warn!(room = %room, error = %e, "undecodable notification"),
             },
-            _ => presence.receive(&room, kind, message.payload).await,
+            kind => presence.receive(&room, kind, message).await,
         }
     }
     // Dropping the subscriber unsubscribes.
