@@ -322,3 +322,37 @@ async fn a_killed_node_s_members_leave_everywhere_and_its_clients_resume_elsewhe
         vec![last_seen + 1, last_seen + 2, last_seen + 3]
     );
 }
+
+/// NATS restarted (every node cut off at once, then back): members who
+/// never left get no member_left / member_joined, and one who left during
+/// the outage is not resurrected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_neither_storms_nor_resurrects_presence() {
+    let db = TestDb::postgres().await;
+    let mut nats = Nats::start().await;
+    let cluster = unique_cluster("heal");
+    let nodes = start_nodes(&db, &nats.url(), &cluster, "3s", 2).await;
+    let room = "calm";
+    let mut obs = nodes[0].client("obs").await;
+    let (mut watch, _) = join(&mut obs, room, None).await;
+    let mut alice = nodes[1].client("alice").await;
+    let (_alice_stream, _) = join(&mut alice, room, None).await;
+    let mut bob = nodes[1].client("bob").await;
+    let (bob_stream, _) = join(&mut bob, room, None).await;
+    let mut seen = vec![
+        next_presence(&mut watch).await,
+        next_presence(&mut watch).await,
+    ];
+    seen.sort();
+    assert_eq!(seen, vec![(true, "alice".into()), (true, "bob".into())]);
+
+    nats.stop();
+    drop(bob_stream);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.restart().await;
+    // Bob left while NATS was down: one member_left once it is back.
+    assert_eq!(next_presence(&mut watch).await, (false, "bob".into()));
+    // Alice never left: nothing about her, past a full timeout.
+    assert_no_presence_for(&mut watch, Duration::from_secs(5)).await;
+    wait_members(&mut obs, room, &["alice", "obs"]).await;
+}
