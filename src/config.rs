@@ -71,6 +71,18 @@ pub struct Config {
     )]
     pub cluster_name: String,
 
+    /// Cluster only: how long a node that stopped answering (killed, cut
+    /// off) still counts its users as members; after it they leave the
+    /// room on every other node, with one member_left each.
+    #[arg(
+        long = "presence-timeout",
+        env = "CHAT_PRESENCE_TIMEOUT",
+        value_name = "CHAT_PRESENCE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_presence_timeout
+    )]
+    pub presence_timeout: Duration,
+
     /// SQLite only: `full` fsyncs every commit before acknowledging it
     /// (survives power loss); `normal` survives a crash of chatd but may
     /// lose the last commits on power loss.
@@ -422,6 +434,16 @@ fn parse_cluster_name(s: &str) -> Result<String, String> {
             "{s:?} must be 1 to 64 of a-z, A-Z, 0-9, '-' and '_'"
         ))
     }
+}
+
+/// A presence timeout: at least 1 s (nodes announce themselves every third
+/// of it), at most 10 minutes.
+fn parse_presence_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+        return Err(format!("{s} is outside 1s..=10m"));
+    }
+    Ok(d)
 }
 
 fn parse_origin(s: &str) -> Result<String, String> {

@@ -27,11 +27,15 @@
 //!   module that knows SQL or which backend runs. Every call has a deadline
 //!   (`CHAT_DB_TIMEOUT`). Its `guard` holds the lock that keeps a second
 //!   single node off the same database.
+//! - [`cluster`]: cluster mode over NATS (`CHAT_NATS_URL`): committed
+//!   messages between nodes with a PostgreSQL poll as the floor, and
+//!   cluster-wide presence.
 //! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
 //! - [`error`]: the one error type, the classification of storage errors
 //!   (retry or not), and the mapping to gRPC statuses, logged once.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod domain;

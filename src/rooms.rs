@@ -32,7 +32,8 @@ use crate::storage::Store;
 
 mod ring;
 
-use ring::{Event, Ring, RingLimits, encode_chunks};
+use bytes::Bytes;
+use ring::{Event, Ring, RingLimits, chunks, encode_message};
 
 /// The most messages a catch-up reads from storage at a time.
 const REPLAY_PAGE_MAX: usize = 256;
@@ -59,6 +60,11 @@ struct RoomState {
     /// Members by user id, so listings come out in a stable order. Only
     /// streams whose join succeeded count.
     members: BTreeMap<Arc<str>, Presence>,
+    /// Users present in the room on other nodes of a cluster (by user id,
+    /// with their display name), as [`Rooms::set_remote`] last said. A user
+    /// is a member while present here or there; events go out when the
+    /// union gains or loses them.
+    remote: BTreeMap<Arc<str>, Arc<str>>,
     /// Open and joining streams in the room, all users together; the entry
     /// is removed from the registry when this reaches 0.
     streams: usize,
@@ -99,15 +105,43 @@ impl Room {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The room's members here and on other nodes, by user id.
     fn members(state: &RoomState) -> Vec<proto::Member> {
-        state
-            .members
-            .iter()
-            .map(|(id, p)| proto::Member {
+        let mut members: BTreeMap<&Arc<str>, &Arc<str>> = state.remote.iter().collect();
+        for (id, p) in &state.members {
+            members.insert(id, &p.display_name);
+        }
+        members
+            .into_iter()
+            .map(|(id, name)| proto::Member {
                 user_id: id.to_string(),
-                display_name: p.display_name.to_string(),
+                display_name: name.to_string(),
             })
             .collect()
+    }
+
+    /// Pushes a member_joined or member_left of `user` into the ring.
+    fn push_presence(
+        state: &mut RoomState,
+        user: &Arc<str>,
+        name: &Arc<str>,
+        joined: bool,
+        limits: RingLimits,
+    ) {
+        let member = Some(proto::Member {
+            user_id: user.to_string(),
+            display_name: name.to_string(),
+        });
+        let event = if joined {
+            WireEvent::MemberJoined(proto::MemberJoined { member })
+        } else {
+            WireEvent::MemberLeft(proto::MemberLeft { member })
+        };
+        let event = Event::Presence {
+            user_id: user.clone(),
+            bytes: EncodedEvent::encode(event).0,
+        };
+        state.ring.push(event, limits);
     }
 }
 
@@ -121,6 +155,13 @@ pub struct Rooms {
     quotas: Quotas,
     /// The largest encoded size of one message ([`proto::message_size_bound`]).
     message_bound: usize,
+    /// Notified when a room entry is added or removed, so a cluster node
+    /// can follow only the rooms that have streams here.
+    changed: Notify,
+    /// Cluster only: told the room whose local members changed (a user's
+    /// first stream opened or last closed), so the node announces them.
+    /// Bounded; a change it drops goes out with the next periodic snapshot.
+    presence_changes: std::sync::OnceLock<tokio::sync::mpsc::Sender<RoomName>>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +181,8 @@ impl Rooms {
             },
             quotas: Quotas::new(config.user_max_streams as usize, config.user_buffer_bytes),
             message_bound: proto::message_size_bound(config.max_message_bytes as usize),
+            changed: Notify::new(),
+            presence_changes: std::sync::OnceLock::new(),
         }
     }
 
@@ -175,28 +218,112 @@ impl Rooms {
 
     /// Delivers committed messages, in seq order, to the room's streams.
     pub fn publish(&self, messages: &[&StoredMessage]) {
-        // Group by room, keeping each room's (ascending) seq order.
-        let mut groups: Vec<(&RoomName, Vec<&StoredMessage>)> = Vec::new();
-        for m in messages {
-            match groups.iter_mut().find(|(room, _)| **room == m.room) {
-                Some((_, group)) => group.push(m),
-                None => groups.push((&m.room, vec![m])),
+        for (name, group) in group_by_room(messages) {
+            // Rooms without streams here cost no encoding.
+            if self.get(name).is_none() {
+                continue;
+            }
+            let encoded: Vec<(u64, Bytes)> = group.into_iter().map(encode_message).collect();
+            self.publish_encoded(name, &encoded);
+        }
+    }
+
+    /// Delivers a room's share of a committed batch, already encoded, to
+    /// the room's streams (if it has any here). The messages may come from
+    /// any node, late, twice or out of order: a stream skips seqs it has
+    /// sent and catches up from storage past a gap, and the room's newest
+    /// known seq only ever grows.
+    pub fn publish_encoded(&self, name: &RoomName, messages: &[(u64, Bytes)]) {
+        let Some(room) = self.get(name) else { return };
+        let Some(newest) = messages.iter().map(|(seq, _)| *seq).max() else {
+            return;
+        };
+        let events = chunks(messages);
+        {
+            let mut state = room.lock();
+            state.learn_last_seq(newest);
+            for event in events {
+                state.ring.push(event, self.limits);
             }
         }
-        for (name, group) in groups {
-            let Some(room) = self.get(name) else { continue };
-            let events = encode_chunks(&group);
-            let newest = group.last().map_or(0, |m| m.seq);
-            {
-                let mut state = room.lock();
-                state.learn_last_seq(newest);
-                for event in events {
-                    state.ring.push(event, self.limits);
+        // One wake-up per waiting stream for the whole batch.
+        room.notify.notify_waiters();
+    }
+
+    /// The rooms with streams here and, for each, the newest seq the room
+    /// has seen (`None` while its first join is still reading storage).
+    pub fn live(&self) -> Vec<(RoomName, Option<u64>)> {
+        let rooms: Vec<Arc<Room>> = self.map().rooms.values().cloned().collect();
+        rooms
+            .into_iter()
+            .map(|room| {
+                let last = room.lock().last_seq;
+                (room.name.clone(), last)
+            })
+            .collect()
+    }
+
+    /// Cluster only: where to tell which rooms' local members changed.
+    pub fn watch_presence(&self, changes: tokio::sync::mpsc::Sender<RoomName>) {
+        let _ = self.presence_changes.set(changes);
+    }
+
+    fn presence_changed(&self, room: &RoomName) {
+        if let Some(changes) = self.presence_changes.get() {
+            let _ = changes.try_send(room.clone());
+        }
+    }
+
+    /// Whether `room` has streams here.
+    pub fn is_live(&self, room: &RoomName) -> bool {
+        self.get(room).is_some()
+    }
+
+    /// The users with streams in `room` on this node (id, display name).
+    pub fn local_members(&self, room: &RoomName) -> Vec<(Arc<str>, Arc<str>)> {
+        match self.get(room) {
+            Some(room) => room
+                .lock()
+                .members
+                .iter()
+                .map(|(id, p)| (id.clone(), p.display_name.clone()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Sets who is in `room` on the other nodes; the users this adds to or
+    /// removes from the room's members (here or there) are announced to
+    /// the room's streams.
+    pub fn set_remote(&self, name: &RoomName, remote: BTreeMap<Arc<str>, Arc<str>>) {
+        let Some(room) = self.get(name) else { return };
+        let mut changed = false;
+        {
+            let mut state = room.lock();
+            let old = std::mem::take(&mut state.remote);
+            for (user, display) in &remote {
+                if !old.contains_key(user) && !state.members.contains_key(user) {
+                    Room::push_presence(&mut state, user, display, true, self.limits);
+                    changed = true;
                 }
             }
-            // One wake-up per waiting stream for the whole batch.
+            for (user, display) in &old {
+                if !remote.contains_key(user) && !state.members.contains_key(user) {
+                    Room::push_presence(&mut state, user, display, false, self.limits);
+                    changed = true;
+                }
+            }
+            state.remote = remote;
+        }
+        if changed {
             room.notify.notify_waiters();
         }
+    }
+
+    /// Resolves after a room entry was added or removed since the last
+    /// call (at once if one was): what interest-based subscriptions follow.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The room's current members.
@@ -232,6 +359,7 @@ impl Rooms {
                 .rooms
                 .entry(room.clone())
                 .or_insert_with(|| {
+                    self.changed.notify_one();
                     Arc::new(Room {
                         name: room.clone(),
                         state: Mutex::new(RoomState::default()),
@@ -300,6 +428,36 @@ impl Rooms {
     }
 }
 
+/// Committed messages grouped by room, keeping each room's (ascending)
+/// seq order.
+fn group_by_room<'a>(
+    messages: &[&'a StoredMessage],
+) -> Vec<(&'a RoomName, Vec<&'a StoredMessage>)> {
+    let mut groups: Vec<(&RoomName, Vec<&StoredMessage>)> = Vec::new();
+    for m in messages {
+        match groups.iter_mut().find(|(room, _)| **room == m.room) {
+            Some((_, group)) => group.push(m),
+            None => groups.push((&m.room, vec![m])),
+        }
+    }
+    groups
+}
+
+/// A committed batch, each message encoded once as a `JoinRoomResponse`,
+/// grouped by room in seq order: what the local streams and the other
+/// nodes of a cluster both get.
+pub fn encode_batch(messages: &[&StoredMessage]) -> Vec<(RoomName, Vec<(u64, Bytes)>)> {
+    group_by_room(messages)
+        .into_iter()
+        .map(|(room, group)| {
+            (
+                room.clone(),
+                group.into_iter().map(encode_message).collect(),
+            )
+        })
+        .collect()
+}
+
 /// A stream's place in a room: dropping it makes the user leave when it
 /// was their last stream, and drops the room entry when it was the last
 /// stream of the room.
@@ -332,21 +490,25 @@ impl Membership {
             });
         presence.streams += 1;
         let first = presence.streams == 1;
-        if first {
-            let event = WireEvent::MemberJoined(proto::MemberJoined {
-                member: Some(proto::Member::from(&self.identity)),
-            });
-            let event = Event::Presence {
-                user_id: self.identity.user_id.clone(),
-                bytes: EncodedEvent::encode(event).0,
-            };
-            state.ring.push(event, self.rooms.limits);
+        // A user already present on another node is no news.
+        let news = first && !state.remote.contains_key(&self.identity.user_id);
+        if news {
+            Room::push_presence(
+                &mut state,
+                &self.identity.user_id,
+                &self.identity.display_name,
+                true,
+                self.rooms.limits,
+            );
         }
         let snapshot = (Room::members(&state), state.ring.end());
         drop(state);
         self.member = true;
-        if first {
+        if news {
             self.room.notify.notify_waiters();
+        }
+        if first {
+            self.rooms.presence_changed(&self.room.name);
         }
         Ok(snapshot)
     }
@@ -364,16 +526,19 @@ impl Drop for Membership {
             presence.streams = presence.streams.saturating_sub(1);
             left = presence.streams == 0;
         }
+        // Still present on another node: no news.
+        let news = left && !state.remote.contains_key(&self.identity.user_id);
         if left {
             state.members.remove(&self.identity.user_id);
-            let event = WireEvent::MemberLeft(proto::MemberLeft {
-                member: Some(proto::Member::from(&self.identity)),
-            });
-            let event = Event::Presence {
-                user_id: self.identity.user_id.clone(),
-                bytes: EncodedEvent::encode(event).0,
-            };
-            state.ring.push(event, self.rooms.limits);
+        }
+        if news {
+            Room::push_presence(
+                &mut state,
+                &self.identity.user_id,
+                &self.identity.display_name,
+                false,
+                self.rooms.limits,
+            );
         }
         if state.streams == 0
             && map
@@ -382,11 +547,15 @@ impl Drop for Membership {
                 .is_some_and(|r| Arc::ptr_eq(r, &self.room))
         {
             map.rooms.remove(&self.room.name);
+            self.rooms.changed.notify_one();
         }
         drop(state);
         drop(map);
-        if left {
+        if news {
             self.room.notify.notify_waiters();
+        }
+        if left {
+            self.rooms.presence_changed(&self.room.name);
         }
     }
 }

@@ -29,6 +29,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::{
     Authenticator, CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
 };
+use crate::cluster::Cluster;
+use crate::cluster::bus::{Publisher, follow_rooms, poll_storage, spawn_publisher};
+use crate::cluster::presence::{self, Presence};
 use crate::config::Config;
 use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
@@ -153,10 +156,20 @@ impl Application {
         let tracker = TaskTracker::new();
         let streams_end = CancellationToken::new();
         let rooms = Arc::new(Rooms::new(&config));
+        // Ends the cluster tasks once the server has stopped (the writers
+        // may still publish while they drain).
+        let cluster_stop = CancellationToken::new();
+        let cluster = match &config.nats_url {
+            Some(url) => {
+                Some(start_cluster(&config, url, &rooms, &store, &tracker, &cluster_stop).await?)
+            }
+            None => None,
+        };
         let writer = Writer::spawn(
             store.clone(),
             rooms.clone(),
             config.writers as usize,
+            cluster.as_ref().map(|(_, publisher, _)| publisher.clone()),
             &tracker,
         );
 
@@ -186,6 +199,7 @@ impl Application {
             store,
             max_message_bytes: config.max_message_bytes as usize,
             shutdown: streams_end.clone(),
+            presence: cluster.as_ref().map(|(_, _, presence)| presence.clone()),
         };
         let max_request = config.max_request_bytes as usize;
         // The body limit layer answers first; tonic's own limit stays as a
@@ -267,9 +281,16 @@ impl Application {
         // Every ChatApi clone (and with it every writer handle) is gone once
         // every connection has closed, so the writers drain and end.
         streams_end.cancel();
+        cluster_stop.cancel();
         tracker.close();
         if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
             tracing::warn!("background tasks still running after the grace period");
+        }
+        if let Some((cluster, _, _)) = cluster {
+            // Still within the grace: shutdown never takes longer.
+            if tokio::time::timeout_at(end, cluster.close()).await.is_err() {
+                tracing::warn!("NATS connection not drained within the grace period");
+            }
         }
         // Another chatd may serve this database from now on.
         drop(serve_lock);
@@ -277,6 +298,44 @@ impl Application {
         tracing::info!("chatd stopped");
         Ok(())
     }
+}
+
+/// Connects to NATS and starts the cluster tasks on `tracker`: the
+/// publisher of committed batches, the interest-based subscriptions, the
+/// storage poller and presence. All end at `stop`.
+async fn start_cluster(
+    config: &Config,
+    url: &str,
+    rooms: &Arc<Rooms>,
+    store: &Store,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(Cluster, Publisher, Arc<Presence>)> {
+    let cluster = Cluster::connect(config, url).await?;
+    let publisher = spawn_publisher(&cluster, tracker, stop.clone());
+    let presence = Arc::new(Presence::new(
+        cluster.clone(),
+        rooms.clone(),
+        config.presence_timeout,
+    ));
+    let (changes_tx, changes) = tokio::sync::mpsc::channel(presence::CHANGES_QUEUE);
+    rooms.watch_presence(changes_tx);
+    tracker.spawn(presence::run(presence.clone(), changes, stop.clone()));
+    tracker.spawn(follow_rooms(
+        cluster.clone(),
+        rooms.clone(),
+        store.clone(),
+        presence.clone(),
+        tracker.clone(),
+        stop.clone(),
+    ));
+    tracker.spawn(poll_storage(
+        cluster.clone(),
+        rooms.clone(),
+        store.clone(),
+        stop.clone(),
+    ));
+    Ok((cluster, publisher, presence))
 }
 
 /// Sets the status of both the whole server ("") and ChatService.

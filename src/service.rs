@@ -11,6 +11,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::cluster::presence::Presence;
 use crate::domain::{
     ClientMessageId, Content, HistoryQuery, Identity, NewMessage, RoomName, parse_seq,
 };
@@ -31,6 +32,9 @@ pub struct ChatApi {
     pub(crate) max_message_bytes: usize,
     /// Ends every open JoinRoom stream when the server shuts down.
     pub(crate) shutdown: CancellationToken,
+    /// Cluster only: presence on the other nodes, for ListMembers of a
+    /// room with no stream here.
+    pub(crate) presence: Option<Arc<Presence>>,
 }
 
 /// The caller, as the auth interceptor found them.
@@ -144,8 +148,10 @@ impl ChatService for ChatApi {
     ) -> Result<Response<proto::ListMembersResponse>, Status> {
         identity(&request)?;
         let room = RoomName::parse(&request.into_inner().room)?;
-        Ok(Response::new(proto::ListMembersResponse {
-            members: self.rooms.members(&room),
-        }))
+        let members = match &self.presence {
+            Some(presence) if !self.rooms.is_live(&room) => presence.ask(&room).await,
+            _ => self.rooms.members(&room),
+        };
+        Ok(Response::new(proto::ListMembersResponse { members }))
     }
 }

@@ -30,9 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::bus::Publisher;
 use crate::domain::{NewMessage, RoomName, StoredMessage};
 use crate::error::{Error, Failure, Result};
-use crate::rooms::Rooms;
+use crate::rooms::{Rooms, encode_batch};
 use crate::storage::{Appended, Store};
 
 /// The most messages one transaction stores.
@@ -61,12 +62,20 @@ pub struct Writer {
 
 impl Writer {
     /// Starts `shards` writer tasks on `tracker`.
-    pub fn spawn(store: Store, rooms: Arc<Rooms>, shards: usize, tracker: &TaskTracker) -> Self {
+    /// With `bus`, each committed batch is also published to the other
+    /// nodes of the cluster.
+    pub fn spawn(
+        store: Store,
+        rooms: Arc<Rooms>,
+        shards: usize,
+        bus: Option<Publisher>,
+        tracker: &TaskTracker,
+    ) -> Self {
         let max_wait = store.timeout();
         let shards: Vec<_> = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                tracker.spawn(run(rx, store.clone(), rooms.clone()));
+                tracker.spawn(run(rx, store.clone(), rooms.clone(), bus.clone()));
                 tx
             })
             .collect();
@@ -100,7 +109,12 @@ impl Writer {
 /// One writer: gathers requests, runs batches, finishes them in order of
 /// completion (per room, in seq order since a room has one batch at most
 /// in flight).
-async fn run(mut rx: mpsc::Receiver<WriteRequest>, store: Store, rooms: Arc<Rooms>) {
+async fn run(
+    mut rx: mpsc::Receiver<WriteRequest>,
+    store: Store,
+    rooms: Arc<Rooms>,
+    bus: Option<Publisher>,
+) {
     let max_wait = store.timeout();
     let concurrency = store.concurrent_batches().max(1);
     let mut pending: VecDeque<WriteRequest> = VecDeque::new();
@@ -136,7 +150,7 @@ async fn run(mut rx: mpsc::Receiver<WriteRequest>, store: Store, rooms: Arc<Room
                 for room in &done.rooms {
                     busy.remove(room);
                 }
-                finish(done, &rooms);
+                finish(done, &rooms, bus.as_ref());
             }
             () = tokio::time::sleep_until(expiry), if !pending.is_empty() => {}
         }
@@ -224,7 +238,7 @@ async fn store_batch(store: Store, batch: Vec<WriteRequest>) -> Done {
 
 /// Publishes a stored batch and answers its senders; a failed batch is
 /// logged here, once, and its senders get the already-logged failure.
-fn finish(done: Done, rooms: &Rooms) {
+fn finish(done: Done, rooms: &Rooms, bus: Option<&Publisher>) {
     match done.stored {
         Ok(appended) => {
             let fresh: Vec<&StoredMessage> = appended
@@ -232,7 +246,20 @@ fn finish(done: Done, rooms: &Rooms) {
                 .filter(|a| a.fresh)
                 .map(|a| &a.message)
                 .collect();
-            rooms.publish(&fresh);
+            match bus {
+                None => rooms.publish(&fresh),
+                Some(bus) => {
+                    // Encoded once, for the local streams and the other
+                    // nodes alike.
+                    let batch = encode_batch(&fresh);
+                    for (room, messages) in &batch {
+                        rooms.publish_encoded(room, messages);
+                    }
+                    if !batch.is_empty() {
+                        bus.send(batch);
+                    }
+                }
+            }
             for (reply, a) in done.replies.into_iter().zip(appended) {
                 // The sender may have gone; the message is stored anyway.
                 let _ = reply.send(Ok(a.message));

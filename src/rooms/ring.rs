@@ -83,16 +83,22 @@ pub(super) struct RingLimits {
     pub(super) bytes: usize,
 }
 
-/// The events for a room's share of a committed batch: each message encoded
-/// once, up to [`PUBLISH_CHUNK`] messages or [`PUBLISH_CHUNK_BYTES`] per event.
-pub(super) fn encode_chunks(group: &[&StoredMessage]) -> Vec<Event> {
+/// A message encoded once as a `JoinRoomResponse`, with its seq.
+pub(super) fn encode_message(m: &StoredMessage) -> (u64, Bytes) {
+    let encoded = EncodedEvent::encode(WireEvent::Message(proto::Message::from(m))).0;
+    (m.seq, encoded)
+}
+
+/// The ring events for a room's share of a committed batch (encoded
+/// messages in seq order): up to [`PUBLISH_CHUNK`] messages or
+/// [`PUBLISH_CHUNK_BYTES`] per event.
+pub(super) fn chunks(messages: &[(u64, Bytes)]) -> Vec<Event> {
     let mut events = Vec::new();
-    let mut chunk: Vec<(u64, Bytes)> = Vec::with_capacity(PUBLISH_CHUNK.min(group.len()));
+    let mut chunk: Vec<(u64, Bytes)> = Vec::with_capacity(PUBLISH_CHUNK.min(messages.len()));
     let mut bytes = 0;
-    for m in group {
-        let encoded = EncodedEvent::encode(WireEvent::Message(proto::Message::from(*m))).0;
+    for (seq, encoded) in messages {
         bytes += encoded.len();
-        chunk.push((m.seq, encoded));
+        chunk.push((*seq, encoded.clone()));
         if chunk.len() == PUBLISH_CHUNK || bytes >= PUBLISH_CHUNK_BYTES {
             events.push(Event::Messages(std::mem::take(&mut chunk).into()));
             bytes = 0;

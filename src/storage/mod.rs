@@ -50,6 +50,10 @@ pub use self::sqlite::Synchronous;
 /// others. SQLite has one write lock for the whole file: one at a time.
 const PG_CONCURRENT_BATCHES: usize = 4;
 
+/// The most rooms [`Store::last_seqs`] asks for in one query (SQLite
+/// allows 32,766 bound parameters).
+const LAST_SEQS_CHUNK: usize = 10_000;
+
 /// The file name of the default SQLite database in the data directory.
 pub const DEFAULT_SQLITE_FILE: &str = "chat.db";
 
@@ -461,6 +465,29 @@ impl Store {
         });
         let last = last.unwrap_or(0);
         u64::try_from(last).map_err(|_| Error::Internal(format!("room {room} has last_seq {last}")))
+    }
+
+    /// The newest stored seq of each of `wanted` that has messages (rooms
+    /// without any are left out), in one query per [`LAST_SEQS_CHUNK`]
+    /// rooms.
+    pub async fn last_seqs(&self, wanted: &[RoomName]) -> Result<HashMap<RoomName, u64>> {
+        let mut out = HashMap::with_capacity(wanted.len());
+        for chunk in wanted.chunks(LAST_SEQS_CHUNK) {
+            let names: Vec<&str> = chunk.iter().map(RoomName::as_str).collect();
+            let rows: Vec<(String, i64)> = with_conn!(self, |conn| {
+                rooms::table
+                    .filter(rooms::name.eq_any(&names))
+                    .select((rooms::name, rooms::last_seq))
+                    .load(conn)
+                    .await?
+            });
+            for (name, last) in rows {
+                let last = u64::try_from(last)
+                    .map_err(|_| Error::Internal(format!("room {name} has last_seq {last}")))?;
+                out.insert(RoomName::from_stored(name), last);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -1,0 +1,319 @@
+//! Committed messages between nodes: NATS as the fast path, PostgreSQL polling as the floor.
+//!
+//! - After a batch commits, the writer hands each room's encoded messages
+//!   to [`Publisher::send`] (never waiting: a full queue drops the
+//!   notification), and one task publishes them on the room's subject.
+//! - [`follow_rooms`] subscribes to the rooms that have streams on this
+//!   node, and only those (interest-based), and pushes what arrives into
+//!   the room's ring ([`Rooms::publish_encoded`]). Streams deliver exactly
+//!   once and in seq order whatever arrives, twice or out of order.
+//! - NATS core is at most once, so [`poll_storage`] reads, in one query,
+//!   the newest stored seq of every live room every [`POLL_CONNECTED`]
+//!   (every [`POLL_DISCONNECTED`] while NATS is down, and at once after a
+//!   reconnection) and publishes locally what the room has not seen. So no
+//!   stream waits longer than that for a committed message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Cluster;
+use super::presence::Presence;
+use crate::domain::{RoomName, StoredMessage};
+use crate::error::Result;
+use crate::rooms::Rooms;
+use crate::storage::Store;
+
+/// How often a node compares its live rooms with storage while NATS is
+/// connected: the bound on the delay of a notification NATS lost.
+pub const POLL_CONNECTED: Duration = Duration::from_secs(2);
+/// The same while NATS is down: the delay bound between nodes then.
+pub const POLL_DISCONNECTED: Duration = Duration::from_secs(1);
+/// Batches waiting to be published; beyond that notifications are dropped
+/// (the other nodes' pollers deliver those messages).
+const PUBLISH_QUEUE: usize = 1024;
+/// The most bytes of encoded messages one notification carries (NATS
+/// refuses payloads over its max_payload, 1 MiB by default).
+const NOTICE_BYTES: usize = 256 * 1024;
+/// The most messages the poller reads for one room at a time: the newest
+/// ones; streams further behind catch up from storage on their own.
+const POLL_PAGE: u32 = 256;
+/// How long subscribing (and the flush after it) may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One message in a notification: its seq and its encoded
+/// `JoinRoomResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Entry {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(bytes = "bytes", tag = "2")]
+    event: Bytes,
+}
+
+/// A notification of committed messages of one room, in seq order.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Notice {
+    #[prost(message, repeated, tag = "1")]
+    entries: Vec<Entry>,
+}
+
+/// A room's share of a committed batch, each message encoded once.
+pub type RoomBatch = (RoomName, Vec<(u64, Bytes)>);
+
+/// The writer's handle: queues notifications without ever waiting.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    tx: mpsc::Sender<Vec<RoomBatch>>,
+}
+
+impl Publisher {
+    /// Queues a committed batch for the other nodes; drops it when the
+    /// queue is full (NATS slow or down): they read it from storage then.
+    pub fn send(&self, batch: Vec<RoomBatch>) {
+        if self.tx.try_send(batch).is_err() {
+            tracing::debug!("notification queue full; the other nodes poll storage for it");
+        }
+    }
+}
+
+/// Starts the publishing task; it ends when every [`Publisher`] is gone
+/// or at `stop`.
+pub fn spawn_publisher(
+    cluster: &Cluster,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) -> Publisher {
+    let (tx, mut rx) = mpsc::channel::<Vec<RoomBatch>>(PUBLISH_QUEUE);
+    let cluster = cluster.clone();
+    tracker.spawn(async move {
+        loop {
+            let batch = tokio::select! {
+                () = stop.cancelled() => return,
+                batch = rx.recv() => match batch {
+                    Some(batch) => batch,
+                    None => return,
+                },
+            };
+            for (room, messages) in batch {
+                let subject = cluster.subject(&room, "m");
+                for payload in notices(&messages) {
+                    let published = tokio::select! {
+                        () = stop.cancelled() => return,
+                        published = cluster.client.publish(subject.clone(), payload) => published,
+                    };
+                    if let Err(e) = published {
+                        tracing::debug!(error = %e, "publishing a notification failed");
+                    }
+                }
+            }
+        }
+    });
+    Publisher { tx }
+}
+
+/// Encoded notifications of at most about [`NOTICE_BYTES`] each.
+fn notices(messages: &[(u64, Bytes)]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut notice = Notice::default();
+    let mut bytes = 0;
+    for (seq, event) in messages {
+        if bytes > 0 && bytes + event.len() > NOTICE_BYTES {
+            out.push(Bytes::from(std::mem::take(&mut notice).encode_to_vec()));
+            bytes = 0;
+        }
+        bytes += event.len();
+        notice.entries.push(Entry {
+            seq: *seq,
+            event: event.clone(),
+        });
+    }
+    if !notice.entries.is_empty() {
+        out.push(Bytes::from(notice.encode_to_vec()));
+    }
+    out
+}
+
+/// Keeps one subscription per room with streams on this node: subscribes
+/// when a room entry appears, unsubscribes when it goes. Each subscription
+/// has a task of its own (on `tracker`), ended with its room or at `stop`.
+pub async fn follow_rooms(
+    cluster: Cluster,
+    rooms: Arc<Rooms>,
+    store: Store,
+    presence: Arc<Presence>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut followed: HashMap<RoomName, CancellationToken> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = rooms.changed() => {}
+            // Retries a subscription that failed.
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let live: Vec<RoomName> = rooms.live().into_iter().map(|(name, _)| name).collect();
+        followed.retain(|room, token| {
+            let keep = live.contains(room);
+            if !keep {
+                token.cancel();
+                presence.forget(room);
+            }
+            keep
+        });
+        let mut added = Vec::new();
+        for room in live {
+            if followed.contains_key(&room) {
+                continue;
+            }
+            let subject = cluster.room_subjects(&room);
+            let subscribed =
+                tokio::time::timeout(SUBSCRIBE_TIMEOUT, cluster.client.subscribe(subject)).await;
+            let Ok(Ok(subscriber)) = subscribed else {
+                tracing::debug!(room = %room, "subscribing failed; retrying");
+                continue;
+            };
+            let token = stop.child_token();
+            followed.insert(room.clone(), token.clone());
+            tracker.spawn(follow(
+                room.clone(),
+                subscriber,
+                rooms.clone(),
+                presence.clone(),
+                token,
+            ));
+            added.push(room);
+        }
+        if !added.is_empty() {
+            // Once the server has the subscriptions, what was committed
+            // before them is in storage: read it, so that a first joiner
+            // does not wait for the next poll.
+            let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, cluster.client.flush()).await;
+            presence.sync(&added).await;
+            if let Err(e) = deliver_from_storage(&rooms, &store, Some(&added)).await {
+                tracing::debug!(error = %e, "reading new rooms' last seqs failed");
+            }
+        }
+    }
+    for token in followed.values() {
+        token.cancel();
+    }
+}
+
+/// One room's subscription: pushes what arrives into the room.
+async fn follow(
+    room: RoomName,
+    mut subscriber: async_nats::Subscriber,
+    rooms: Arc<Rooms>,
+    presence: Arc<Presence>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => break,
+            message = subscriber.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let kind = message.subject.rsplit('.').next().unwrap_or("").to_owned();
+        match kind.as_str() {
+            "m" => match Notice::decode(message.payload) {
+                Ok(notice) => {
+                    let messages: Vec<(u64, Bytes)> = notice
+                        .entries
+                        .into_iter()
+                        .map(|e| (e.seq, e.event))
+                        .collect();
+                    rooms.publish_encoded(&room, &messages);
+                }
+                Err(e) => tracing::warn!(room = %room, error = %e, "undecodable notification"),
+            },
+            kind => presence.receive(&room, kind, message).await,
+        }
+    }
+    // Dropping the subscriber unsubscribes.
+}
+
+/// Compares the live rooms with storage every [`POLL_CONNECTED`] (every
+/// [`POLL_DISCONNECTED`] while NATS is down, at once after a reconnection)
+/// and delivers what the rooms have not seen.
+pub async fn poll_storage(
+    cluster: Cluster,
+    rooms: Arc<Rooms>,
+    store: Store,
+    stop: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let interval = if cluster.link.is_connected() {
+            POLL_CONNECTED
+        } else {
+            POLL_DISCONNECTED
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = cluster.link.reconnected() => {}
+        }
+        let polled = tokio::select! {
+            () = stop.cancelled() => return,
+            polled = deliver_from_storage(&rooms, &store, None) => polled,
+        };
+        match (polled, failing) {
+            (Err(e), false) => {
+                failing = true;
+                tracing::warn!(error = %e, "polling storage for other nodes' messages failed");
+            }
+            (Ok(()), true) => {
+                failing = false;
+                tracing::info!("polling storage for other nodes' messages works again");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads the stored last seq of the live rooms (or of `only`) in one query
+/// and publishes locally, for each room storage is ahead in, its newest
+/// messages (at most [`POLL_PAGE`]; streams further behind catch up from
+/// storage when they see the gap).
+pub async fn deliver_from_storage(
+    rooms: &Rooms,
+    store: &Store,
+    only: Option<&[RoomName]>,
+) -> Result<()> {
+    let seen: Vec<(RoomName, u64)> = rooms
+        .live()
+        .into_iter()
+        .filter(|(room, _)| only.is_none_or(|only| only.contains(room)))
+        .filter_map(|(room, last)| last.map(|last| (room, last)))
+        .collect();
+    if seen.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<RoomName> = seen.iter().map(|(room, _)| room.clone()).collect();
+    let stored = store.last_seqs(&names).await?;
+    for (room, seen) in seen {
+        let Some(&last) = stored.get(&room) else {
+            continue;
+        };
+        if last <= seen {
+            continue;
+        }
+        let after = seen.max(last.saturating_sub(u64::from(POLL_PAGE)));
+        let missed: Vec<StoredMessage> = store.read_after(&room, after, POLL_PAGE).await?;
+        tracing::debug!(room = %room, count = missed.len(), "delivering messages from storage");
+        let missed: Vec<&StoredMessage> = missed.iter().collect();
+        rooms.publish(&missed);
+    }
+    Ok(())
+}

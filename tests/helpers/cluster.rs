@@ -1,0 +1,189 @@
+//! Cluster tests: a NATS server of the test's own that it can stop and
+//! restart, unique cluster names, and chatd nodes (in-process or the real
+//! binary, which a test can SIGKILL).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Bearer, Client, SECRET, TestDb, TestServer, config, within};
+
+/// The machine's NATS, shared by tests that do not stop it.
+pub const SHARED_NATS: &str = "nats://127.0.0.1:4222";
+
+/// A cluster name no other test (or run) uses, so tests sharing one NATS
+/// do not hear each other.
+pub fn unique_cluster(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t_{tag}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    )
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A nats-server process of this test's own, on a fixed port so that it
+/// can be stopped and started again where clients expect it.
+pub struct Nats {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        let mut nats = Nats {
+            port: free_port(),
+            child: None,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (is it installed?)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        within(async {
+            while tokio::net::TcpStream::connect(&addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The flags of a node of `cluster` on `nats`.
+pub fn node_args<'a>(nats: &'a str, cluster: &'a str, presence_timeout: &'a str) -> Vec<&'a str> {
+    vec![
+        "--nats-url",
+        nats,
+        "--cluster-name",
+        cluster,
+        "--presence-timeout",
+        presence_timeout,
+    ]
+}
+
+/// `count` in-process nodes of one cluster on `db`.
+pub async fn start_nodes(
+    db: &TestDb,
+    nats: &str,
+    cluster: &str,
+    presence_timeout: &str,
+    count: usize,
+) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let args = node_args(nats, cluster, presence_timeout);
+        nodes.push(TestServer::start_with(config(&db.url, &args)).await);
+    }
+    nodes
+}
+
+/// The real chatd binary as a cluster node, which a test can SIGKILL.
+pub struct NodeProcess {
+    child: Child,
+    pub addr: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl NodeProcess {
+    pub async fn start(db: &TestDb, nats: &str, cluster: &str, presence_timeout: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .arg("serve")
+            .args(super::server_args(&db.url))
+            .args(node_args(nats, cluster, presence_timeout))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chatd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("chatd: {line}");
+                if let Some(rest) = line.split("addr=").nth(1)
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                lines.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = within(addr_rx).await.expect("chatd printed its address");
+        NodeProcess { child, addr, log }
+    }
+
+    pub async fn client(&self, user: &str) -> Client {
+        let token = chatd::auth::Keys::new(SECRET.as_bytes())
+            .mint(user, None, Some(Duration::from_secs(3600)))
+            .expect("mint");
+        let channel = within(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                .expect("endpoint")
+                .connect(),
+        )
+        .await
+        .expect("connect to chatd");
+        chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
+            channel,
+            Bearer::new(&token),
+        )
+    }
+
+    /// SIGKILL: no goodbye to anyone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
