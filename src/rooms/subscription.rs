@@ -1,0 +1,193 @@
+//! One JoinRoom stream's reader: the ring as a fast path, storage for everything else.
+
+use super::*;
+
+/// The most messages a catch-up reads from storage at a time.
+const REPLAY_PAGE_MAX: usize = 256;
+/// The most bytes a catch-up page may take, counting each message at its
+/// largest possible size ([`proto::message_size_bound`]); at least one
+/// message is read.
+const REPLAY_PAGE_BYTES: usize = 256 * 1024;
+/// Bytes a stream moves from the ring to its own queue at a time (at least
+/// one event): what a stalled stream can pin after the ring dropped it.
+const TAKE_BYTES: usize = 64 * 1024;
+
+/// One JoinRoom stream's reader.
+#[derive(Debug)]
+pub struct Subscription {
+    pub(super) guard: Membership,
+    pub(super) store: Store,
+    /// Cancelled when the server shuts down: interrupts a catch-up read or
+    /// a wait for budget. Waiting streams learn of shutdown from the room.
+    pub(super) shutdown: CancellationToken,
+    /// The ring position this stream reads next.
+    pub(super) cursor: u64,
+    /// Presence events before this ring position are already in the member
+    /// list the stream sent: they are skipped.
+    pub(super) presence_from: u64,
+    /// The seq this stream owes its client next.
+    pub(super) next_seq: u64,
+    /// Whether to read from storage before reading the ring again.
+    pub(super) catching_up: bool,
+    /// Whether presence events were dropped, so a fresh `joined` is owed
+    /// once caught up.
+    pub(super) resync_members: bool,
+    /// Events ready to send: a catch-up page or what one look at the ring
+    /// took (about [`TAKE_BYTES`]).
+    pub(super) pending: VecDeque<EncodedEvent>,
+    /// The user's budget held by the catch-up page in `pending`, given back
+    /// once the page has gone to the encoder.
+    pub(super) page_charge: Option<Charge>,
+    /// Whether the stream has ended (after an error status).
+    pub(super) done: bool,
+}
+
+impl Subscription {
+    /// The next event for the client; `None` ends the stream.
+    pub async fn next(&mut self) -> Option<std::result::Result<EncodedEvent, Status>> {
+        if self.done {
+            return None;
+        }
+        match self.next_inner().await {
+            Ok(event) => Some(Ok(event)),
+            Err(status) => {
+                self.done = true;
+                Some(Err(status))
+            }
+        }
+    }
+
+    async fn next_inner(&mut self) -> std::result::Result<EncodedEvent, Status> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            self.page_charge = None;
+            if self.catching_up {
+                // Boxed: the storage read's state would otherwise make every
+                // idle stream as large as a busy one.
+                Box::pin(self.catch_up()).await?;
+                continue;
+            }
+            if self.take()? {
+                continue;
+            }
+            // Register for the next wake-up before looking again, so a
+            // publish between the look and the wait is not missed.
+            let room = self.guard.room.clone();
+            let notified = room.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.take()? {
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    /// Moves what is new in the ring into `pending` (or notes that the ring
+    /// left this stream behind); returns whether there is anything to do.
+    fn take(&mut self) -> std::result::Result<bool, Status> {
+        let state = self.guard.room.lock();
+        if state.closed {
+            return Err(Error::ShuttingDown.into());
+        }
+        let ring = &state.ring;
+        if self.cursor < ring.start {
+            tracing::debug!(room = %self.guard.room.name, missed = ring.start - self.cursor, "stream fell behind; catching up from storage");
+            // Everything before the ring's end is stored by now: storage
+            // has it, and presence is re-sent as a fresh member list.
+            self.cursor = ring.end();
+            self.catching_up = true;
+            self.resync_members = true;
+            return Ok(true);
+        }
+        let mut taken = 0;
+        let mut progressed = false;
+        while self.cursor < ring.end() && taken < TAKE_BYTES && !self.catching_up {
+            let index = (self.cursor - ring.start) as usize;
+            let position = self.cursor;
+            self.cursor += 1;
+            progressed = true;
+            match &ring.events[index] {
+                Event::Presence { user_id, bytes } => {
+                    if position >= self.presence_from && *user_id != self.guard.identity.user_id {
+                        taken += bytes.len();
+                        self.pending.push_back(EncodedEvent(bytes.clone()));
+                    }
+                }
+                Event::Messages(batch) => {
+                    for (seq, bytes) in batch.iter() {
+                        if *seq < self.next_seq {
+                            continue;
+                        }
+                        if *seq > self.next_seq {
+                            // A seq is missing before this one: storage has
+                            // it and the rest.
+                            self.catching_up = true;
+                            break;
+                        }
+                        self.next_seq += 1;
+                        taken += bytes.len();
+                        self.pending.push_back(EncodedEvent(bytes.clone()));
+                    }
+                }
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Reads the next page of messages this stream owes from storage,
+    /// charging the page to the user's budget until it has been sent.
+    async fn catch_up(&mut self) -> std::result::Result<(), Status> {
+        let rooms = &self.guard.rooms;
+        let bound = rooms.message_bound;
+        let limit = (REPLAY_PAGE_BYTES / bound).clamp(1, REPLAY_PAGE_MAX);
+        let user = &self.guard.identity.user_id;
+        let mut charge = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
+            charge = rooms.quotas.charge(user, limit * bound) => charge?,
+        };
+        let room = &self.guard.room.name;
+        let page = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
+            page = self.store.read_after(room, self.next_seq - 1, limit as u32) => page?,
+        };
+        if page.len() < limit {
+            // Everything committed before the read is in the page; anything
+            // later comes through the ring, whose position we took first.
+            self.catching_up = false;
+        }
+        let mut bytes = 0;
+        for m in &page {
+            if m.seq != self.next_seq {
+                tracing::error!(room = %room, expected = self.next_seq, found = m.seq, "gap in stored seqs");
+                return Err(Status::internal("internal error"));
+            }
+            self.next_seq += 1;
+            let event = EncodedEvent::encode(WireEvent::Message(proto::Message::from(m)));
+            bytes += event.0.len();
+            self.pending.push_back(event);
+        }
+        charge.shrink_to(bytes);
+        self.page_charge = Some(charge);
+        if !self.catching_up && self.resync_members {
+            self.resync_members = false;
+            let (members, ring_end) = {
+                let state = self.guard.room.lock();
+                (Room::members(&state), state.ring.end())
+            };
+            // Presence events already in the ring are in this list.
+            self.presence_from = ring_end;
+            self.pending
+                .push_back(EncodedEvent::encode(WireEvent::Joined(proto::Joined {
+                    room: room.to_string(),
+                    members,
+                    last_seq: self.next_seq - 1,
+                })));
+        }
+        Ok(())
+    }
+}
