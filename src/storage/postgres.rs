@@ -17,9 +17,10 @@ use diesel_async::{
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
+use super::Appended;
+use super::batch::{AppendBatch, Key, assemble, fresh_of, keys_of, lookup_args, plan};
 use super::models::MessageRow;
 use super::schema::messages;
-use super::{AppendBatch, Appended, Key, assemble, fresh_of, keys_of, lookup_args, plan};
 use crate::domain::{NewMessage, StoredMessage};
 use crate::error::{Error, Result};
 

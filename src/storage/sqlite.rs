@@ -28,9 +28,10 @@ use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
+use super::Appended;
+use super::batch::{AppendBatch, assemble, fresh_of, keys_of, lookup_args, plan};
 use super::models::{MessageRow, NewMessageRow};
 use super::schema::{messages, rooms};
-use super::{AppendBatch, Appended, assemble, fresh_of, keys_of, lookup_args, plan};
 use crate::domain::NewMessage;
 use crate::error::{Error, Result};
 
