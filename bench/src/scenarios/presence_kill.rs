@@ -286,7 +286,7 @@ pub async fn presence_kill(ctx: &Context, a: PresenceKillArgs) -> Result<Report>
             watch
                 .users
                 .get(*u)
-                .is_some_and(|s| s.present || s.joins > 1)
+                .is_some_and(|s| s.joins > 1 || (s.left_at.is_some() && s.present))
         })
         .count();
     let params = json!({
