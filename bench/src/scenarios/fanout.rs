@@ -25,6 +25,11 @@ pub struct FanoutArgs {
     /// Extra bytes of content per message.
     #[arg(long, default_value_t = 0)]
     payload: usize,
+    /// After the last send is acknowledged, wait at most this long for the
+    /// deliveries still due; whatever has not arrived then counts as lost
+    /// (instead of the run hanging until --timeout).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain: Duration,
 }
 
 #[derive(Default)]
@@ -46,6 +51,7 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
     let channels = ctx.channels(total_subs.div_ceil(per_conn)).await?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<()>>(total_subs.max(1));
     let mut subscribers = JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for s in 0..total_subs {
         let room = ctx.room(s % a.rooms.max(1));
         let channel = channels[s / per_conn].clone();
@@ -53,6 +59,7 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
         let meta = ctx.meta(&format!("sub-{s}"))?;
         let ready = ready_tx.clone();
         let delivered = delivered.clone();
+        let mut stop = stop_rx.clone();
         subscribers.spawn(async move {
             let mut out = SubscriberResult {
                 server,
@@ -75,7 +82,11 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
             drop(ready);
             let mut hist = histogram();
             while out.received < expected {
-                match stream.message().await {
+                let next = tokio::select! {
+                    next = stream.message() => next,
+                    _ = stop.wait_for(|stop| *stop) => break,
+                };
+                match next {
                     Ok(Some(lite::Response {
                         message: Some(m), ..
                     })) => {
@@ -159,6 +170,11 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
         done.map_err(|e| e.to_string())??;
     }
     let sent_at = start.elapsed();
+    let drain = a.drain;
+    let drained = tokio::spawn(async move {
+        tokio::time::sleep(drain).await;
+        let _ = stop_tx.send(true);
+    });
     let mut hist = histogram();
     let (mut received, mut out_of_order, mut resyncs) = (0, 0, 0);
     // Per server: subscribers, deliveries, latency.
@@ -177,6 +193,7 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
             let _ = place.2.add(h);
         }
     }
+    drained.abort();
     let elapsed = start.elapsed();
     drop(progress);
     let usage = ctx.usage(before);
