@@ -101,4 +101,9 @@ bench grpcnode-history $NODE $NODE_ADDR $NOAUTH history --messages 10000 --clien
 bench chatd-churn $CHATD $CHATD_ADDR "$CHATD_AUTH" churn --clients 64 --duration $DUR
 bench grpcnode-churn $NODE $NODE_ADDR $NOAUTH churn --clients 64 --duration $DUR
 
+# Scale-out (issue 8): the Socket.IO seed on its Redis adapter (two instances against one), and
+# chatd's cluster over NATS (two nodes against one, sends with and without NATS, presence after a
+# node is killed) when NATS answers and this build has --nats-url. See scripts/bench-cluster.sh.
+OUT=$OUT QUICK=$QUICK ADMIN_URL=$ADMIN_URL PEERS=$PEERS bash scripts/bench-cluster.sh
+
 python3 scripts/chart.py "$OUT"

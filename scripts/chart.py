@@ -128,12 +128,15 @@ def summary(directory):
         if "figures" not in run:
             print(
                 f"| {name} | {run['deliveries_per_s']:,} deliveries/s, {run['delivered']:,} of "
-                f"{run['expected']:,} delivered | {run['p50_ms']} / {run['p99_ms']} / - / - | - | "
+                f"{run['expected']:,} delivered"
+                + (f", {run['server_cpu_us_per_delivery']} µs server CPU/delivery" if "server_cpu_us_per_delivery" in run else "")
+                + f" | {run['p50_ms']} / {run['p99_ms']} / - / - | {run.get('server_cpu_seconds', '-')} | "
                 f"{'timed out' if run['timedOut'] else 'ok'} |"
             )
             continue
         figures = ", ".join(
-            f"{k} {v:,.0f}" if abs(v) >= 100 else f"{k} {v:.3g}" for k, v in run["figures"]
+            f"{k} -" if v is None else f"{k} {v:,.0f}" if abs(v) >= 100 else f"{k} {v:.3g}"
+            for k, v in run["figures"]
         )
         lat = run.get("latency")
         lat = f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f} / {lat['p999_ms']:.2f} / {lat['max_ms']:.2f}" if lat else "-"

@@ -6,8 +6,9 @@
 //! it also reads the server's CPU time and memory from `/proc`, so figures
 //! can be given per delivery whatever the load generator costs.
 //!
-//! Scenarios: `fanout`, `send`, `idle`, `history`, `churn` (see `--help` of
-//! each).
+//! Scenarios: `fanout`, `send`, `idle`, `history`, `churn`, `presence-kill`
+//! (see `--help` of each). With several `--addr` (the nodes of a cluster)
+//! the connections are spread over them round-robin.
 
 mod procstat;
 mod report;
@@ -31,9 +32,15 @@ struct Cli {
 /// Settings every scenario shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// The server's URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
+    /// The server's URL. Several (comma-separated or repeated), e.g. the
+    /// nodes of a cluster: connections are spread over them round-robin.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: Vec<String>,
     /// Secret to mint tokens with (chatd's CHAT_JWT_SECRET). Without it and
     /// without --data-dir, calls carry no token (for peers without auth).
     #[arg(long, global = true, env = "CHAT_JWT_SECRET", hide_env_values = true)]
@@ -44,9 +51,11 @@ pub struct Common {
     /// Send no token even if a secret is known.
     #[arg(long, global = true)]
     pub no_auth: bool,
-    /// The server's process id, to report its CPU and memory.
-    #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    /// The server's process id, to report its CPU and memory. Several
+    /// (comma-separated or repeated): figures are summed over them, and
+    /// each is also reported on its own.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Print the result as JSON on stdout instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -73,6 +82,9 @@ enum Scenario {
     History(scenarios::HistoryArgs),
     /// Clients joining and leaving continuously: joins/s with presence.
     Churn(scenarios::ChurnArgs),
+    /// Users on one node leave (or the node is killed): time until another
+    /// node's stream sees every member_left.
+    PresenceKill(scenarios::PresenceKillArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -100,6 +112,7 @@ fn main() -> std::process::ExitCode {
                 Scenario::Idle(a) => scenarios::idle(&ctx, a).await,
                 Scenario::History(a) => scenarios::history(&ctx, a).await,
                 Scenario::Churn(a) => scenarios::churn(&ctx, a).await,
+                Scenario::PresenceKill(a) => scenarios::presence_kill(&ctx, a).await,
             }
         };
         match tokio::time::timeout(common.timeout, work).await {

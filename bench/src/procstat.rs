@@ -56,15 +56,52 @@ fn clock_ticks_per_second() -> u64 {
     if ticks > 0 { ticks as u64 } else { 100 }
 }
 
+/// One reading of each of several processes (the nodes of a cluster).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot(pub Vec<(u32, Sample)>);
+
+impl Snapshot {
+    /// Reads every process; fails if any cannot be read.
+    pub fn take(pids: &[u32]) -> std::io::Result<Self> {
+        pids.iter()
+            .map(|&pid| sample(pid).map(|s| (pid, s)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map(Snapshot)
+    }
+
+    /// The processes together: CPU and RSS summed (peak RSS too, though
+    /// each process may have peaked at a different moment).
+    pub fn total(&self) -> Sample {
+        self.0.iter().fold(Sample::default(), |t, (_, s)| Sample {
+            cpu: t.cpu + s.cpu,
+            rss: t.rss + s.rss,
+            peak_rss: t.peak_rss + s.peak_rss,
+        })
+    }
+}
+
 /// Readings before and after a measured stretch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Usage {
-    pub before: Sample,
-    pub after: Sample,
+    pub before: Snapshot,
+    pub after: Snapshot,
 }
 
 impl Usage {
+    /// CPU used by all the processes together.
     pub fn cpu(&self) -> Duration {
-        self.after.cpu.saturating_sub(self.before.cpu)
+        self.after
+            .total()
+            .cpu
+            .saturating_sub(self.before.total().cpu)
+    }
+
+    /// Each process's readings: (pid, before, after).
+    pub fn per_process(&self) -> impl Iterator<Item = (u32, Sample, Sample)> + '_ {
+        self.before
+            .0
+            .iter()
+            .zip(&self.after.0)
+            .map(|((pid, b), (_, a))| (*pid, *b, *a))
     }
 }

@@ -31,22 +31,52 @@ impl Latency {
     }
 }
 
-/// The server's resource use during the measured stretch.
+/// The server's resource use during the measured stretch; with several
+/// `--server-pid`, the sum over them, and each one in `servers`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerUse {
     pub cpu_seconds: f64,
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
     pub peak_rss_bytes: u64,
+    /// Each server process on its own; only when there are several, so a
+    /// one-server report reads as before.
+    #[serde(skip_serializing_if = "fewer_than_two")]
+    pub servers: Vec<ProcessUse>,
+}
+
+/// One server process's share of a [`ServerUse`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessUse {
+    pub pid: u32,
+    pub cpu_seconds: f64,
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+fn fewer_than_two<T>(v: &[T]) -> bool {
+    v.len() < 2
 }
 
 impl From<Usage> for ServerUse {
     fn from(u: Usage) -> Self {
+        let (before, after) = (u.before.total(), u.after.total());
         ServerUse {
             cpu_seconds: u.cpu().as_secs_f64(),
-            rss_before_bytes: u.before.rss,
-            rss_after_bytes: u.after.rss,
-            peak_rss_bytes: u.after.peak_rss,
+            rss_before_bytes: before.rss,
+            rss_after_bytes: after.rss,
+            peak_rss_bytes: after.peak_rss,
+            servers: u
+                .per_process()
+                .map(|(pid, b, a)| ProcessUse {
+                    pid,
+                    cpu_seconds: a.cpu.saturating_sub(b.cpu).as_secs_f64(),
+                    rss_before_bytes: b.rss,
+                    rss_after_bytes: a.rss,
+                    peak_rss_bytes: a.peak_rss,
+                })
+                .collect(),
         }
     }
 }
@@ -63,6 +93,10 @@ pub struct Report {
     pub figures: Vec<(String, f64)>,
     pub latency: Option<Latency>,
     pub server: Option<ServerUse>,
+    /// With several `--addr`: what each server was given (subscribers,
+    /// senders) and what its clients saw. Absent with one server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<serde_json::Value>,
     /// Checks that must hold (nothing lost, everything stored); a failed
     /// check makes the exit status 2.
     pub checks: Vec<(String, bool)>,
@@ -78,6 +112,7 @@ impl Report {
             figures: Vec::new(),
             latency: None,
             server: None,
+            placement: Vec::new(),
             checks: Vec::new(),
         }
     }
@@ -125,6 +160,15 @@ impl Report {
                     mib(s.peak_rss_bytes)
                 ),
             );
+            for p in s.servers.iter().filter(|_| s.servers.len() > 1) {
+                out += &row(
+                    &format!("  pid {} cpu s / rss after", p.pid),
+                    format!("{:.2} / {:.1} MiB", p.cpu_seconds, mib(p.rss_after_bytes)),
+                );
+            }
+        }
+        for place in &self.placement {
+            out += &row("on server", place.to_string());
         }
         for (name, ok) in &self.checks {
             out += &row(name, if *ok { "ok".into() } else { "FAILED".into() });

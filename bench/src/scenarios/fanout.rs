@@ -25,10 +25,17 @@ pub struct FanoutArgs {
     /// Extra bytes of content per message.
     #[arg(long, default_value_t = 0)]
     payload: usize,
+    /// After the last send is acknowledged, wait at most this long for the
+    /// deliveries still due; whatever has not arrived then counts as lost
+    /// (instead of the run hanging until --timeout).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain: Duration,
 }
 
 #[derive(Default)]
 struct SubscriberResult {
+    /// Index into `--addr` of the server this subscriber's stream is on.
+    server: usize,
     received: u64,
     out_of_order: u64,
     resyncs: u64,
@@ -44,14 +51,20 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
     let channels = ctx.channels(total_subs.div_ceil(per_conn)).await?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<()>>(total_subs.max(1));
     let mut subscribers = JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for s in 0..total_subs {
         let room = ctx.room(s % a.rooms.max(1));
         let channel = channels[s / per_conn].clone();
+        let server = ctx.server_of(s / per_conn);
         let meta = ctx.meta(&format!("sub-{s}"))?;
         let ready = ready_tx.clone();
         let delivered = delivered.clone();
+        let mut stop = stop_rx.clone();
         subscribers.spawn(async move {
-            let mut out = SubscriberResult::default();
+            let mut out = SubscriberResult {
+                server,
+                ..Default::default()
+            };
             let mut stream = match join_lite(channel, meta, room).await {
                 Ok(stream) => stream,
                 Err(e) => {
@@ -69,7 +82,11 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
             drop(ready);
             let mut hist = histogram();
             while out.received < expected {
-                match stream.message().await {
+                let next = tokio::select! {
+                    next = stream.message() => next,
+                    _ = stop.wait_for(|stop| *stop) => break,
+                };
+                match next {
                     Ok(Some(lite::Response {
                         message: Some(m), ..
                     })) => {
@@ -108,9 +125,15 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
     let mut senders: JoinSet<Result<()>> = JoinSet::new();
     let padding = "x".repeat(a.payload);
     let mut sender_clients = Vec::new();
+    // Senders take the servers in turn too, so with several --addr every
+    // server has senders (and every subscriber gets messages sent through
+    // other servers than its own).
+    let mut senders_on = vec![0usize; ctx.servers()];
     for r in 0..a.rooms {
         for s in 0..a.senders {
-            let channel = ctx.channel().await?;
+            let server = ctx.server_of(r * a.senders + s);
+            senders_on[server] += 1;
+            let channel = ctx.channel_to(server).await?;
             sender_clients.push((
                 ctx.room(r),
                 ctx.client(channel, &format!("sender-{r}-{s}"))?,
@@ -147,17 +170,30 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
         done.map_err(|e| e.to_string())??;
     }
     let sent_at = start.elapsed();
+    let drain = a.drain;
+    let drained = tokio::spawn(async move {
+        tokio::time::sleep(drain).await;
+        let _ = stop_tx.send(true);
+    });
     let mut hist = histogram();
     let (mut received, mut out_of_order, mut resyncs) = (0, 0, 0);
+    // Per server: subscribers, deliveries, latency.
+    let mut on: Vec<(u64, u64, Histogram<u64>)> =
+        (0..ctx.servers()).map(|_| (0, 0, histogram())).collect();
     while let Some(done) = subscribers.join_next().await {
         let r = done.map_err(|e| e.to_string())?;
         received += r.received;
         out_of_order += r.out_of_order;
         resyncs += r.resyncs;
+        let place = &mut on[r.server];
+        place.0 += 1;
+        place.1 += r.received;
         if let Some(h) = r.latency {
-            let _ = hist.add(h);
+            let _ = hist.add(&h);
+            let _ = place.2.add(h);
         }
     }
+    drained.abort();
     let elapsed = start.elapsed();
     drop(progress);
     let usage = ctx.usage(before);
@@ -185,6 +221,19 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
         report.server = Some(u.into());
     }
     report.latency = Some(Latency::from_micros(&hist));
+    if ctx.servers() > 1 {
+        report.placement = on
+            .iter()
+            .enumerate()
+            .map(|(i, (subs, got, h))| {
+                let l = Latency::from_micros(h);
+                json!({
+                    "addr": ctx.addr(i), "subscribers": subs, "senders": senders_on[i],
+                    "deliveries": got, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms,
+                })
+            })
+            .collect();
+    }
     report
         .check("nothing lost", received == expected_total)
         .check("in order, no gaps", out_of_order == 0);

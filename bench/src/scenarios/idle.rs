@@ -83,7 +83,10 @@ pub async fn idle(ctx: &Context, a: IdleArgs) -> Result<Report> {
             "joins/s (first stream per connection)",
             a.clients as f64 / joined_in.as_secs_f64(),
         );
-    if let (Some(b), Some(c)) = (before, with_conns) {
+    let total = |s: &Option<procstat::Snapshot>| s.as_ref().map(procstat::Snapshot::total);
+    let (before_rss, with_conns, with_streams) =
+        (total(&before), total(&with_conns), total(&with_streams));
+    if let (Some(b), Some(c)) = (before_rss, with_conns) {
         report.figure(
             "server RSS KB per connection+stream",
             c.rss.saturating_sub(b.rss) as f64 / 1024.0 / a.clients.max(1) as f64,

@@ -28,12 +28,14 @@ mod churn;
 mod fanout;
 mod history;
 mod idle;
+mod presence_kill;
 mod send;
 
 pub use churn::{ChurnArgs, churn};
 pub use fanout::{FanoutArgs, fanout};
 pub use history::{HistoryArgs, history};
 pub use idle::{IdleArgs, idle};
+pub use presence_kill::{PresenceKillArgs, presence_kill};
 pub use send::{SendArgs, send};
 
 type Result<T, E = String> = std::result::Result<T, E>;
@@ -111,32 +113,66 @@ impl Context {
         format!("{}-{i}", self.prefix)
     }
 
-    async fn channel(&self) -> Result<Channel> {
-        Endpoint::from_shared(self.common.addr.clone())
-            .map_err(|e| format!("--addr: {e}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.common.addr))
+    /// How many servers (`--addr`) the connections are spread over.
+    fn servers(&self) -> usize {
+        self.common.addr.len().max(1)
     }
 
+    /// The server that the `i`-th connection of a group goes to:
+    /// round-robin over `--addr`.
+    fn server_of(&self, i: usize) -> usize {
+        i % self.servers()
+    }
+
+    fn addr(&self, server: usize) -> &str {
+        self.common
+            .addr
+            .get(server)
+            .map_or("http://127.0.0.1:50051", String::as_str)
+    }
+
+    fn endpoint(&self, server: usize) -> Result<Endpoint> {
+        Ok(Endpoint::from_shared(self.addr(server).to_string())
+            .map_err(|e| format!("--addr {}: {e}", self.addr(server)))?
+            .tcp_nodelay(true))
+    }
+
+    /// A connection to the first server.
+    async fn channel(&self) -> Result<Channel> {
+        self.channel_to(0).await
+    }
+
+    /// A connection to `--addr` number `server`.
+    async fn channel_to(&self, server: usize) -> Result<Channel> {
+        self.endpoint(server)?
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.addr(server)))
+    }
+
+    /// `n` connections, the `i`-th to server [`Self::server_of`]`(i)`.
     async fn channels(&self, n: usize) -> Result<Vec<Channel>> {
+        let servers: Vec<usize> = (0..n).map(|i| self.server_of(i)).collect();
+        self.channels_to(&servers).await
+    }
+
+    /// A connection to each of the given servers (indices into `--addr`).
+    async fn channels_to(&self, servers: &[usize]) -> Result<Vec<Channel>> {
         let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
         let mut set = JoinSet::new();
-        for i in 0..n {
-            let endpoint = Endpoint::from_shared(self.common.addr.clone())
-                .map_err(|e| format!("--addr: {e}"))?
-                .tcp_nodelay(true);
+        for (i, &server) in servers.iter().enumerate() {
+            let endpoint = self.endpoint(server)?;
+            let addr = self.addr(server).to_string();
             let gate = gate.clone();
             set.spawn(async move {
                 let _permit = gate.acquire().await;
-                (i, endpoint.connect().await)
+                (i, endpoint.connect().await.map_err(|e| (addr, e)))
             });
         }
-        let mut out: Vec<Option<Channel>> = vec![None; n];
+        let mut out: Vec<Option<Channel>> = vec![None; servers.len()];
         while let Some(joined) = set.join_next().await {
             let (i, channel) = joined.map_err(|e| e.to_string())?;
-            out[i] = Some(channel.map_err(|e| format!("connecting: {e}"))?);
+            out[i] = Some(channel.map_err(|(addr, e)| format!("connecting to {addr}: {e}"))?);
         }
         Ok(out.into_iter().flatten().collect())
     }
@@ -168,13 +204,15 @@ impl Context {
         Ok(Meta { auth, user })
     }
 
-    fn sample(&self) -> Option<procstat::Sample> {
-        self.common
-            .server_pid
-            .and_then(|pid| procstat::sample(pid).ok())
+    /// Every `--server-pid` now; `None` without one, or if one cannot be read.
+    fn sample(&self) -> Option<procstat::Snapshot> {
+        if self.common.server_pid.is_empty() {
+            return None;
+        }
+        procstat::Snapshot::take(&self.common.server_pid).ok()
     }
 
-    fn usage(&self, before: Option<procstat::Sample>) -> Option<Usage> {
+    fn usage(&self, before: Option<procstat::Snapshot>) -> Option<Usage> {
         Some(Usage {
             before: before?,
             after: self.sample()?,

@@ -80,16 +80,24 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
             for outcome in in_flight.drain().await {
                 record(outcome);
             }
-            (hist, stored, errors, client)
+            (i, hist, stored, errors, client)
         });
     }
     let mut hist = histogram();
     let mut stored = Vec::new();
     let mut errors = 0;
     let mut client = None;
+    // Per server: senders, acks, errors, ack latency.
+    let mut on: Vec<(u64, u64, u64, Histogram<u64>)> =
+        (0..ctx.servers()).map(|_| (0, 0, 0, histogram())).collect();
     while let Some(done) = set.join_next().await {
-        let (h, s, e, c) = done.map_err(|e| e.to_string())?;
-        let _ = hist.add(h);
+        let (i, h, s, e, c) = done.map_err(|e| e.to_string())?;
+        let place = &mut on[ctx.server_of(i)];
+        place.0 += 1;
+        place.1 += s.len() as u64;
+        place.2 += e;
+        let _ = hist.add(&h);
+        let _ = place.3.add(h);
         stored.extend(s);
         errors += e;
         client = Some(c);
@@ -115,6 +123,21 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
         report.server = Some(u.into());
     }
     report.latency = Some(Latency::from_micros(&hist));
+    if ctx.servers() > 1 {
+        report.placement = on
+            .iter()
+            .enumerate()
+            .map(|(i, (senders, acks, errors, h))| {
+                let l = Latency::from_micros(h);
+                json!({
+                    "addr": ctx.addr(i), "senders": senders, "acknowledged": acks,
+                    "errors": errors, "ack_p50_ms": l.p50_ms, "ack_p99_ms": l.p99_ms,
+                })
+            })
+            .collect();
+    }
+    // With several servers, history is read back through one of them: every
+    // acknowledged send, whichever server stored it, must be there.
     if !a.no_verify
         && let Some(mut client) = client
     {
