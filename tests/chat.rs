@@ -1,30 +1,8 @@
 //! chatd end to end: a real server on loopback, a real PostgreSQL database
 //! per test, tonic clients.
 
+#[macro_use]
 mod helpers;
-
-/// Runs each named test body once on PostgreSQL and once on SQLite: the
-/// tests are `postgres::NAME` and `sqlite::NAME`.
-macro_rules! on_both_backends {
-    ($($name:ident: $body:path),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $body(crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $body(crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends! {
     two_users_join_talk_and_leave: crate::two_users_join_talk_and_leave,

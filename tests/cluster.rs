@@ -267,7 +267,7 @@ async fn a_killed_node_s_members_leave_everywhere_and_its_clients_resume_elsewhe
     let db = TestDb::postgres().await;
     let cluster = unique_cluster("kill");
     let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 2).await;
-    let mut doomed = NodeProcess::start(&db, SHARED_NATS, &cluster, "3s").await;
+    let mut doomed = NodeProcess::start_node(&db, SHARED_NATS, &cluster, "3s").await;
     let room = "ops";
     let mut watches = Vec::new();
     for (i, node) in nodes.iter().enumerate() {

@@ -2,29 +2,8 @@
 //! may lock everyone out, nothing is held forever, and shutdown keeps to
 //! its grace period.
 
+#[macro_use]
 mod helpers;
-
-/// Runs each named test body once on PostgreSQL and once on SQLite.
-macro_rules! on_both_backends {
-    ($($name:ident: $body:path),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $body(crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $body(crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends! {
     silent_sockets_cannot_lock_clients_out: crate::silent_sockets_cannot_lock_clients_out,

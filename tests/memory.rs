@@ -7,28 +7,8 @@
 //! PostgreSQL server answers the many concurrent reads faster than one
 //! SQLite file.
 
+#[macro_use]
 mod helpers;
-
-macro_rules! on_both_backends {
-    ($($name:ident: $body:path),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $body(crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $body(crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends! {
     a_failed_join_is_never_announced: crate::a_failed_join_is_never_announced,

@@ -2,28 +2,8 @@
 //! hold, `chatd token` never making up a secret, absolute paths at start-up
 //! and private files on disk.
 
+#[macro_use]
 mod helpers;
-
-macro_rules! on_both_backends {
-    ($($name:ident: $body:path),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $body(crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    $body(crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends! {
     tokens_without_exp_are_refused_unless_allowed: crate::tokens_without_exp_are_refused_unless_allowed,

@@ -2,13 +2,11 @@
 //! restart, unique cluster names, and chatd nodes (in-process or the real
 //! binary, which a test can SIGKILL).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Bearer, Client, SECRET, TestDb, TestServer, config, within};
+use super::{TestDb, TestServer, config, within};
 
 /// The machine's NATS, shared by tests that do not stop it.
 pub const SHARED_NATS: &str = "nats://127.0.0.1:4222";
@@ -120,70 +118,15 @@ pub async fn start_nodes(
 }
 
 /// The real chatd binary as a cluster node, which a test can SIGKILL.
-pub struct NodeProcess {
-    child: Child,
-    pub addr: String,
-    pub log: Arc<Mutex<Vec<String>>>,
-}
+pub type NodeProcess = super::database::Process;
 
 impl NodeProcess {
-    pub async fn start(db: &TestDb, nats: &str, cluster: &str, presence_timeout: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .arg("serve")
-            .args(super::server_args(&db.url))
-            .args(node_args(nats, cluster, presence_timeout))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chatd");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("chatd: {line}");
-                if let Some(rest) = line.split("addr=").nth(1)
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-                lines.lock().expect("log lock").push(line);
-            }
-        });
-        let addr = within(addr_rx).await.expect("chatd printed its address");
-        NodeProcess { child, addr, log }
-    }
-
-    pub async fn client(&self, user: &str) -> Client {
-        let token = chatd::auth::Keys::new(SECRET.as_bytes())
-            .mint(user, None, Some(Duration::from_secs(3600)))
-            .expect("mint");
-        let channel = within(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-                .expect("endpoint")
-                .connect(),
-        )
-        .await
-        .expect("connect to chatd");
-        chatd::proto::chat_service_client::ChatServiceClient::with_interceptor(
-            channel,
-            Bearer::new(&token),
-        )
-    }
-
-    /// SIGKILL: no goodbye to anyone.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill9();
+    pub async fn start_node(
+        db: &TestDb,
+        nats: &str,
+        cluster: &str,
+        presence_timeout: &str,
+    ) -> Self {
+        Self::spawn(&db.url, &node_args(nats, cluster, presence_timeout), None).await
     }
 }

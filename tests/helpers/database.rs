@@ -134,15 +134,24 @@ pub struct Process {
 
 impl Process {
     pub async fn start(db_url: &str, dir: &std::path::Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        Self::spawn(db_url, &[], Some(dir)).await
+    }
+
+    /// The binary on `db_url` with the test flags plus `extra`, and
+    /// `CHAT_DATA_DIR` = `dir` when given.
+    pub async fn spawn(db_url: &str, extra: &[&str], dir: Option<&std::path::Path>) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chatd"));
+        command
             .arg("serve")
             .args(super::server_args(db_url))
-            .env("CHAT_DATA_DIR", dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chatd");
+            .stderr(Stdio::piped());
+        if let Some(dir) = dir {
+            command.env("CHAT_DATA_DIR", dir);
+        }
+        let mut child = command.spawn().expect("start chatd");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
@@ -195,9 +204,16 @@ impl Process {
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
+impl Process {
+    /// SIGKILL: no goodbye to anyone.
+    pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

@@ -6,6 +6,30 @@
 
 #![allow(dead_code)]
 
+/// Runs each named test body once on PostgreSQL and once on SQLite: the
+/// tests are `postgres::NAME` and `sqlite::NAME`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident: $body:path),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $body(crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $body(crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+
 pub mod cluster;
 pub mod connections;
 pub mod memory;
