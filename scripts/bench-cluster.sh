@@ -205,6 +205,14 @@ chatd_section() {
   cbench "chatd-single-fanout-$SUBS" "http://$single" "$S" "${fan[@]}"
   cbench "chatd-2nodes-fanout-$SUBS" "http://$a,http://$b" "$A,$B" "${fan[@]}"
   cbench "chatd-single-fanout-$SUBS-again" "http://$single" "$S" "${fan[@]}"
+  # Group commit makes the cost per delivery depend on the senders per node (each commit
+  # wakes every stream once): two nodes with the same senders per node as the single one,
+  # and one node with the senders per node of the two-node run.
+  local half=$(( SENDERS / 2 )) twice=$(( SENDERS * 2 ))
+  cbench "chatd-2nodes-fanout-$SUBS-s$twice" "http://$a,http://$b" "$A,$B" \
+    fanout --subscribers "$SUBS" --senders "$twice" --messages $(( MSGS * SENDERS / twice ))
+  cbench "chatd-single-fanout-$SUBS-s$half" "http://$single" "$S" \
+    fanout --subscribers "$SUBS" --senders "$half" --messages $(( MSGS * SENDERS / half ))
   # Persisted sends: without NATS, one cluster node (NATS on the send path), two nodes.
   local snd=(send --senders 64 --rooms 100 --duration "$DUR")
   cbench chatd-single-send "http://$single" "$S" "${snd[@]}"

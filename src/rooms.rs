@@ -30,12 +30,15 @@ use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
 use crate::quota::{Charge, Quotas, StreamSlot};
 use crate::storage::Store;
 
+mod order;
 mod ring;
 mod subscription;
 
+pub use order::HOLD;
 pub use subscription::Subscription;
 
 use bytes::Bytes;
+use order::Reorder;
 use ring::{Event, Ring, RingLimits, chunks, encode_message};
 
 /// A user present in a room.
@@ -68,6 +71,8 @@ struct RoomState {
     last_seq: Option<u64>,
     /// Set by [`Rooms::close`]: streams end with UNAVAILABLE.
     closed: bool,
+    /// Cluster only: messages that arrived ahead of a missing seq.
+    order: Reorder,
 }
 
 impl RoomState {
@@ -138,6 +143,9 @@ impl Room {
     }
 }
 
+/// The most messages one gap fill reads.
+const FILL_PAGE: u32 = 256;
+
 /// The registry of rooms with open streams.
 #[derive(Debug)]
 pub struct Rooms {
@@ -155,6 +163,12 @@ pub struct Rooms {
     /// first stream opened or last closed), so the node announces them.
     /// Bounded; a change it drops goes out with the next periodic snapshot.
     presence_changes: std::sync::OnceLock<tokio::sync::mpsc::Sender<RoomName>>,
+    /// Cluster only: whether rooms put messages back in seq order before
+    /// the ring (one node's own commits arrive in order already).
+    ordered: bool,
+    /// Woken when a room starts holding messages behind a gap, for
+    /// [`Rooms::fill_gaps`].
+    gaps: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +190,8 @@ impl Rooms {
             message_bound: proto::message_size_bound(config.max_message_bytes as usize),
             changed: Notify::new(),
             presence_changes: std::sync::OnceLock::new(),
+            ordered: config.nats_url.is_some(),
+            gaps: Notify::new(),
         }
     }
 
@@ -231,16 +247,83 @@ impl Rooms {
         let Some(newest) = messages.iter().map(|(seq, _)| *seq).max() else {
             return;
         };
-        let events = chunks(messages);
-        {
+        let (pushed, holding) = {
             let mut state = room.lock();
             state.learn_last_seq(newest);
-            for event in events {
+            let ready;
+            let ready = if self.ordered {
+                ready = state.order.accept(messages, self.limits.bytes);
+                &ready[..]
+            } else {
+                messages
+            };
+            for event in chunks(ready) {
                 state.ring.push(event, self.limits);
             }
+            (!ready.is_empty(), state.order.holding())
+        };
+        if pushed {
+            // One wake-up per waiting stream for the whole batch.
+            room.notify.notify_waiters();
         }
-        // One wake-up per waiting stream for the whole batch.
-        room.notify.notify_waiters();
+        if holding {
+            self.gaps.notify_one();
+        }
+    }
+
+    /// Cluster only: fills the gaps rooms hold messages behind, each with
+    /// one storage read once it has been open for [`HOLD`]; if the read
+    /// fails, the held messages go into the ring as they are and the
+    /// streams read the gap themselves. Ends at `stop`.
+    pub async fn fill_gaps(self: Arc<Self>, store: Store, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.gaps.notified() => {}
+            }
+            let mut holding = true;
+            while holding {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(HOLD) => {}
+                }
+                let rooms: Vec<Arc<Room>> = self.map().rooms.values().cloned().collect();
+                holding = false;
+                for room in rooms {
+                    let overdue = {
+                        let state = room.lock();
+                        holding |= state.order.holding();
+                        state.order.overdue(HOLD)
+                    };
+                    if let Some((after, missing)) = overdue {
+                        self.fill_gap(&room, &store, after, missing).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the `missing` seqs after `after` of `room` and publishes them
+    /// (which releases what was held behind them).
+    async fn fill_gap(&self, room: &Arc<Room>, store: &Store, after: u64, missing: u32) {
+        let limit = missing.clamp(1, FILL_PAGE);
+        match store.read_after(&room.name, after, limit).await {
+            Ok(found) if !found.is_empty() => {
+                let found: Vec<&StoredMessage> = found.iter().collect();
+                self.publish(&found);
+            }
+            result => {
+                if let Err(e) = result {
+                    tracing::debug!(room = %room.name, error = %e, "filling a gap from storage failed");
+                }
+                let mut state = room.lock();
+                let held = state.order.release();
+                for event in chunks(&held) {
+                    state.ring.push(event, self.limits);
+                }
+                room.notify.notify_waiters();
+            }
+        }
     }
 
     /// The rooms with streams here and, for each, the newest seq the room
@@ -380,7 +463,11 @@ impl Rooms {
             Some(last) => last,
             None => {
                 let read = store.last_seq(&room).await?;
-                guard.room.lock().learn_last_seq(read)
+                let mut state = guard.room.lock();
+                if self.ordered {
+                    state.order.start(read);
+                }
+                state.learn_last_seq(read)
             }
         };
         let start_after = match resume_after {

@@ -329,6 +329,7 @@ async fn start_cluster(
         tracker.clone(),
         stop.clone(),
     ));
+    tracker.spawn(rooms.clone().fill_gaps(store.clone(), stop.clone()));
     tracker.spawn(poll_storage(
         cluster.clone(),
         rooms.clone(),
