@@ -98,7 +98,10 @@ impl Application {
                 path.display()
             )));
         }
-        let cluster = config.nats_url.is_some();
+        let cluster = config
+            .nats_url
+            .as_ref()
+            .map(|_| config.cluster_name.as_str());
         let serve_lock = ServeLock::take(&location, cluster, config.db_timeout).await?;
         let store = Store::open(
             location,

@@ -17,8 +17,25 @@ use helpers::{Backend, TestDb, TestServer, config, send_request, within};
 /// cluster bus has landed) to the local NATS the test suite assumes.
 const NATS: &str = "nats://127.0.0.1:4222";
 
+/// A cluster node's config: the cluster is named after the test's own
+/// database, so tests never share NATS subjects.
 fn cluster_config(db: &TestDb) -> chatd::config::Config {
-    config(&db.url, &["--nats-url", NATS])
+    named_cluster_config(db, &cluster_of(db))
+}
+
+fn named_cluster_config(db: &TestDb, name: &str) -> chatd::config::Config {
+    config(&db.url, &["--nats-url", NATS, "--cluster-name", name])
+}
+
+/// The last 64 letters, digits and '_' of the database's URL: unique per
+/// test (a PostgreSQL database's name, a SQLite file's directory).
+fn cluster_of(db: &TestDb) -> String {
+    let name: Vec<char> = db
+        .url
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    name[name.len().saturating_sub(64)..].iter().collect()
 }
 
 async fn build_err(config: chatd::config::Config) -> String {
@@ -213,6 +230,37 @@ async fn single_and_cluster_nodes_do_not_mix() {
     let e = build_err(config(&db.url, &[])).await;
     assert!(e.contains("CHAT_NATS_URL"), "{e}");
     drop((one, two));
+}
+
+/// Two clusters (different CHAT_CLUSTER_NAME) on one database would each
+/// see the other's messages only through the poll: the second is refused
+/// with a message naming the setting, and a node of the first still starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cluster_on_one_database_is_refused() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let one = within(chatd::Application::build(cluster_config(&db)))
+        .await
+        .expect("a cluster node starts");
+    let other = format!("other-{}", cluster_of(&db));
+    let other = &other[..other.len().min(64)];
+    let e = build_err(named_cluster_config(&db, other)).await;
+    assert!(e.contains("CHAT_CLUSTER_NAME"), "{e}");
+    let two = within(chatd::Application::build(cluster_config(&db)))
+        .await
+        .expect("a second node of the same cluster starts");
+    drop((one, two));
+    // Once the first cluster is gone, the other may serve the database.
+    let three = within(async {
+        loop {
+            match chatd::Application::build(named_cluster_config(&db, other)).await {
+                Ok(app) => return app,
+                // The dropped nodes' lock sessions end asynchronously.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    drop(three);
 }
 
 /// When the lock's connection dies (a database restart), the node takes

@@ -7,8 +7,12 @@
 //! - PostgreSQL: a session advisory lock on [`SERVE_LOCK`], on a connection
 //!   of its own. A single node (no `CHAT_NATS_URL`) takes it exclusive, a
 //!   cluster node shared: single + single and single + cluster refuse,
-//!   cluster + cluster share. When that connection dies (a database
-//!   restart), a task owned by the [`ServeLock`] takes the lock again.
+//!   cluster + cluster share. A cluster node also holds, shared, a lock
+//!   named after its `CHAT_CLUSTER_NAME` ([`CLUSTER_LOCKS`], hash of the
+//!   name) and refuses to start while a node of another cluster holds one:
+//!   two clusters on one database would each deliver the other's messages
+//!   only through the poll. When that connection dies (a database
+//!   restart), a task owned by the [`ServeLock`] takes the locks again.
 //! - SQLite: an exclusive `flock` on `<database file>.lock`, released by
 //!   the kernel when the process ends, however it ends.
 
@@ -25,6 +29,10 @@ use crate::error::{Error, Result};
 
 /// The advisory lock key (per database) every serving chatd holds.
 const SERVE_LOCK: i64 = 0x6368_6174_645f_7331; // "chatd_s1"
+
+/// The first key of every cluster-name lock (two-key advisory locks show
+/// in `pg_locks` with this as `classid` and the name's hash as `objid`).
+const CLUSTER_LOCKS: i32 = 0x6368_6174; // "chat"
 
 /// How long start-up keeps trying a lock that is taken: a chatd that is
 /// stopping (a restart) releases it within this.
@@ -84,7 +92,11 @@ impl ServeLock {
     /// settings) when another chatd holds it in a way that excludes this
     /// one, after waiting [`RELEASE_WAIT`] for one that is stopping.
     /// `timeout` bounds each database call.
-    pub async fn take(location: &Location, cluster: bool, timeout: Duration) -> Result<ServeLock> {
+    pub async fn take(
+        location: &Location,
+        cluster: Option<&str>,
+        timeout: Duration,
+    ) -> Result<ServeLock> {
         let held = match location {
             Location::Postgres(url) => hold_postgres(url, cluster, timeout).await?,
             Location::Sqlite(path) => hold_file(path)?,
@@ -93,7 +105,8 @@ impl ServeLock {
     }
 }
 
-async fn hold_postgres(url: &str, cluster: bool, timeout: Duration) -> Result<Held> {
+async fn hold_postgres(url: &str, cluster: Option<&str>, timeout: Duration) -> Result<Held> {
+    let cluster = cluster.map(name_key);
     let give_up = tokio::time::Instant::now() + RELEASE_WAIT;
     let mut conn = connect(url, timeout).await?;
     loop {
@@ -135,16 +148,56 @@ struct Locked {
     locked: bool,
 }
 
+/// The second key of a cluster's name lock: a stable 31-bit hash (FNV-1a)
+/// of the name. Two names with one hash would not be told apart: one
+/// chance in two billion.
+fn name_key(name: &str) -> i32 {
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    (hash & 0x7fff_ffff) as i32
+}
+
 /// Whether the lock was taken on `conn` (false: another session holds it).
-async fn try_lock(conn: &mut AsyncPgConnection, cluster: bool, timeout: Duration) -> Result<bool> {
-    let sql = if cluster {
-        format!("SELECT pg_try_advisory_lock_shared({SERVE_LOCK}) AS locked")
-    } else {
-        format!("SELECT pg_try_advisory_lock({SERVE_LOCK}) AS locked")
+/// `cluster` is the key of the node's cluster name, for a cluster node: it
+/// takes its name lock too, then fails with an [`Error::Config`] if a node
+/// of another cluster holds one (taking before looking: of two clusters
+/// starting at once, at least the later one sees the other).
+async fn try_lock(
+    conn: &mut AsyncPgConnection,
+    cluster: Option<i32>,
+    timeout: Duration,
+) -> Result<bool> {
+    let sql = match cluster {
+        Some(name) => format!(
+            "SELECT pg_try_advisory_lock_shared({SERVE_LOCK}) \
+             AND pg_try_advisory_lock_shared({CLUSTER_LOCKS}, {name}) AS locked"
+        ),
+        None => format!("SELECT pg_try_advisory_lock({SERVE_LOCK}) AS locked"),
     };
     let row: Locked = tokio::time::timeout(timeout, diesel::sql_query(sql).get_result(conn))
         .await
         .map_err(|_| Error::TimedOut("taking the serve lock"))??;
+    if let (true, Some(name)) = (row.locked, cluster) {
+        let others = format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_locks \
+               WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 AND classid = {CLUSTER_LOCKS} AND objid <> {name}) AS locked"
+        );
+        let alone: Locked =
+            tokio::time::timeout(timeout, diesel::sql_query(others).get_result(conn))
+                .await
+                .map_err(|_| Error::TimedOut("taking the serve lock"))??;
+        if !alone.locked {
+            return Err(Error::Config(
+                "nodes of another cluster (a different CHAT_CLUSTER_NAME) serve this database; \
+                 give every node of one service the same DATABASE_URL, CHAT_NATS_URL and \
+                 CHAT_CLUSTER_NAME, and each service a database of its own"
+                    .into(),
+            ));
+        }
+    }
     Ok(row.locked)
 }
 
@@ -154,7 +207,7 @@ async fn try_lock(conn: &mut AsyncPgConnection, cluster: bool, timeout: Duration
 /// change of state once.
 async fn keep(
     url: String,
-    cluster: bool,
+    cluster: Option<i32>,
     timeout: Duration,
     conn: AsyncPgConnection,
     stop: CancellationToken,
