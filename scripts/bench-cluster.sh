@@ -215,9 +215,9 @@ chatd_section() {
     fanout --subscribers "$SUBS" --senders "$half" --messages $(( MSGS * SENDERS / half ))
   # Persisted sends: without NATS, one cluster node (NATS on the send path), two nodes.
   local snd=(send --senders 64 --rooms 100 --duration "$DUR")
-  cbench chatd-single-send "http://$single" "$S" "${snd[@]}"
-  cbench chatd-nats-1node-send "http://$a" "$A" "${snd[@]}"
-  cbench chatd-2nodes-send "http://$a,http://$b" "$A,$B" "${snd[@]}"
+  cbench chatd-single-send "http://$single" "$S" --db-name chatd_bench_single "${snd[@]}"
+  cbench chatd-nats-1node-send "http://$a" "$A" --db-name chatd_bench_cluster "${snd[@]}"
+  cbench chatd-2nodes-send "http://$a,http://$b" "$A,$B" --db-name chatd_bench_cluster "${snd[@]}"
   # Presence: users join on B, a watcher on A; first they leave (streams closed), then they
   # join again and B is killed with SIGKILL: the time until A emits every member_left.
   cbench chatd-2nodes-presence-leave "http://$a,http://$b" "$A,$B" presence-kill --users "$PRESENCE_USERS"

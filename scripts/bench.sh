@@ -84,13 +84,13 @@ bench chatd-fanout-1000-k50 $CHATD $CHATD_ADDR "$CHATD_AUTH" fanout --subscriber
 bench chatd-fanout-1000-open300 $CHATD $CHATD_ADDR "$CHATD_AUTH" fanout --subscribers 1000 --senders 4 --rate 75 --messages $OPEN
 
 # Persisted sends: 64 concurrent senders over 100 rooms.
-bench chatd-send $CHATD $CHATD_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
-bench chatd1-send $CHATD_ONE $ONE_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
+bench chatd-send $CHATD $CHATD_ADDR "$CHATD_AUTH --db-name chatd_bench" send --senders 64 --rooms 100 --duration $DUR
+bench chatd1-send $CHATD_ONE $ONE_ADDR "$CHATD_AUTH --db-name chatd_bench_one" send --senders 64 --rooms 100 --duration $DUR
 bench chatd-sqlite-send $CHATD_SQLITE $SQLITE_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
-bench grpcnode-db-send $NODE_DB $NODE_DB_ADDR $NOAUTH send --senders 64 --rooms 100 --duration $DUR --no-verify
+bench grpcnode-db-send $NODE_DB $NODE_DB_ADDR "$NOAUTH --db-name peer_bench" send --senders 64 --rooms 100 --duration $DUR --no-verify
 # Ack latency at about half of chatd's closed-loop maximum.
 half=$(python3 -c "import json;r=json.load(open('$OUT/chatd-send.json'));print(int(dict(r['figures'])['acknowledged sends/s']/2))")
-bench chatd-send-half $CHATD $CHATD_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR --rate "$half"
+bench chatd-send-half $CHATD $CHATD_ADDR "$CHATD_AUTH --db-name chatd_bench" send --senders 64 --rooms 100 --duration $DUR --rate "$half"
 
 # Idle streams, history reads, join/leave churn.
 bench chatd-idle $CHATD $CHATD_ADDR "$CHATD_AUTH" idle --clients $IDLE

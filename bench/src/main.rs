@@ -10,6 +10,7 @@
 //! (see `--help` of each). With several `--addr` (the nodes of a cluster)
 //! the connections are spread over them round-robin.
 
+mod dbstat;
 mod procstat;
 mod report;
 mod scenarios;
@@ -56,6 +57,13 @@ pub struct Common {
     /// each is also reported on its own.
     #[arg(long, global = true, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
+    /// The PostgreSQL database the server uses, when PostgreSQL runs on
+    /// this machine: the CPU of its backends (found by process title) and
+    /// of the shared WAL writer, checkpointer and background writer is
+    /// read from /proc and reported beside the server's. Needs
+    /// `--server-pid`.
+    #[arg(long, global = true)]
+    pub db_name: Option<String>,
     /// Print the result as JSON on stdout instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::dbstat::{DbSnapshot, DbUse};
+
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
@@ -56,9 +58,10 @@ fn clock_ticks_per_second() -> u64 {
     if ticks > 0 { ticks as u64 } else { 100 }
 }
 
-/// One reading of each of several processes (the nodes of a cluster).
+/// One reading of each of several processes (the nodes of a cluster),
+/// and of the database's processes when `--db-name` is given.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot(pub Vec<(u32, Sample)>);
+pub struct Snapshot(pub Vec<(u32, Sample)>, pub Option<DbSnapshot>);
 
 impl Snapshot {
     /// Reads every process; fails if any cannot be read.
@@ -66,7 +69,7 @@ impl Snapshot {
         pids.iter()
             .map(|&pid| sample(pid).map(|s| (pid, s)))
             .collect::<std::io::Result<Vec<_>>>()
-            .map(Snapshot)
+            .map(|servers| Snapshot(servers, None))
     }
 
     /// The processes together: CPU and RSS summed (peak RSS too, though
@@ -94,6 +97,15 @@ impl Usage {
             .total()
             .cpu
             .saturating_sub(self.before.total().cpu)
+    }
+
+    /// The database's CPU, when both readings have it.
+    pub fn database(&self, name: &str) -> Option<DbUse> {
+        Some(DbUse::between(
+            name,
+            self.before.1.as_ref()?,
+            self.after.1.as_ref()?,
+        ))
     }
 
     /// Each process's readings: (pid, before, after).

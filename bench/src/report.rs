@@ -93,6 +93,10 @@ pub struct Report {
     pub figures: Vec<(String, f64)>,
     pub latency: Option<Latency>,
     pub server: Option<ServerUse>,
+    /// With `--db-name`: the PostgreSQL processes' CPU over the same
+    /// stretch as `server`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<crate::dbstat::DbUse>,
     /// With several `--addr`: what each server was given (subscribers,
     /// senders) and what its clients saw. Absent with one server.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -112,6 +116,7 @@ impl Report {
             figures: Vec::new(),
             latency: None,
             server: None,
+            database: None,
             placement: Vec::new(),
             checks: Vec::new(),
         }
@@ -166,6 +171,15 @@ impl Report {
                     format!("{:.2} / {:.1} MiB", p.cpu_seconds, mib(p.rss_after_bytes)),
                 );
             }
+        }
+        if let Some(d) = &self.database {
+            out += &row(
+                "database cpu s backends / shared",
+                format!(
+                    "{:.2} / {:.2}  ({} backends of {})",
+                    d.backend_cpu_seconds, d.background_cpu_seconds, d.backends, d.database
+                ),
+            );
         }
         for place in &self.placement {
             out += &row("on server", place.to_string());

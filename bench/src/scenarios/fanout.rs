@@ -218,6 +218,13 @@ pub async fn fanout(ctx: &Context, a: FanoutArgs) -> Result<Report> {
             "server cpu µs/delivery",
             u.cpu().as_secs_f64() * 1e6 / received.max(1) as f64,
         );
+        if let Some(db) = ctx.database(&u) {
+            report.figure(
+                "database cpu µs/delivery",
+                db.cpu().as_secs_f64() * 1e6 / received.max(1) as f64,
+            );
+            report.database = Some(db);
+        }
         report.server = Some(u.into());
     }
     report.latency = Some(Latency::from_micros(&hist));

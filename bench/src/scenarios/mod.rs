@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::Common;
+use crate::dbstat::{DbSnapshot, DbUse};
 use crate::procstat::{self, Usage};
 use crate::report::{Latency, Report};
 
@@ -209,7 +210,9 @@ impl Context {
         if self.common.server_pid.is_empty() {
             return None;
         }
-        procstat::Snapshot::take(&self.common.server_pid).ok()
+        let mut snapshot = procstat::Snapshot::take(&self.common.server_pid).ok()?;
+        snapshot.1 = self.common.db_name.as_deref().map(DbSnapshot::take);
+        Some(snapshot)
     }
 
     fn usage(&self, before: Option<procstat::Snapshot>) -> Option<Usage> {
@@ -217,6 +220,11 @@ impl Context {
             before: before?,
             after: self.sample()?,
         })
+    }
+
+    /// The database's CPU over `usage`, with `--db-name`.
+    fn database(&self, usage: &Usage) -> Option<DbUse> {
+        usage.database(self.common.db_name.as_deref()?)
     }
 
     fn report(&self, scenario: &str, params: serde_json::Value, elapsed: Duration) -> Report {

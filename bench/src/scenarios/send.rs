@@ -120,6 +120,13 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
             "server cpu µs/send",
             u.cpu().as_secs_f64() * 1e6 / acks.max(1.0),
         );
+        if let Some(db) = ctx.database(&u) {
+            report.figure(
+                "database cpu µs/send",
+                db.cpu().as_secs_f64() * 1e6 / acks.max(1.0),
+            );
+            report.database = Some(db);
+        }
         report.server = Some(u.into());
     }
     report.latency = Some(Latency::from_micros(&hist));
