@@ -324,7 +324,9 @@ mod tests {
     #[test]
     fn bounded_keeps_two_generations() {
         let mut map: Bounded<u32, ()> = Bounded::new();
-        for k in 0..(CACHE_ENTRIES as u32 * 2) {
+        // Two full generations, then one more key: the first generation
+        // is dropped.
+        for k in 0..=(CACHE_ENTRIES as u32 * 2) {
             map.insert(k, ());
         }
         assert!(map.current.len() <= CACHE_ENTRIES && map.previous.len() <= CACHE_ENTRIES);

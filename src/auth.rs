@@ -401,6 +401,25 @@ mod tests {
     }
 
     #[test]
+    fn only_admin_true_makes_an_admin_token() {
+        let keys = Keys::new(SECRET);
+        let ttl = Some(Duration::from_secs(60));
+        let admin = keys.mint_with("backend", None, ttl, true).unwrap();
+        assert!(keys.verify(&admin).unwrap().admin);
+        assert!(
+            !keys
+                .verify(&keys.mint("alice", None, ttl).unwrap())
+                .unwrap()
+                .admin
+        );
+        let exp = now() + 60;
+        for claim in [json!(false), json!("true"), json!(1), json!(null)] {
+            let token = sign(json!({"sub": "a", "exp": exp, "admin": claim}));
+            assert!(!keys.verify(&token).unwrap().admin, "{claim}");
+        }
+    }
+
+    #[test]
     fn leeway_applies_to_exp_and_nbf() {
         let keys = Keys::new(SECRET);
         let t = now();
