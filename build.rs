@@ -72,6 +72,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .build(),
         )
+        .method(
+            method(
+                "list_rooms",
+                "ListRooms",
+                "ListRoomsRequest",
+                "ListRoomsResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "mark_read",
+                "MarkRead",
+                "MarkReadRequest",
+                "MarkReadResponse",
+            )
+            .build(),
+        )
+        .build();
+    let admin = Service::builder()
+        .name("AdminService")
+        .package("chat.v1")
+        .method(
+            method(
+                "create_room",
+                "CreateRoom",
+                "CreateRoomRequest",
+                "CreateRoomResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "grant_access",
+                "GrantAccess",
+                "GrantAccessRequest",
+                "GrantAccessResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "revoke_access",
+                "RevokeAccess",
+                "RevokeAccessRequest",
+                "RevokeAccessResponse",
+            )
+            .build(),
+        )
         .build();
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
@@ -79,7 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_transport(true)
         .out_dir(server_dir)
-        .compile(&[service]);
+        .compile(&[service, admin]);
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 /// The shortest secret chatd accepts, in bytes.
 pub const SECRET_MIN_BYTES: usize = 16;
 /// The longest `sub` claim, in bytes.
-pub const USER_ID_MAX_BYTES: usize = 128;
+pub const USER_ID_MAX_BYTES: usize = crate::domain::USER_ID_MAX_BYTES;
 /// The longest `name` claim, in characters (after format characters are
 /// stripped).
 pub const DISPLAY_NAME_MAX_CHARS: usize = 64;
@@ -49,6 +49,9 @@ struct Claims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
     iat: u64,
+    /// `"admin": true` on admin tokens, absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    admin: bool,
 }
 
 /// The claims chatd reads; `exp`, `nbf` (and any others) are checked by
@@ -59,6 +62,10 @@ struct Received {
     sub: Option<String>,
     #[serde(default)]
     name: Option<String>,
+    /// Only the JSON value `true` makes an admin token; anything else
+    /// (absent, false, "true", 1) does not.
+    #[serde(default)]
+    admin: Option<serde_json::Value>,
 }
 
 /// What a token must carry besides a good signature.
@@ -113,7 +120,10 @@ impl Keys {
     pub fn verify(&self, token: &str) -> Result<Identity> {
         let data = jsonwebtoken::decode::<Received>(token, &self.decoding, &self.validation)
             .map_err(|e| Error::Unauthenticated(refusal(e.kind())))?;
-        identity_from_claims(data.claims.sub.as_deref(), data.claims.name.as_deref())
+        let mut identity =
+            identity_from_claims(data.claims.sub.as_deref(), data.claims.name.as_deref())?;
+        identity.admin = data.claims.admin == Some(serde_json::Value::Bool(true));
+        Ok(identity)
     }
 
     /// Reads `authorization: Bearer <token>` from request metadata.
@@ -138,6 +148,17 @@ impl Keys {
     /// Signs a token for `user_id`, valid for `ttl`; without a `ttl` it has
     /// no `exp`, which servers refuse unless they allow it.
     pub fn mint(&self, user_id: &str, name: Option<&str>, ttl: Option<Duration>) -> Result<String> {
+        self.mint_with(user_id, name, ttl, false)
+    }
+
+    /// [`Self::mint`], with `"admin": true` in the claims when `admin`.
+    pub fn mint_with(
+        &self,
+        user_id: &str,
+        name: Option<&str>,
+        ttl: Option<Duration>,
+        admin: bool,
+    ) -> Result<String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| Error::Internal(format!("clock before 1970: {e}")))?
@@ -149,6 +170,7 @@ impl Keys {
             name,
             exp: ttl.map(|t| now.saturating_add(t.as_secs())),
             iat: now,
+            admin,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Internal(format!("signing token: {e}")))
@@ -187,18 +209,9 @@ fn is_format(c: char) -> bool {
 
 fn identity_from_claims(sub: Option<&str>, name: Option<&str>) -> Result<Identity> {
     let sub = sub.ok_or_else(|| Error::Unauthenticated("token: `sub` claim is missing".into()))?;
-    if sub.trim().is_empty() {
-        return Err(Error::Unauthenticated("token: `sub` claim is empty".into()));
-    }
-    if sub.len() > USER_ID_MAX_BYTES {
+    if let Some(problem) = crate::domain::user_id_problem(sub) {
         return Err(Error::Unauthenticated(format!(
-            "token: `sub` claim must be at most {USER_ID_MAX_BYTES} bytes"
-        )));
-    }
-    if let Some(c) = sub.chars().find(|&c| c.is_control() || is_format(c)) {
-        return Err(Error::Unauthenticated(format!(
-            "token: `sub` claim must not contain control or format characters (found U+{:04X})",
-            u32::from(c)
+            "token: `sub` claim {problem}"
         )));
     }
     // A display name is shown, not matched: strip what would make it render
@@ -218,6 +231,7 @@ fn identity_from_claims(sub: Option<&str>, name: Option<&str>) -> Result<Identit
     Ok(Identity {
         user_id: sub.into(),
         display_name: name.into(),
+        admin: false,
     })
 }
 
@@ -383,6 +397,25 @@ mod tests {
         match keys.verify(&sign(claims)) {
             Err(Error::Unauthenticated(why)) => why,
             other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_admin_true_makes_an_admin_token() {
+        let keys = Keys::new(SECRET);
+        let ttl = Some(Duration::from_secs(60));
+        let admin = keys.mint_with("backend", None, ttl, true).unwrap();
+        assert!(keys.verify(&admin).unwrap().admin);
+        assert!(
+            !keys
+                .verify(&keys.mint("alice", None, ttl).unwrap())
+                .unwrap()
+                .admin
+        );
+        let exp = now() + 60;
+        for claim in [json!(false), json!("true"), json!(1), json!(null)] {
+            let token = sign(json!({"sub": "a", "exp": exp, "admin": claim}));
+            assert!(!keys.verify(&token).unwrap().admin, "{claim}");
         }
     }
 

@@ -362,7 +362,7 @@ pub struct SecretArgs {
     pub data_dir: PathBuf,
 }
 
-/// `chatd token <user-id> [--name NAME] [--ttl DURATION]`.
+/// `chatd token <user-id> [--name NAME] [--ttl DURATION] [--admin]`.
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
     /// The user id (`sub` claim).
@@ -373,6 +373,10 @@ pub struct TokenArgs {
     /// How long the token is valid, e.g. 30m, 24h, 7d.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// Mint an admin token (`"admin": true`): for the app backend, it may
+    /// call AdminService and passes every room check.
+    #[arg(long)]
+    pub admin: bool,
     #[command(flatten)]
     pub secret: SecretArgs,
 }
@@ -481,9 +485,13 @@ mod tests {
         let cli = parse(&["token", "alice", "--name", "Alice", "--ttl", "1h"]).unwrap();
         match cli.command {
             Some(Command::Token(t)) => assert_eq!(
-                (t.user_id.as_str(), t.ttl),
-                ("alice", Duration::from_secs(3600))
+                (t.user_id.as_str(), t.ttl, t.admin),
+                ("alice", Duration::from_secs(3600), false)
             ),
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["token", "backend", "--admin"]).unwrap().command {
+            Some(Command::Token(t)) => assert!(t.admin),
             other => panic!("unexpected {other:?}"),
         }
     }

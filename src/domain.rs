@@ -75,6 +75,203 @@ pub struct Identity {
     pub user_id: Arc<str>,
     /// The token's `name`, or `sub` when it has none.
     pub display_name: Arc<str>,
+    /// The token's claims include `"admin": true`: the caller may use
+    /// AdminService and passes every room check.
+    pub admin: bool,
+}
+
+/// The longest user id (a token's `sub`), in bytes.
+pub const USER_ID_MAX_BYTES: usize = 128;
+/// The most user ids one GrantAccess or RevokeAccess may name.
+pub const USER_IDS_MAX: usize = 1000;
+
+/// Why `raw` cannot be a user id, if it cannot: 1 to [`USER_ID_MAX_BYTES`]
+/// bytes, not blank, no control or Unicode format characters (category Cf:
+/// bidi overrides, zero-width characters). The one rule for a token's `sub`
+/// and for the user ids AdminService is given.
+pub fn user_id_problem(raw: &str) -> Option<String> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    if raw.trim().is_empty() {
+        return Some("is empty".into());
+    }
+    if raw.len() > USER_ID_MAX_BYTES {
+        return Some(format!("must be at most {USER_ID_MAX_BYTES} bytes"));
+    }
+    raw.chars()
+        .find(|&c| c.is_control() || c.general_category() == GeneralCategory::Format)
+        .map(|c| {
+            format!(
+                "must not contain control or format characters (found U+{:04X})",
+                u32::from(c)
+            )
+        })
+}
+
+/// The user ids of a GrantAccess or RevokeAccess: 1 to [`USER_IDS_MAX`],
+/// each valid ([`user_id_problem`]), repeats dropped, sorted.
+pub fn parse_user_ids(raw: Vec<String>) -> Result<Vec<Arc<str>>> {
+    if raw.is_empty() {
+        return Err(Error::invalid("user_ids", "name at least one user"));
+    }
+    if raw.len() > USER_IDS_MAX {
+        return Err(Error::invalid(
+            "user_ids",
+            format!("at most {USER_IDS_MAX} per call, got {}", raw.len()),
+        ));
+    }
+    let mut ids = Vec::with_capacity(raw.len());
+    for (i, id) in raw.into_iter().enumerate() {
+        if let Some(problem) = user_id_problem(&id) {
+            return Err(Error::invalid(
+                "user_ids",
+                format!("user_ids[{i}] {problem}"),
+            ));
+        }
+        ids.push(Arc::<str>::from(id));
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Who may use a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i16)]
+pub enum Visibility {
+    /// Anyone with a valid token.
+    Public = 1,
+    /// Users with a grant, and admin tokens.
+    Private = 2,
+}
+
+impl Visibility {
+    /// The stored code, equal to the chat.v1.RoomVisibility number.
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_code(code: i16) -> Option<Self> {
+        match code {
+            1 => Some(Visibility::Public),
+            2 => Some(Visibility::Private),
+            _ => None,
+        }
+    }
+
+    /// A CreateRoom visibility: unspecified means public.
+    pub fn parse(raw: i32) -> Result<Self> {
+        match raw {
+            0 | 1 => Ok(Visibility::Public),
+            2 => Ok(Visibility::Private),
+            other => Err(Error::invalid(
+                "visibility",
+                format!("unknown visibility {other}"),
+            )),
+        }
+    }
+}
+
+/// The default and the largest ListRooms page.
+pub const ROOMS_PAGE_DEFAULT: u32 = 50;
+pub const ROOMS_PAGE_MAX: u32 = 200;
+/// Where unread counting stops: a count below it is exact, a count of it
+/// means that many or more.
+pub const UNREAD_CAP: u64 = 1000;
+
+/// Where a ListRooms page starts: after the room with this activity and
+/// name, in the listing's order (activity descending, then name
+/// descending).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomsCursor {
+    /// Microseconds since the Unix epoch.
+    pub activity_micros: i64,
+    pub room: RoomName,
+}
+
+impl RoomsCursor {
+    const PREFIX: &'static str = "r1:";
+
+    /// The opaque token: hex of `r1:<activity>:<room>`.
+    pub fn token(&self) -> String {
+        let plain = format!("{}{}:{}", Self::PREFIX, self.activity_micros, self.room);
+        plain.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reads a token made by [`Self::token`]; anything else is
+    /// INVALID_ARGUMENT naming page_token.
+    pub fn parse(token: &str) -> Result<Self> {
+        let bad = || Error::invalid("page_token", "is not a token this server gave out");
+        if !token.len().is_multiple_of(2) || token.len() > 512 {
+            return Err(bad());
+        }
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| {
+                token
+                    .get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(bad)?;
+        let plain = String::from_utf8(bytes).map_err(|_| bad())?;
+        let rest = plain.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
+        let (activity, room) = rest.split_once(':').ok_or_else(bad)?;
+        let activity_micros = activity.parse::<i64>().map_err(|_| bad())?;
+        let parsed = RoomName::parse(room).map_err(|_| bad())?;
+        if parsed.as_str() != room {
+            return Err(bad());
+        }
+        Ok(RoomsCursor {
+            activity_micros,
+            room: parsed,
+        })
+    }
+}
+
+/// A validated ListRooms request.
+#[derive(Clone, Debug)]
+pub struct RoomsQuery {
+    /// 1 to [`ROOMS_PAGE_MAX`].
+    pub limit: u32,
+    pub after: Option<RoomsCursor>,
+}
+
+impl RoomsQuery {
+    pub fn parse(page_size: u32, page_token: &str) -> Result<Self> {
+        let limit = match page_size {
+            0 => ROOMS_PAGE_DEFAULT,
+            n => n.min(ROOMS_PAGE_MAX),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(RoomsCursor::parse(page_token)?)
+        };
+        Ok(RoomsQuery { limit, after })
+    }
+}
+
+/// One of a user's rooms, as ListRooms shows it.
+#[derive(Clone, Debug)]
+pub struct RoomSummary {
+    pub room: RoomName,
+    pub visibility: Visibility,
+    pub last_seq: u64,
+    pub last_message: Option<StoredMessage>,
+    pub read_seq: u64,
+    /// At most [`UNREAD_CAP`].
+    pub unread_count: u64,
+    /// The last message's time, else when the room became the user's
+    /// (microseconds since the Unix epoch): the listing's order.
+    pub activity_micros: i64,
+}
+
+/// One page of a user's rooms.
+#[derive(Clone, Debug, Default)]
+pub struct RoomsPage {
+    pub rooms: Vec<RoomSummary>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<RoomsCursor>,
 }
 
 /// What a message's content is.
@@ -338,6 +535,38 @@ mod tests {
         assert!(ClientMessageId::parse("é".repeat(64)).unwrap().is_some());
         assert!(ClientMessageId::parse("a".repeat(65)).is_err());
         assert!(ClientMessageId::parse("a\nb".into()).is_err());
+    }
+
+    #[test]
+    fn rooms_cursors_round_trip_and_refuse_junk() {
+        let cursor = RoomsCursor {
+            activity_micros: 1_700_000_000_000_000,
+            room: RoomName::parse("a.b:c").unwrap(),
+        };
+        assert_eq!(RoomsCursor::parse(&cursor.token()).unwrap(), cursor);
+        for bad in ["x", "zz", "00", "7231", &"ab".repeat(300)] {
+            assert!(RoomsCursor::parse(bad).is_err(), "{bad:?}");
+        }
+        let q = RoomsQuery::parse(0, "").unwrap();
+        assert_eq!((q.limit, q.after), (50, None));
+        assert_eq!(RoomsQuery::parse(1000, "").unwrap().limit, 200);
+    }
+
+    #[test]
+    fn user_ids() {
+        assert_eq!(
+            parse_user_ids(vec!["b".into(), "a".into(), "b".into()])
+                .unwrap()
+                .iter()
+                .map(|s| &**s)
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(parse_user_ids(vec![]).is_err());
+        assert!(parse_user_ids(vec![" ".into()]).is_err());
+        assert!(parse_user_ids(vec!["a\u{202e}b".into()]).is_err());
+        assert!(parse_user_ids(vec!["x".repeat(129)]).is_err());
+        assert!(parse_user_ids(vec!["a".into(); 1001]).is_err());
     }
 
     #[test]

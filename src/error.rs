@@ -29,6 +29,21 @@ pub enum Error {
     #[error("{0}")]
     Unauthenticated(String),
 
+    /// The caller is known but may not do this here (a private room
+    /// without a grant, AdminService without an admin token); the text
+    /// names the room or the rule.
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// A request names something that does not exist; `field` names it.
+    #[error("{field}: {reason}")]
+    NotFound { field: &'static str, reason: String },
+
+    /// The request is valid but the state it meets refuses it (another
+    /// visibility than the room's, a grant on a public room).
+    #[error("{field}: {reason}")]
+    FailedPrecondition { field: &'static str, reason: String },
+
     /// The server is too busy to take the request now.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -307,6 +322,9 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
             Error::OutOfRange { .. } => Status::out_of_range(err.to_string()),
             Error::Unauthenticated(msg) => Status::unauthenticated(msg),
+            Error::PermissionDenied(msg) => Status::permission_denied(msg),
+            Error::NotFound { .. } => Status::not_found(err.to_string()),
+            Error::FailedPrecondition { .. } => Status::failed_precondition(err.to_string()),
             Error::ResourceExhausted(msg) => Status::resource_exhausted(msg),
             Error::ShuttingDown => Status::unavailable("server is shutting down; retry shortly"),
             Error::Config(_) => {

@@ -14,6 +14,9 @@
 //!   [`domain::Identity`], and the secret file.
 //! - [`files`]: chatd's files and directories on disk, created 0600 / 0700.
 //! - [`service`]: chat.v1.ChatService, converting proto to domain and back.
+//! - [`admin`]: chat.v1.AdminService (the app backend's API), the same way.
+//! - [`access`]: may this caller do this here? Private rooms, grants and
+//!   their revocation, admin tokens; cached on the send path.
 //! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
 //! - [`writer`]: the write path; stores waiting sends as atomic batches
 //!   (group commit; several at once, never two for one room) and publishes
@@ -34,6 +37,8 @@
 //! - [`error`]: the one error type, the classification of storage errors
 //!   (retry or not), and the mapping to gRPC statuses, logged once.
 
+pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;

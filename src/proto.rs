@@ -19,10 +19,13 @@ mod generated {
 
 pub use generated::*;
 
-/// The generated server: `chat_service_server::{ChatService, ChatServiceServer}`.
+/// The generated servers: `chat_service_server::{ChatService,
+/// ChatServiceServer}` and `admin_service_server::{AdminService,
+/// AdminServiceServer}`.
 #[allow(clippy::all, missing_docs)]
 pub mod server {
     include!(concat!(env!("OUT_DIR"), "/server/chat.v1.ChatService.rs"));
+    include!(concat!(env!("OUT_DIR"), "/server/chat.v1.AdminService.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of chat.v1, for server reflection.

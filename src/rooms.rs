@@ -48,6 +48,16 @@ struct Presence {
     /// How many of the user's streams are open in this room: the user leaves
     /// when the last one closes.
     streams: usize,
+    /// Whether one of these streams was opened with an admin token: a
+    /// revocation does not end them (admin passes every room check).
+    admin: bool,
+    /// Cancelled by [`Rooms::revoke`]: every stream of this presence ends
+    /// with PERMISSION_DENIED.
+    revoked: CancellationToken,
+    /// Tells this presence from a later one of the same user (after a
+    /// revocation and a new grant), so a revoked stream's end never counts
+    /// against the newer one.
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +179,8 @@ pub struct Rooms {
     /// Woken when a room starts holding messages behind a gap, for
     /// [`Rooms::fill_gaps`].
     gaps: Notify,
+    /// The next [`Presence::generation`].
+    generations: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -192,7 +204,57 @@ impl Rooms {
             presence_changes: std::sync::OnceLock::new(),
             ordered: config.nats_url.is_some(),
             gaps: Notify::new(),
+            generations: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// Ends `user`'s streams in `room` on this node with PERMISSION_DENIED
+    /// (unless one was opened with an admin token): the user leaves the
+    /// room at once (member_left, unless present on another node, which
+    /// revokes there too) and their streams deliver nothing more. Returns
+    /// whether the user had streams here.
+    pub fn revoke(&self, name: &RoomName, user: &str) -> bool {
+        let Some(room) = self.get(name) else {
+            return false;
+        };
+        let removed = {
+            let mut state = room.lock();
+            let admin = state.members.get(user).is_none_or(|p| p.admin);
+            if admin {
+                return false;
+            }
+            let Some((id, presence)) = state.members.remove_entry(user) else {
+                return false;
+            };
+            presence.revoked.cancel();
+            if !state.remote.contains_key(user) {
+                Room::push_presence(&mut state, &id, &presence.display_name, false, self.limits);
+            }
+            id
+        };
+        tracing::debug!(room = %name, user = %removed, "access revoked: streams end");
+        room.notify.notify_waiters();
+        self.presence_changed(name);
+        true
+    }
+
+    /// Every (room, user) with a stream on this node that a revocation
+    /// could end (admin streams left out): what a node re-checks when it
+    /// may have missed a revocation.
+    pub fn local_users(&self) -> Vec<(RoomName, Arc<str>)> {
+        let rooms: Vec<Arc<Room>> = self.map().rooms.values().cloned().collect();
+        let mut out = Vec::new();
+        for room in rooms {
+            let state = room.lock();
+            out.extend(
+                state
+                    .members
+                    .iter()
+                    .filter(|(_, p)| !p.admin)
+                    .map(|(id, _)| (room.name.clone(), id.clone())),
+            );
+        }
+        out
     }
 
     /// The per-user limits.
@@ -456,6 +518,8 @@ impl Rooms {
             room: entry,
             identity,
             member: false,
+            generation: 0,
+            revoked: CancellationToken::new(),
             _slot: slot,
         };
 
@@ -492,7 +556,9 @@ impl Rooms {
             members,
             last_seq,
         }));
+        let revoked = guard.revoked.clone();
         Ok(Subscription {
+            revoked,
             guard,
             store,
             shutdown,
@@ -548,6 +614,10 @@ struct Membership {
     identity: Identity,
     /// Whether the join succeeded and counts in the room's members.
     member: bool,
+    /// The presence this stream counts in ([`Presence::generation`]) and
+    /// its revocation, once a member.
+    generation: u64,
+    revoked: CancellationToken,
     /// The stream's place in the user's `CHAT_USER_MAX_STREAMS`.
     _slot: StreamSlot,
 }
@@ -561,14 +631,21 @@ impl Membership {
         if state.closed {
             return Err(Error::ShuttingDown);
         }
+        let generations = &self.rooms.generations;
         let presence = state
             .members
             .entry(self.identity.user_id.clone())
             .or_insert_with(|| Presence {
                 display_name: self.identity.display_name.clone(),
                 streams: 0,
+                admin: false,
+                revoked: CancellationToken::new(),
+                generation: generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             });
         presence.streams += 1;
+        presence.admin |= self.identity.admin;
+        self.generation = presence.generation;
+        self.revoked = presence.revoked.clone();
         let first = presence.streams == 1;
         // A user already present on another node is no news.
         let news = first && !state.remote.contains_key(&self.identity.user_id);
@@ -600,8 +677,10 @@ impl Drop for Membership {
         let mut state = self.room.lock();
         state.streams = state.streams.saturating_sub(1);
         let mut left = false;
+        // A revoked stream's presence is gone (or is a newer one).
         if self.member
             && let Some(presence) = state.members.get_mut(&self.identity.user_id)
+            && presence.generation == self.generation
         {
             presence.streams = presence.streams.saturating_sub(1);
             left = presence.streams == 0;

@@ -26,16 +26,20 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::access::Access;
+use crate::admin::AdminApi;
 use crate::auth::{
     Authenticator, CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
 };
 use crate::cluster::Cluster;
 use crate::cluster::bus::{Publisher, follow_rooms, poll_storage, spawn_publisher};
 use crate::cluster::presence::{self, Presence};
+use crate::cluster::revocations;
 use crate::config::Config;
 use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
 use crate::limits::BodyLimitLayer;
+use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
@@ -168,6 +172,10 @@ impl Application {
             }
             None => None,
         };
+        let access = Arc::new(Access::new(store.clone(), rooms.clone()));
+        if let Some((cluster, _, _)) = &cluster {
+            revocations::spawn(cluster, &access, &store, &tracker, &cluster_stop);
+        }
         let writer = Writer::spawn(
             store.clone(),
             rooms.clone(),
@@ -203,7 +211,12 @@ impl Application {
             max_message_bytes: config.max_message_bytes as usize,
             shutdown: streams_end.clone(),
             presence: cluster.as_ref().map(|(_, _, presence)| presence.clone()),
+            access: access.clone(),
         };
+        let admin = tonic::service::interceptor::InterceptedService::new(
+            AdminServiceServer::new(AdminApi { access }),
+            Authenticator(keys.clone()),
+        );
         let max_request = config.max_request_bytes as usize;
         // The body limit layer answers first; tonic's own limit stays as a
         // second guard (it reserves what a message announces).
@@ -251,6 +264,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(chat)
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming(listener, limits), signal);
 
         tracing::info!(%addr, "chatd is serving gRPC and grpc-web");

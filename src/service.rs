@@ -11,9 +11,12 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::access::Access;
+use crate::admin::wire_visibility;
 use crate::cluster::presence::Presence;
 use crate::domain::{
-    ClientMessageId, Content, HistoryQuery, Identity, NewMessage, RoomName, parse_seq,
+    ClientMessageId, Content, HistoryQuery, Identity, NewMessage, RoomName, RoomsQuery, Visibility,
+    parse_seq,
 };
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
@@ -35,6 +38,8 @@ pub struct ChatApi {
     /// Cluster only: presence on the other nodes, for ListMembers of a
     /// room with no stream here.
     pub(crate) presence: Option<Arc<Presence>>,
+    /// Who may use which room.
+    pub(crate) access: Arc<Access>,
 }
 
 /// The caller, as the auth interceptor found them.
@@ -67,16 +72,27 @@ impl ChatService for ChatApi {
             .resume_after_seq
             .map(|n| parse_seq("resume_after_seq", n))
             .transpose()?;
-        let subscription = self
-            .rooms
-            .join(
-                room,
-                identity,
-                resume_after,
-                self.store.clone(),
-                self.shutdown.clone(),
-            )
-            .await?;
+        let epoch = self.access.epoch();
+        let visibility = self.access.check(&identity, &room).await?;
+        // A public room joined becomes the caller's (ListRooms), written
+        // while the join reads the room.
+        let theirs = async {
+            match visibility {
+                Visibility::Public => self.access.note_joined(&identity, &room).await,
+                Visibility::Private => Ok(()),
+            }
+        };
+        let join = self.rooms.join(
+            room.clone(),
+            identity.clone(),
+            resume_after,
+            self.store.clone(),
+            self.shutdown.clone(),
+        );
+        let (subscription, theirs) = tokio::join!(join, theirs);
+        let subscription = subscription?;
+        theirs?;
+        self.access.recheck(epoch, &identity, &room).await?;
         let stream = futures_util::stream::unfold(subscription, |mut subscription| async move {
             let item = subscription.next().await?;
             Some((item, subscription))
@@ -90,8 +106,10 @@ impl ChatService for ChatApi {
     ) -> Result<Response<proto::SendMessageResponse>, Status> {
         let sender = identity(&request)?;
         let request = request.into_inner();
+        let room = RoomName::parse(&request.room)?;
+        self.access.check(&sender, &room).await?;
         let message = NewMessage {
-            room: RoomName::parse(&request.room)?,
+            room,
             sender,
             content: Content::parse(
                 request.content_type,
@@ -118,6 +136,7 @@ impl ChatService for ChatApi {
             request.before_seq,
             request.after_seq,
         )?;
+        self.access.check(&caller, &query.room).await?;
         // A page is at most HISTORY_PAGE_BYTES (fewer messages when they can
         // be large; `has_more` tells the client to go on), charged to the
         // caller's budget at its largest before the read, at its real size
@@ -146,12 +165,54 @@ impl ChatService for ChatApi {
         &self,
         request: Request<proto::ListMembersRequest>,
     ) -> Result<Response<proto::ListMembersResponse>, Status> {
-        identity(&request)?;
+        let caller = identity(&request)?;
         let room = RoomName::parse(&request.into_inner().room)?;
+        self.access.check(&caller, &room).await?;
         let members = match &self.presence {
             Some(presence) if !self.rooms.is_live(&room) => presence.ask(&room).await,
             _ => self.rooms.members(&room),
         };
         Ok(Response::new(proto::ListMembersResponse { members }))
+    }
+
+    async fn list_rooms(
+        &self,
+        request: Request<proto::ListRoomsRequest>,
+    ) -> Result<Response<proto::ListRoomsResponse>, Status> {
+        let caller = identity(&request)?;
+        let request = request.into_inner();
+        let query = RoomsQuery::parse(request.page_size, &request.page_token)?;
+        let page = self.store.list_rooms(&caller.user_id, &query).await?;
+        Ok(Response::new(proto::ListRoomsResponse {
+            rooms: page
+                .rooms
+                .iter()
+                .map(|r| proto::RoomSummary {
+                    room: r.room.to_string(),
+                    visibility: wire_visibility(r.visibility),
+                    last_seq: r.last_seq,
+                    last_message: r.last_message.as_ref().map(proto::Message::from),
+                    read_seq: r.read_seq,
+                    unread_count: r.unread_count,
+                })
+                .collect(),
+            next_page_token: page.next.map(|c| c.token()).unwrap_or_default(),
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<proto::MarkReadRequest>,
+    ) -> Result<Response<proto::MarkReadResponse>, Status> {
+        let caller = identity(&request)?;
+        let request = request.into_inner();
+        let room = RoomName::parse(&request.room)?;
+        let seq = parse_seq("seq", request.seq)?;
+        self.access.check(&caller, &room).await?;
+        let read_seq = self
+            .store
+            .mark_read(&caller.user_id, &room, seq, crate::writer::now_micros())
+            .await?;
+        Ok(Response::new(proto::MarkReadResponse { read_seq }))
     }
 }

@@ -282,7 +282,7 @@ fn finish(done: Done, rooms: &Rooms, bus: Option<&Publisher>) {
 }
 
 /// Now, in microseconds since the Unix epoch: the precision storage keeps.
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

@@ -32,7 +32,12 @@ fn main() -> ExitCode {
         Some(Command::Token(args)) => {
             load_secret(args.secret.jwt_secret.as_deref(), &args.secret.data_dir)
                 .and_then(|(secret, _)| {
-                    Keys::new(&secret).mint(&args.user_id, args.name.as_deref(), Some(args.ttl))
+                    Keys::new(&secret).mint_with(
+                        &args.user_id,
+                        args.name.as_deref(),
+                        Some(args.ttl),
+                        args.admin,
+                    )
                 })
                 .map(|token| println!("{token}"))
         }

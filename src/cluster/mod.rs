@@ -11,9 +11,12 @@
 //! `<cluster>.room.<room token>.m` (messages), `.p` (presence) and `.s`
 //! (a presence sync request); a node subscribes to
 //! `<cluster>.room.<room token>.*` only while the room has streams on it.
+//! `<cluster>.access.revoked` carries revocations ([`revocations`]); every
+//! node subscribes to it.
 
 pub mod bus;
 pub mod presence;
+pub mod revocations;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

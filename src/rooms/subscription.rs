@@ -16,6 +16,9 @@ const TAKE_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Subscription {
     pub(super) guard: Membership,
+    /// Cancelled when the user's access to the room is revoked: the stream
+    /// then ends with PERMISSION_DENIED, delivering nothing more.
+    pub(super) revoked: CancellationToken,
     pub(super) store: Store,
     /// Cancelled when the server shuts down: interrupts a catch-up read or
     /// a wait for budget. Waiting streams learn of shutdown from the room.
@@ -59,6 +62,13 @@ impl Subscription {
 
     async fn next_inner(&mut self) -> std::result::Result<EncodedEvent, Status> {
         loop {
+            if self.revoked.is_cancelled() {
+                return Err(Error::PermissionDenied(format!(
+                    "room {}: access revoked",
+                    self.guard.room.name
+                ))
+                .into());
+            }
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
@@ -147,6 +157,8 @@ impl Subscription {
         let mut charge = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
+            // Checked again at the top of the loop.
+            () = self.revoked.cancelled() => return Ok(()),
             charge = rooms.quotas.charge(user, limit * bound) => charge?,
         };
         let room = &self.guard.room.name;

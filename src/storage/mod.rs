@@ -18,6 +18,9 @@
 //!   ([`Store::writes_failing`]).
 //! - `guard.rs` holds [`ServeLock`]: one chatd per database unless they
 //!   form a cluster.
+//! - `access.rs`: private rooms, grants, the users' rooms (ListRooms) and
+//!   their read markers. A batch write also moves each sender's marker to
+//!   their last message of the batch (and so makes the room theirs).
 
 mod batch;
 mod guard;
@@ -224,6 +227,9 @@ macro_rules! with_pooled {
         .await
     };
 }
+
+mod access;
+pub use self::access::Created;
 
 /// The probe write of [`Store::probe_write`], PostgreSQL's dialect: a
 /// message of room '' (no client can name it: room names are never empty)

@@ -157,9 +157,10 @@ fn migrations_late() -> String {
     format!("database migrations did not finish within {MIGRATION_TIMEOUT:?}")
 }
 
-/// Bumps each room's counter by its number of new messages and inserts the
-/// messages with their seqs, in one statement (atomic on its own, one round
-/// trip). Inputs are parallel arrays in batch order; seqs are assigned per
+/// Bumps each room's counter by its number of new messages, inserts the
+/// messages with their seqs and moves each sender's read marker to their
+/// last message of the room (making the room theirs), in one statement
+/// (atomic on its own, one round trip). Inputs are parallel arrays in batch order; seqs are assigned per
 /// room in that order. Returns the position (1-based `ord`) and seq of every
 /// row the INSERT stored: the seqs acknowledged are exactly the ones
 /// written, computed once, here.
@@ -183,6 +184,12 @@ WITH input AS (
     SELECT room, seq, sender_id, sender_name, content_type, content, client_message_id, $7
     FROM numbered
     RETURNING room, seq
+), marked AS (
+    INSERT INTO room_users (user_id, room, read_seq, since_micros)
+    SELECT sender_id, room, max(seq), $7 FROM numbered
+    GROUP BY sender_id, room ORDER BY sender_id, room
+    ON CONFLICT (user_id, room)
+    DO UPDATE SET read_seq = GREATEST(room_users.read_seq, EXCLUDED.read_seq)
 )
 SELECT n.ord, n.seq FROM numbered n JOIN inserted s ON s.room = n.room AND s.seq = n.seq
 ORDER BY n.ord";

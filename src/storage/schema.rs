@@ -1,6 +1,13 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    access_revision (id) {
+        id -> Int2,
+        revision -> Int8,
+    }
+}
+
+diesel::table! {
     messages (room, seq) {
         room -> Text,
         seq -> Int8,
@@ -14,10 +21,21 @@ diesel::table! {
 }
 
 diesel::table! {
-    rooms (name) {
-        name -> Text,
-        last_seq -> Int8,
+    room_users (user_id, room) {
+        user_id -> Text,
+        room -> Text,
+        granted -> Bool,
+        read_seq -> Int8,
+        since_micros -> Int8,
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(messages, rooms,);
+diesel::table! {
+    rooms (name) {
+        name -> Text,
+        last_seq -> Int8,
+        visibility -> Int2,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(access_revision, messages, room_users, rooms,);

@@ -31,7 +31,7 @@ use futures_util::FutureExt;
 use super::Appended;
 use super::batch::{AppendBatch, assemble, fresh_of, keys_of, lookup_args, plan};
 use super::models::{MessageRow, NewMessageRow};
-use super::schema::{messages, rooms};
+use super::schema::{messages, room_users, rooms};
 use crate::domain::NewMessage;
 use crate::error::{Error, Result};
 
@@ -238,6 +238,39 @@ fn write_batch(
             )));
         }
     }
+    mark_senders(conn, &rows, sent_at_micros)?;
     let seqs = rows.iter().map(|r| r.seq).collect();
     assemble(batch, plans, seqs, sent_at_micros)
+}
+
+/// Moves each sender's read marker to their last new message of each room
+/// (making the room theirs), inside the batch transaction.
+fn mark_senders(
+    conn: &mut SqliteConnection,
+    rows: &[NewMessageRow<'_>],
+    now_micros: i64,
+) -> Result<()> {
+    let mut newest: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+    for r in rows {
+        let seq = newest.entry((r.sender_id, r.room)).or_default();
+        *seq = (*seq).max(r.seq);
+    }
+    for ((user, room), seq) in newest {
+        diesel::insert_into(room_users::table)
+            .values((
+                room_users::user_id.eq(user),
+                room_users::room.eq(room),
+                room_users::read_seq.eq(seq),
+                room_users::since_micros.eq(now_micros),
+            ))
+            .on_conflict((room_users::user_id, room_users::room))
+            .do_update()
+            .set(
+                room_users::read_seq.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                    "MAX(room_users.read_seq, excluded.read_seq)",
+                )),
+            )
+            .execute(conn)?;
+    }
+    Ok(())
 }

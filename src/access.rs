@@ -1,0 +1,339 @@
+//! Who may do what where: private rooms, grants and revocations, admin tokens.
+//!
+//! Every ChatService call that names a room asks [`Access::check`] first;
+//! AdminService changes what it answers. The check is cheap on the send
+//! path: a room's visibility never changes once the room exists, so it is
+//! cached for good; a grant is cached once seen and dropped from the cache
+//! by every revocation, on this node at once and on the other nodes of a
+//! cluster through `cluster::revocations` (NATS, with the access revision
+//! in storage as the floor: [`Access::revalidate`]). Refusals are never
+//! cached: a new grant works at once everywhere.
+//!
+//! The caches are bounded ([`CACHE_ENTRIES`] each, two generations: a
+//! full generation becomes the old one and the older is dropped).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::mpsc;
+
+use crate::domain::{Identity, RoomName, Visibility};
+use crate::error::{Error, Result};
+use crate::rooms::Rooms;
+use crate::storage::{Created, Store};
+use crate::writer::now_micros;
+
+/// Entries per generation of each cache (visibility, grants, public rooms
+/// known to be a user's): at most twice this many are kept, about 9 MB per
+/// cache at the longest names and user ids, far less in practice.
+pub const CACHE_ENTRIES: usize = 16_384;
+/// Revocations waiting to be announced to the other nodes; beyond that the
+/// other nodes find them by polling the access revision.
+pub const ANNOUNCE_QUEUE: usize = 1024;
+
+/// A revocation to tell the other nodes about: the room and the users.
+pub type Revocation = (RoomName, Vec<Arc<str>>);
+
+/// A map bounded in entries: two generations, lookups promote.
+#[derive(Debug)]
+struct Bounded<K, V> {
+    current: HashMap<K, V>,
+    previous: HashMap<K, V>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
+    fn new() -> Self {
+        Bounded {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, key: &K) -> Option<V> {
+        if let Some(v) = self.current.get(key) {
+            return Some(v.clone());
+        }
+        let v = self.previous.remove(key)?;
+        self.insert(key.clone(), v.clone());
+        Some(v)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.current.len() >= CACHE_ENTRIES && !self.current.contains_key(&key) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, value);
+    }
+
+    fn remove(&mut self, key: &K) {
+        self.current.remove(key);
+        self.previous.remove(key);
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.current.keys().chain(self.previous.keys())
+    }
+}
+
+/// A (room, user) pair.
+type Pair = (RoomName, Arc<str>);
+
+/// The grants cache and the revocation epoch, changed together.
+#[derive(Debug)]
+struct Grants {
+    cache: Bounded<Pair, ()>,
+    /// Bumped by every revocation applied on this node: a grant read from
+    /// storage before a revocation is not cached after it.
+    epoch: u64,
+}
+
+/// Access decisions for one node.
+#[derive(Debug)]
+pub struct Access {
+    store: Store,
+    rooms: Arc<Rooms>,
+    /// Visibility of rooms that exist (it never changes then).
+    visibility: Mutex<Bounded<RoomName, Visibility>>,
+    /// Grants seen in storage and not revoked since.
+    grants: Mutex<Grants>,
+    /// Public rooms known to be a user's (ListRooms): a join then writes
+    /// nothing.
+    theirs: Mutex<Bounded<Pair, ()>>,
+    /// A copy of `grants.epoch`, readable without the lock.
+    epoch: AtomicU64,
+    /// Cluster only: where revocations go to be announced.
+    announce: OnceLock<mpsc::Sender<Revocation>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps are caches: a panic elsewhere cannot leave them
+    // wrong in a way that matters.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The refusal for a private room.
+fn denied(room: &RoomName) -> Error {
+    Error::PermissionDenied(format!(
+        "room {room}: the room is private and you have no grant"
+    ))
+}
+
+impl Access {
+    pub fn new(store: Store, rooms: Arc<Rooms>) -> Self {
+        Access {
+            store,
+            rooms,
+            visibility: Mutex::new(Bounded::new()),
+            grants: Mutex::new(Grants {
+                cache: Bounded::new(),
+                epoch: 0,
+            }),
+            theirs: Mutex::new(Bounded::new()),
+            epoch: AtomicU64::new(0),
+            announce: OnceLock::new(),
+        }
+    }
+
+    /// Cluster only: sends every revocation made here to `announce`.
+    pub fn announce_to(&self, announce: mpsc::Sender<Revocation>) {
+        let _ = self.announce.set(announce);
+    }
+
+    /// How many revocations this node has applied; see [`Self::recheck`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The room's visibility: cached once the room exists, public (and not
+    /// cached: it may still be created private) when it does not.
+    pub async fn visibility(&self, room: &RoomName) -> Result<Visibility> {
+        if let Some(v) = lock(&self.visibility).get(room) {
+            return Ok(v);
+        }
+        match self.store.visibility(room).await? {
+            Some(v) => {
+                lock(&self.visibility).insert(room.clone(), v);
+                Ok(v)
+            }
+            None => Ok(Visibility::Public),
+        }
+    }
+
+    /// Whether `who` may use `room`: admin tokens and public rooms always,
+    /// private rooms with a grant; else PERMISSION_DENIED naming the room.
+    /// Returns the room's visibility.
+    pub async fn check(&self, who: &Identity, room: &RoomName) -> Result<Visibility> {
+        let visibility = self.visibility(room).await?;
+        if who.admin || visibility == Visibility::Public {
+            return Ok(visibility);
+        }
+        let pair = (room.clone(), who.user_id.clone());
+        let epoch = {
+            let mut grants = lock(&self.grants);
+            if grants.cache.get(&pair).is_some() {
+                return Ok(visibility);
+            }
+            grants.epoch
+        };
+        if !self.store.is_granted(room, &who.user_id).await? {
+            return Err(denied(room));
+        }
+        let mut grants = lock(&self.grants);
+        if grants.epoch == epoch {
+            grants.cache.insert(pair, ());
+        }
+        Ok(visibility)
+    }
+
+    /// For a stream opened after a [`Self::check`] made at `epoch`: when a
+    /// revocation was applied since, asks storage again (the revocation may
+    /// have come between the check and the stream joining the room).
+    pub async fn recheck(&self, epoch: u64, who: &Identity, room: &RoomName) -> Result<()> {
+        if self.epoch() == epoch || who.admin {
+            return Ok(());
+        }
+        match self.visibility(room).await? {
+            Visibility::Public => Ok(()),
+            Visibility::Private if self.store.is_granted(room, &who.user_id).await? => Ok(()),
+            Visibility::Private => Err(denied(room)),
+        }
+    }
+
+    /// Makes a public room one of `who`'s rooms (JoinRoom): one write the
+    /// first time this node sees the pair, nothing after.
+    pub async fn note_joined(&self, who: &Identity, room: &RoomName) -> Result<()> {
+        let pair = (room.clone(), who.user_id.clone());
+        if lock(&self.theirs).get(&pair).is_some() {
+            return Ok(());
+        }
+        self.store
+            .make_theirs(&who.user_id, room, now_micros())
+            .await?;
+        lock(&self.theirs).insert(pair, ());
+        Ok(())
+    }
+
+    /// CreateRoom: `created` is false when the room exists with this
+    /// visibility; another visibility is FAILED_PRECONDITION.
+    pub async fn create_room(&self, room: &RoomName, visibility: Visibility) -> Result<bool> {
+        let created = match self.store.create_room(room, visibility).await? {
+            Created::New => true,
+            Created::Existing(existing) if existing == visibility => false,
+            Created::Existing(existing) => {
+                return Err(Error::FailedPrecondition {
+                    field: "visibility",
+                    reason: format!(
+                        "room {room} exists and is {}",
+                        match existing {
+                            Visibility::Public =>
+                                "public (a room with public history never turns private)",
+                            Visibility::Private => "private",
+                        }
+                    ),
+                });
+            }
+        };
+        lock(&self.visibility).insert(room.clone(), visibility);
+        Ok(created)
+    }
+
+    /// The room must exist and be private to take grants.
+    async fn private_room(&self, room: &RoomName) -> Result<()> {
+        match self.store.visibility(room).await? {
+            None => Err(Error::NotFound {
+                field: "room",
+                reason: format!("room {room} does not exist; create it private first"),
+            }),
+            Some(Visibility::Public) => Err(Error::FailedPrecondition {
+                field: "room",
+                reason: format!("room {room} is public: grants apply to private rooms"),
+            }),
+            Some(Visibility::Private) => Ok(()),
+        }
+    }
+
+    /// GrantAccess: lets `users` into the private `room`.
+    pub async fn grant(&self, room: &RoomName, users: &[Arc<str>]) -> Result<()> {
+        self.private_room(room).await?;
+        self.store.grant(room, users, now_micros()).await
+    }
+
+    /// RevokeAccess: takes the grants away in storage, then ends the users'
+    /// streams here and tells the other nodes.
+    pub async fn revoke(&self, room: &RoomName, users: Vec<Arc<str>>) -> Result<()> {
+        self.private_room(room).await?;
+        self.store.revoke(room, &users).await?;
+        self.apply_revocation(room, &users);
+        if let Some(announce) = self.announce.get()
+            && announce.try_send((room.clone(), users)).is_err()
+        {
+            tracing::debug!(room = %room, "revocation queue full; other nodes find it by polling");
+        }
+        Ok(())
+    }
+
+    /// Applies a revocation made here or on another node: forgets the
+    /// cached grants, then ends the users' streams in the room (PERMISSION_DENIED,
+    /// member_left). Applying one twice changes nothing more.
+    pub fn apply_revocation(&self, room: &RoomName, users: &[Arc<str>]) {
+        {
+            let mut grants = lock(&self.grants);
+            grants.epoch += 1;
+            self.epoch.store(grants.epoch, Ordering::Release);
+            for user in users {
+                grants.cache.remove(&(room.clone(), user.clone()));
+            }
+        }
+        for user in users {
+            self.rooms.revoke(room, user);
+        }
+    }
+
+    /// Re-checks in storage every cached grant and every stream on this
+    /// node, and applies what was revoked: for a node that may have missed
+    /// a revocation notice (the access revision moved).
+    pub async fn revalidate(&self) -> Result<()> {
+        let mut pairs: Vec<Pair> = lock(&self.grants).cache.keys().cloned().collect();
+        pairs.extend(self.rooms.local_users());
+        pairs.sort_unstable();
+        pairs.dedup();
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let denied = self.store.denied(&pairs).await?;
+        let mut by_room: HashMap<RoomName, Vec<Arc<str>>> = HashMap::new();
+        for (room, user) in denied {
+            by_room.entry(room).or_default().push(user);
+        }
+        for (room, users) in by_room {
+            tracing::debug!(room = %room, users = users.len(), "applying a revocation found in storage");
+            self.apply_revocation(&room, &users);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_keeps_two_generations() {
+        let mut map: Bounded<u32, ()> = Bounded::new();
+        // Two full generations, then one more key: the first generation
+        // is dropped.
+        for k in 0..=(CACHE_ENTRIES as u32 * 2) {
+            map.insert(k, ());
+        }
+        assert!(map.current.len() <= CACHE_ENTRIES && map.previous.len() <= CACHE_ENTRIES);
+        // The oldest generation is gone, the newer ones are found.
+        assert!(map.get(&0).is_none());
+        assert!(map.get(&(CACHE_ENTRIES as u32 * 2 - 1)).is_some());
+        map.remove(&(CACHE_ENTRIES as u32 * 2 - 1));
+        assert!(map.get(&(CACHE_ENTRIES as u32 * 2 - 1)).is_none());
+    }
+}

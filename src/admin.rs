@@ -1,0 +1,89 @@
+//! chat.v1.AdminService, the app backend's API: proto in, domain through, proto out.
+//!
+//! Every call needs an admin token: the auth interceptor refuses a missing
+//! or bad one (UNAUTHENTICATED), and [`admin`] refuses a valid token
+//! without `"admin": true` (PERMISSION_DENIED). What the calls do is
+//! [`crate::access`]'s.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::access::Access;
+use crate::domain::{Identity, RoomName, Visibility, parse_user_ids};
+use crate::error::Error;
+use crate::proto::server::admin_service_server::AdminService;
+use crate::proto::{self, RoomVisibility};
+
+/// The AdminService implementation.
+#[derive(Clone, Debug)]
+pub struct AdminApi {
+    pub(crate) access: Arc<Access>,
+}
+
+/// The caller, who must hold an admin token.
+fn admin<T>(request: &Request<T>) -> Result<Identity, Status> {
+    let identity = request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("authorization: missing bearer token"))?;
+    if !identity.admin {
+        return Err(Error::PermissionDenied(
+            "AdminService needs an admin token (claims with \"admin\": true)".into(),
+        )
+        .into());
+    }
+    Ok(identity)
+}
+
+/// The wire value of a visibility.
+pub(crate) fn wire_visibility(v: Visibility) -> i32 {
+    match v {
+        Visibility::Public => RoomVisibility::Public as i32,
+        Visibility::Private => RoomVisibility::Private as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_room(
+        &self,
+        request: Request<proto::CreateRoomRequest>,
+    ) -> Result<Response<proto::CreateRoomResponse>, Status> {
+        admin(&request)?;
+        let request = request.into_inner();
+        let room = RoomName::parse(&request.room)?;
+        let visibility = Visibility::parse(request.visibility)?;
+        let created = self.access.create_room(&room, visibility).await?;
+        Ok(Response::new(proto::CreateRoomResponse {
+            room: room.to_string(),
+            visibility: wire_visibility(visibility),
+            created,
+        }))
+    }
+
+    async fn grant_access(
+        &self,
+        request: Request<proto::GrantAccessRequest>,
+    ) -> Result<Response<proto::GrantAccessResponse>, Status> {
+        admin(&request)?;
+        let request = request.into_inner();
+        let room = RoomName::parse(&request.room)?;
+        let users = parse_user_ids(request.user_ids)?;
+        self.access.grant(&room, &users).await?;
+        Ok(Response::new(proto::GrantAccessResponse {}))
+    }
+
+    async fn revoke_access(
+        &self,
+        request: Request<proto::RevokeAccessRequest>,
+    ) -> Result<Response<proto::RevokeAccessResponse>, Status> {
+        admin(&request)?;
+        let request = request.into_inner();
+        let room = RoomName::parse(&request.room)?;
+        let users = parse_user_ids(request.user_ids)?;
+        self.access.revoke(&room, users).await?;
+        Ok(Response::new(proto::RevokeAccessResponse {}))
+    }
+}

@@ -1,0 +1,389 @@
+//! Private rooms, grants, the users' rooms and read markers, on both backends.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, SmallInt, Text};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::schema::{access_revision, room_users, rooms};
+use super::{Backend, Store, to_i64};
+use crate::domain::{
+    ContentKind, RoomName, RoomSummary, RoomsCursor, RoomsPage, RoomsQuery, StoredMessage,
+    UNREAD_CAP, Visibility,
+};
+use crate::error::{Error, Result};
+
+/// The most (room, user) pairs [`Store::denied`] asks about in one query.
+const PAIRS_CHUNK: usize = 1000;
+
+/// What CreateRoom found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The room did not exist; it does now, with the asked visibility.
+    New,
+    /// The room existed already, with this visibility.
+    Existing(Visibility),
+}
+
+/// One page of a user's rooms, in [`LIST_ROOMS_SQL`] (PostgreSQL's
+/// placeholders; SQLite's are the same with `?` for `$`). The inner query
+/// picks the page by keyset (activity descending, then room descending);
+/// the outer one counts each room's unread messages, at most
+/// [`UNREAD_CAP`] each. `$1` user, `$2` cursor activity, `$3` cursor room,
+/// `$4` limit.
+const LIST_ROOMS_SQL: &str = "\
+SELECT p.*, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM messages u
+        WHERE u.room = p.room AND u.seq > p.read_seq AND u.sender_id <> $1
+        LIMIT 1000
+    ) AS t
+) AS unread
+FROM (
+    SELECT ru.room AS room,
+        CAST(COALESCE(r.visibility, 1) AS SMALLINT) AS visibility,
+        COALESCE(r.last_seq, 0) AS last_seq,
+        ru.read_seq AS read_seq,
+        COALESCE(m.sent_at_micros, ru.since_micros) AS activity,
+        m.seq AS m_seq, m.sender_id AS m_sender_id, m.sender_name AS m_sender_name,
+        m.content_type AS m_content_type, m.content AS m_content,
+        m.client_message_id AS m_client_message_id
+    FROM room_users ru
+    LEFT JOIN rooms r ON r.name = ru.room
+    LEFT JOIN messages m ON m.room = ru.room AND m.seq = r.last_seq
+    WHERE ru.user_id = $1
+      AND (ru.granted OR COALESCE(r.visibility, 1) = 1)
+      AND (COALESCE(m.sent_at_micros, ru.since_micros), ru.room) < ($2, $3)
+    ORDER BY activity DESC, room DESC
+    LIMIT $4
+) AS p
+ORDER BY p.activity DESC, p.room DESC";
+
+#[derive(QueryableByName)]
+struct RoomRow {
+    #[diesel(sql_type = Text)]
+    room: String,
+    #[diesel(sql_type = SmallInt)]
+    visibility: i16,
+    #[diesel(sql_type = BigInt)]
+    last_seq: i64,
+    #[diesel(sql_type = BigInt)]
+    read_seq: i64,
+    #[diesel(sql_type = BigInt)]
+    activity: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    m_seq: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    m_sender_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    m_sender_name: Option<String>,
+    #[diesel(sql_type = Nullable<SmallInt>)]
+    m_content_type: Option<i16>,
+    #[diesel(sql_type = Nullable<Text>)]
+    m_content: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    m_client_message_id: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    unread: i64,
+}
+
+impl RoomRow {
+    fn into_summary(self) -> Result<RoomSummary> {
+        let bad = |what: &str| Error::Internal(format!("room {} has {what}", self.room));
+        let visibility = Visibility::from_code(self.visibility).ok_or_else(|| bad("visibility"))?;
+        let room = RoomName::from_stored(self.room.clone());
+        let last_message = match (
+            self.m_seq,
+            self.m_sender_id,
+            self.m_sender_name,
+            self.m_content_type,
+            self.m_content,
+        ) {
+            (Some(seq), Some(sender_id), Some(sender_name), Some(kind), Some(content)) => {
+                Some(StoredMessage {
+                    room: room.clone(),
+                    seq: u64::try_from(seq).map_err(|_| bad("a negative seq"))?,
+                    sender_id,
+                    sender_name,
+                    kind: ContentKind::from_code(kind).ok_or_else(|| bad("a content type"))?,
+                    content,
+                    client_message_id: self.m_client_message_id,
+                    sent_at_micros: self.activity,
+                })
+            }
+            _ => None,
+        };
+        Ok(RoomSummary {
+            room,
+            visibility,
+            last_seq: u64::try_from(self.last_seq).map_err(|_| bad("a negative last_seq"))?,
+            last_message,
+            read_seq: u64::try_from(self.read_seq).map_err(|_| bad("a negative read_seq"))?,
+            unread_count: u64::try_from(self.unread).unwrap_or(0).min(UNREAD_CAP),
+            activity_micros: self.activity,
+        })
+    }
+}
+
+impl Store {
+    /// The room's visibility; `None` when it has no row (never created and
+    /// no message: public, and may still be created private).
+    pub async fn visibility(&self, room: &RoomName) -> Result<Option<Visibility>> {
+        let code: Option<i16> = with_conn!(self, |conn| {
+            rooms::table
+                .find(room.as_str())
+                .select(rooms::visibility)
+                .first(conn)
+                .await
+                .optional()?
+        });
+        code.map(|c| {
+            Visibility::from_code(c)
+                .ok_or_else(|| Error::Internal(format!("room {room} has visibility {c}")))
+        })
+        .transpose()
+    }
+
+    /// Whether `user` holds a grant for `room`.
+    pub async fn is_granted(&self, room: &RoomName, user: &str) -> Result<bool> {
+        let granted: Option<bool> = with_conn!(self, |conn| {
+            room_users::table
+                .find((user, room.as_str()))
+                .select(room_users::granted)
+                .first(conn)
+                .await
+                .optional()?
+        });
+        Ok(granted == Some(true))
+    }
+
+    /// Creates `room` with `visibility` unless it exists.
+    pub async fn create_room(&self, room: &RoomName, visibility: Visibility) -> Result<Created> {
+        let inserted = with_conn!(self, |conn| {
+            diesel::insert_into(rooms::table)
+                .values((
+                    rooms::name.eq(room.as_str()),
+                    rooms::last_seq.eq(0i64),
+                    rooms::visibility.eq(visibility.code()),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?
+        });
+        if inserted == 1 {
+            return Ok(Created::New);
+        }
+        match self.visibility(room).await? {
+            Some(existing) => Ok(Created::Existing(existing)),
+            None => Err(Error::Internal(format!("room {room} vanished"))),
+        }
+    }
+
+    /// Grants `users` access to `room` (a room of theirs from `now_micros`
+    /// when it was not yet); existing grants stay as they are.
+    pub async fn grant(&self, room: &RoomName, users: &[Arc<str>], now_micros: i64) -> Result<()> {
+        // One statement per user (SQLite has no batch upsert in diesel), in
+        // one transaction, in user order as every writer of these rows.
+        with_conn!(self, |conn| {
+            conn.transaction(async |conn| {
+                for user in users {
+                    diesel::insert_into(room_users::table)
+                        .values((
+                            room_users::user_id.eq(&**user),
+                            room_users::room.eq(room.as_str()),
+                            room_users::granted.eq(true),
+                            room_users::since_micros.eq(now_micros),
+                        ))
+                        .on_conflict((room_users::user_id, room_users::room))
+                        .do_update()
+                        .set(room_users::granted.eq(true))
+                        .execute(conn)
+                        .await?;
+                }
+                Ok::<_, diesel::result::Error>(())
+            })
+            .await?
+        });
+        Ok(())
+    }
+
+    /// Takes `users`' grants to `room` away and bumps the access revision,
+    /// in one transaction.
+    pub async fn revoke(&self, room: &RoomName, users: &[Arc<str>]) -> Result<()> {
+        let ids: Vec<&str> = users.iter().map(|u| &**u).collect();
+        let ids = &ids;
+        with_conn!(self, |conn| {
+            conn.transaction(async |conn| {
+                diesel::delete(
+                    room_users::table
+                        .filter(room_users::room.eq(room.as_str()))
+                        .filter(room_users::user_id.eq_any(ids)),
+                )
+                .execute(conn)
+                .await?;
+                diesel::update(access_revision::table)
+                    .set(access_revision::revision.eq(access_revision::revision + 1))
+                    .execute(conn)
+                    .await?;
+                Ok::<_, diesel::result::Error>(())
+            })
+            .await?
+        });
+        Ok(())
+    }
+
+    /// The access revision: it moves with every revocation.
+    pub async fn access_revision(&self) -> Result<i64> {
+        Ok(with_conn!(self, |conn| {
+            access_revision::table
+                .select(access_revision::revision)
+                .first::<i64>(conn)
+                .await?
+        }))
+    }
+
+    /// Makes `room` (public) one of `user`'s rooms from `now_micros`, unless
+    /// it already is.
+    pub async fn make_theirs(&self, user: &str, room: &RoomName, now_micros: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            diesel::insert_into(room_users::table)
+                .values((
+                    room_users::user_id.eq(user),
+                    room_users::room.eq(room.as_str()),
+                    room_users::since_micros.eq(now_micros),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?
+        });
+        Ok(())
+    }
+
+    /// Moves `user`'s read marker in `room` forward to `seq` (never back)
+    /// and returns it. `seq` beyond the room's last is OUT_OF_RANGE.
+    pub async fn mark_read(
+        &self,
+        user: &str,
+        room: &RoomName,
+        seq: u64,
+        now_micros: i64,
+    ) -> Result<u64> {
+        let last = self.last_seq(room).await?;
+        if seq > last {
+            return Err(Error::OutOfRange {
+                field: "seq",
+                reason: format!("{seq} is beyond the room's last seq {last}"),
+            });
+        }
+        let seq = to_i64(seq)?;
+        let marker: i64 = with_conn!(self, |conn| {
+            // The larger of the two markers, in SQL both backends speak.
+            let forward = diesel::dsl::sql::<BigInt>(
+                "CASE WHEN excluded.read_seq > room_users.read_seq \
+                 THEN excluded.read_seq ELSE room_users.read_seq END",
+            );
+            diesel::insert_into(room_users::table)
+                .values((
+                    room_users::user_id.eq(user),
+                    room_users::room.eq(room.as_str()),
+                    room_users::read_seq.eq(seq),
+                    room_users::since_micros.eq(now_micros),
+                ))
+                .on_conflict((room_users::user_id, room_users::room))
+                .do_update()
+                .set(room_users::read_seq.eq(forward))
+                .returning(room_users::read_seq)
+                .get_result(conn)
+                .await?
+        });
+        u64::try_from(marker).map_err(|_| Error::Internal(format!("read marker {marker}")))
+    }
+
+    /// Of `pairs` (room, user), those that may no longer use their room: a
+    /// private room without a grant.
+    pub async fn denied(
+        &self,
+        pairs: &[(RoomName, Arc<str>)],
+    ) -> Result<Vec<(RoomName, Arc<str>)>> {
+        let mut out = Vec::new();
+        for chunk in pairs.chunks(PAIRS_CHUNK) {
+            let names: Vec<&str> = chunk.iter().map(|(r, _)| r.as_str()).collect();
+            let private: HashSet<String> = with_conn!(self, |conn| {
+                rooms::table
+                    .filter(rooms::name.eq_any(&names))
+                    .filter(rooms::visibility.eq(Visibility::Private.code()))
+                    .select(rooms::name)
+                    .load::<String>(conn)
+                    .await?
+            })
+            .into_iter()
+            .collect();
+            if private.is_empty() {
+                continue;
+            }
+            let users: Vec<&str> = chunk.iter().map(|(_, u)| &**u).collect();
+            let private_names: Vec<&str> = private.iter().map(String::as_str).collect();
+            let granted: HashSet<(String, String)> = with_conn!(self, |conn| {
+                room_users::table
+                    .filter(room_users::room.eq_any(&private_names))
+                    .filter(room_users::user_id.eq_any(&users))
+                    .filter(room_users::granted.eq(true))
+                    .select((room_users::room, room_users::user_id))
+                    .load::<(String, String)>(conn)
+                    .await?
+            })
+            .into_iter()
+            .collect();
+            out.extend(
+                chunk
+                    .iter()
+                    .filter(|(r, u)| {
+                        private.contains(r.as_str())
+                            && !granted.contains(&(r.as_str().to_owned(), u.to_string()))
+                    })
+                    .cloned(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// One page of `user`'s rooms, newest activity first.
+    pub async fn list_rooms(&self, user: &str, query: &RoomsQuery) -> Result<RoomsPage> {
+        let (activity, after_room) = match &query.after {
+            Some(c) => (c.activity_micros, c.room.as_str()),
+            // Every real activity is below it.
+            None => (i64::MAX, ""),
+        };
+        let limit = i64::from(query.limit) + 1;
+        let sql = match self.backend {
+            Backend::Postgres(_) => std::borrow::Cow::Borrowed(LIST_ROOMS_SQL),
+            Backend::Sqlite(_) => std::borrow::Cow::Owned(LIST_ROOMS_SQL.replace('$', "?")),
+        };
+        let sql = &*sql;
+        let rows: Vec<RoomRow> = with_conn!(self, |conn| {
+            diesel::sql_query(sql)
+                .bind::<Text, _>(user)
+                .bind::<BigInt, _>(activity)
+                .bind::<Text, _>(after_room)
+                .bind::<BigInt, _>(limit)
+                .load(conn)
+                .await?
+        });
+        let mut rooms = rows
+            .into_iter()
+            .map(RoomRow::into_summary)
+            .collect::<Result<Vec<_>>>()?;
+        let next = if rooms.len() > query.limit as usize {
+            rooms.truncate(query.limit as usize);
+            rooms.last().map(|last| RoomsCursor {
+                activity_micros: last.activity_micros,
+                room: last.room.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(RoomsPage { rooms, next })
+    }
+}

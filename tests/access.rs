@@ -1,0 +1,776 @@
+//! Who may do what (issue 9): private rooms, AdminService, ListRooms,
+//! MarkRead, and revocations on one node and across a cluster.
+
+#[macro_use]
+mod helpers;
+
+on_both_backends! {
+    private_room_refuses_every_rpc_without_a_grant:
+        crate::private_room_refuses_every_rpc_without_a_grant,
+    admin_service_needs_an_admin_token: crate::admin_service_needs_an_admin_token,
+    create_room_rules: crate::create_room_rules,
+    grant_rules: crate::grant_rules,
+    revoke_ends_live_streams_and_refuses_the_next_call:
+        crate::revoke_ends_live_streams_and_refuses_the_next_call,
+    list_rooms_order_paging_and_unread: crate::list_rooms_order_paging_and_unread,
+    unread_count_is_exact_to_999_and_caps_at_1000:
+        crate::unread_count_is_exact_to_999_and_caps_at_1000,
+    mark_read_is_monotonic_and_bounded: crate::mark_read_is_monotonic_and_bounded,
+}
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chatd::proto::admin_service_client::AdminServiceClient;
+use chatd::proto::chat_service_client::ChatServiceClient;
+use chatd::proto::join_room_response::Event;
+use chatd::proto::{self, JoinRoomResponse, RoomVisibility};
+use helpers::cluster::{Nats, SHARED_NATS, start_nodes, unique_cluster};
+use helpers::*;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+type Admin = AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+fn admin_token(server: &TestServer, user: &str) -> String {
+    server
+        .keys
+        .mint_with(user, None, Some(Duration::from_secs(3600)), true)
+        .expect("mint admin")
+}
+
+/// An AdminService client with an admin token.
+async fn admin(server: &TestServer) -> Admin {
+    AdminServiceClient::with_interceptor(
+        server.channel().await,
+        Bearer::new(&admin_token(server, "backend")),
+    )
+}
+
+/// A ChatService client with an admin token.
+async fn admin_chat(server: &TestServer) -> Client {
+    ChatServiceClient::with_interceptor(
+        server.channel().await,
+        Bearer::new(&admin_token(server, "backend")),
+    )
+}
+
+async fn create(admin: &mut Admin, room: &str, visibility: RoomVisibility) -> Result<bool, Status> {
+    within(admin.create_room(proto::CreateRoomRequest {
+        room: room.into(),
+        visibility: visibility as i32,
+    }))
+    .await
+    .map(|r| r.into_inner().created)
+}
+
+async fn grant(admin: &mut Admin, room: &str, users: &[&str]) -> Result<(), Status> {
+    within(admin.grant_access(proto::GrantAccessRequest {
+        room: room.into(),
+        user_ids: users.iter().map(|u| u.to_string()).collect(),
+    }))
+    .await
+    .map(|_| ())
+}
+
+async fn revoke(admin: &mut Admin, room: &str, users: &[&str]) -> Result<(), Status> {
+    within(admin.revoke_access(proto::RevokeAccessRequest {
+        room: room.into(),
+        user_ids: users.iter().map(|u| u.to_string()).collect(),
+    }))
+    .await
+    .map(|_| ())
+}
+
+async fn mark_read(client: &mut Client, room: &str, seq: u64) -> Result<u64, Status> {
+    within(client.mark_read(proto::MarkReadRequest {
+        room: room.into(),
+        seq,
+    }))
+    .await
+    .map(|r| r.into_inner().read_seq)
+}
+
+async fn list_rooms(
+    client: &mut Client,
+    page_size: u32,
+    page_token: &str,
+) -> Result<proto::ListRoomsResponse, Status> {
+    within(client.list_rooms(proto::ListRoomsRequest {
+        page_size,
+        page_token: page_token.into(),
+    }))
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Every one of the caller's rooms, page by page.
+async fn all_rooms(client: &mut Client, page_size: u32) -> Vec<proto::RoomSummary> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list_rooms(client, page_size, &token)
+            .await
+            .expect("list rooms");
+        assert!(page.rooms.len() <= page_size.max(1) as usize);
+        out.extend(page.rooms);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn names(rooms: &[proto::RoomSummary]) -> Vec<&str> {
+    rooms.iter().map(|r| r.room.as_str()).collect()
+}
+
+fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) {
+    match result {
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(
+                status.message().contains(needle),
+                "{:?} should name {needle:?}",
+                status.message()
+            );
+        }
+        Ok(v) => panic!("expected {code:?}, got {v:?}"),
+    }
+}
+
+/// The stream's next item must be its end with `code`.
+async fn assert_ends_with(stream: &mut Streaming<JoinRoomResponse>, code: Code, needle: &str) {
+    loop {
+        match within(stream.message()).await {
+            Ok(Some(r)) => match r.event {
+                // Events already on their way before the end are fine.
+                Some(Event::Message(_) | Event::MemberJoined(_) | Event::MemberLeft(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            },
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => {
+                assert_eq!(status.code(), code, "{status:?}");
+                assert!(status.message().contains(needle), "{status:?}");
+                return;
+            }
+        }
+    }
+}
+
+async fn join_result(client: &mut Client, room: &str) -> Result<(), Status> {
+    let mut stream = within(client.join_room(proto::JoinRoomRequest {
+        room: room.into(),
+        resume_after_seq: None,
+    }))
+    .await?
+    .into_inner();
+    within(stream.message()).await.map(|_| ())
+}
+
+/// Every ChatService call on a private room answers PERMISSION_DENIED
+/// naming the room to a user without a grant, works for a granted user,
+/// and works for an admin token without a grant.
+async fn private_room_refuses_every_rpc_without_a_grant(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut admin = admin(&server).await;
+    assert!(
+        create(&mut admin, "secret", RoomVisibility::Private)
+            .await
+            .unwrap()
+    );
+    grant(&mut admin, "secret", &["alice"]).await.unwrap();
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+
+    assert_code(
+        join_result(&mut bob, "secret").await,
+        Code::PermissionDenied,
+        "secret",
+    );
+    let refused = send_request(
+        &mut bob,
+        proto::SendMessageRequest {
+            room: "secret".into(),
+            content: "let me in".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_code(refused, Code::PermissionDenied, "secret");
+    let history = within(bob.list_history(proto::ListHistoryRequest {
+        room: "secret".into(),
+        ..Default::default()
+    }))
+    .await;
+    assert_code(history, Code::PermissionDenied, "secret");
+    let members = within(bob.list_members(proto::ListMembersRequest {
+        room: "secret".into(),
+    }))
+    .await;
+    assert_code(members, Code::PermissionDenied, "secret");
+    assert_code(
+        mark_read(&mut bob, "secret", 0).await,
+        Code::PermissionDenied,
+        "secret",
+    );
+
+    // The granted user does everything; the refused send stored nothing.
+    let (mut stream, joined) = join(&mut alice, "secret", None).await;
+    assert_eq!(joined.last_seq, 0);
+    let sent = send(&mut alice, "secret", "hi").await;
+    assert_eq!(sent.seq, 1);
+    assert_eq!(next_message(&mut stream).await.seq, 1);
+    assert_eq!(seqs(&newest_page(&mut alice, "secret").await.messages), [1]);
+    assert_eq!(
+        user_ids(&list_members(&mut alice, "secret").await),
+        ["alice"]
+    );
+    assert_eq!(mark_read(&mut alice, "secret", 1).await.unwrap(), 1);
+
+    // An admin token passes every check without a grant.
+    let mut backend_chat = admin_chat(&server).await;
+    let (_s, joined) = join(&mut backend_chat, "secret", None).await;
+    assert_eq!(joined.last_seq, 1);
+    send(&mut backend_chat, "secret", "from the backend").await;
+    assert_eq!(
+        newest_page(&mut backend_chat, "secret")
+            .await
+            .messages
+            .len(),
+        2
+    );
+    list_members(&mut backend_chat, "secret").await;
+    mark_read(&mut backend_chat, "secret", 2).await.unwrap();
+
+    // Public rooms stay open to everyone.
+    send(&mut bob, "lobby", "hello").await;
+}
+
+/// AdminService: a valid non-admin token is PERMISSION_DENIED, no token
+/// UNAUTHENTICATED, on every call.
+async fn admin_service_needs_an_admin_token(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut user = AdminServiceClient::with_interceptor(
+        server.channel().await,
+        Bearer::new(&server.token("mallory")),
+    );
+    let mut anonymous = AdminServiceClient::new(server.channel().await);
+    let create = proto::CreateRoomRequest {
+        room: "r".into(),
+        visibility: RoomVisibility::Private as i32,
+    };
+    let grant = proto::GrantAccessRequest {
+        room: "r".into(),
+        user_ids: vec!["mallory".into()],
+    };
+    let revoke = proto::RevokeAccessRequest {
+        room: "r".into(),
+        user_ids: vec!["mallory".into()],
+    };
+    assert_code(
+        within(user.create_room(create.clone())).await,
+        Code::PermissionDenied,
+        "admin",
+    );
+    assert_code(
+        within(user.grant_access(grant.clone())).await,
+        Code::PermissionDenied,
+        "admin",
+    );
+    assert_code(
+        within(user.revoke_access(revoke.clone())).await,
+        Code::PermissionDenied,
+        "admin",
+    );
+    assert_code(
+        within(anonymous.create_room(create)).await,
+        Code::Unauthenticated,
+        "authorization",
+    );
+    assert_code(
+        within(anonymous.grant_access(grant)).await,
+        Code::Unauthenticated,
+        "authorization",
+    );
+    assert_code(
+        within(anonymous.revoke_access(revoke)).await,
+        Code::Unauthenticated,
+        "authorization",
+    );
+    // Nothing was created: the room is still public to anyone.
+    let mut mallory = server.client("mallory").await;
+    send(&mut mallory, "r", "still public").await;
+}
+
+async fn create_room_rules(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut admin = admin(&server).await;
+    // UNSPECIFIED is PUBLIC; the answer says so.
+    let answer = within(admin.create_room(proto::CreateRoomRequest {
+        room: " Town.Square ".into(),
+        visibility: RoomVisibility::Unspecified as i32,
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        (answer.room.as_str(), answer.visibility, answer.created),
+        ("town.square", RoomVisibility::Public as i32, true)
+    );
+    assert!(
+        !create(&mut admin, "town.square", RoomVisibility::Public)
+            .await
+            .unwrap()
+    );
+    assert_code(
+        create(&mut admin, "town.square", RoomVisibility::Private).await,
+        Code::FailedPrecondition,
+        "public",
+    );
+    // A room with messages exists and is public.
+    let mut alice = server.client("alice").await;
+    send(&mut alice, "used", "hi").await;
+    assert!(
+        !create(&mut admin, "used", RoomVisibility::Unspecified)
+            .await
+            .unwrap()
+    );
+    assert_code(
+        create(&mut admin, "used", RoomVisibility::Private).await,
+        Code::FailedPrecondition,
+        "used",
+    );
+    // Private, then the same again, then public refused.
+    assert!(
+        create(&mut admin, "vault", RoomVisibility::Private)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !create(&mut admin, "vault", RoomVisibility::Private)
+            .await
+            .unwrap()
+    );
+    assert_code(
+        create(&mut admin, "vault", RoomVisibility::Public).await,
+        Code::FailedPrecondition,
+        "private",
+    );
+    // Bad input names its field.
+    assert_code(
+        create(&mut admin, "no spaces", RoomVisibility::Public).await,
+        Code::InvalidArgument,
+        "room",
+    );
+    let bad = within(admin.create_room(proto::CreateRoomRequest {
+        room: "x".into(),
+        visibility: 7,
+    }))
+    .await;
+    assert_code(bad, Code::InvalidArgument, "visibility");
+}
+
+async fn grant_rules(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut admin = admin(&server).await;
+    assert_code(
+        grant(&mut admin, "nowhere", &["a"]).await,
+        Code::NotFound,
+        "nowhere",
+    );
+    assert_code(
+        revoke(&mut admin, "nowhere", &["a"]).await,
+        Code::NotFound,
+        "nowhere",
+    );
+    create(&mut admin, "open", RoomVisibility::Public)
+        .await
+        .unwrap();
+    assert_code(
+        grant(&mut admin, "open", &["a"]).await,
+        Code::FailedPrecondition,
+        "public",
+    );
+    create(&mut admin, "club", RoomVisibility::Private)
+        .await
+        .unwrap();
+    grant(&mut admin, "club", &["a", "b", "a"]).await.unwrap();
+    grant(&mut admin, "club", &["a"]).await.unwrap();
+    // Revoking a user without a grant is fine.
+    revoke(&mut admin, "club", &["nobody"]).await.unwrap();
+    assert_code(
+        grant(&mut admin, "club", &[]).await,
+        Code::InvalidArgument,
+        "user_ids",
+    );
+    assert_code(
+        grant(&mut admin, "club", &["ok", " "]).await,
+        Code::InvalidArgument,
+        "user_ids[1]",
+    );
+    assert_code(
+        grant(&mut admin, "club", &["bidi\u{202e}"]).await,
+        Code::InvalidArgument,
+        "user_ids",
+    );
+    let long = "x".repeat(129);
+    assert_code(
+        grant(&mut admin, "club", &[&long]).await,
+        Code::InvalidArgument,
+        "user_ids",
+    );
+    let many: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_code(
+        grant(&mut admin, "club", &many).await,
+        Code::InvalidArgument,
+        "1000",
+    );
+    assert_code(
+        grant(&mut admin, "", &["a"]).await,
+        Code::InvalidArgument,
+        "room",
+    );
+    // Both granted users get in.
+    for user in ["a", "b"] {
+        let mut c = server.client(user).await;
+        send(&mut c, "club", "in").await;
+    }
+}
+
+/// Revoking ends the user's open streams in the room with
+/// PERMISSION_DENIED, the others see member_left once, the next call is
+/// refused, and a new grant lets the user back in.
+async fn revoke_ends_live_streams_and_refuses_the_next_call(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut admin = admin(&server).await;
+    create(&mut admin, "team", RoomVisibility::Private)
+        .await
+        .unwrap();
+    grant(&mut admin, "team", &["alice", "bob"]).await.unwrap();
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let (mut alice_stream, _) = join(&mut alice, "team", None).await;
+    let (mut bob_stream, _) = join(&mut bob, "team", None).await;
+    let (mut bob_second, _) = join(&mut bob, "team", None).await;
+    // Bob's streams in another room are not touched.
+    let (mut bob_lobby, _) = join(&mut bob, "lobby", None).await;
+    match next_event(&mut alice_stream).await {
+        Event::MemberJoined(j) => assert_eq!(j.member.unwrap().user_id, "bob"),
+        other => panic!("expected bob joining, got {other:?}"),
+    }
+
+    revoke(&mut admin, "team", &["bob"]).await.unwrap();
+    assert_ends_with(&mut bob_stream, Code::PermissionDenied, "team").await;
+    assert_ends_with(&mut bob_second, Code::PermissionDenied, "team").await;
+    match next_event(&mut alice_stream).await {
+        Event::MemberLeft(l) => assert_eq!(l.member.unwrap().user_id, "bob"),
+        other => panic!("expected bob leaving, got {other:?}"),
+    }
+    assert_code(
+        join_result(&mut bob, "team").await,
+        Code::PermissionDenied,
+        "team",
+    );
+    let refused = send_request(
+        &mut bob,
+        proto::SendMessageRequest {
+            room: "team".into(),
+            content: "still here?".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_code(refused, Code::PermissionDenied, "team");
+    // Exactly one member_left: the next event alice sees is her message.
+    let sent = send(&mut alice, "team", "bye bob").await;
+    assert_eq!(next_message(&mut alice_stream).await.seq, sent.seq);
+    assert_eq!(user_ids(&list_members(&mut alice, "team").await), ["alice"]);
+    let lobby = send(&mut alice, "lobby", "lobby is open").await;
+    assert_eq!(next_message(&mut bob_lobby).await.seq, lobby.seq);
+
+    // A new grant lets bob back in at once.
+    grant(&mut admin, "team", &["bob"]).await.unwrap();
+    let (mut back, _) = join(&mut bob, "team", None).await;
+    let again = send(&mut alice, "team", "welcome back").await;
+    assert_eq!(next_message(&mut back).await.seq, again.seq);
+}
+
+/// ListRooms: private rooms with a grant and public rooms joined or sent
+/// to, newest activity first, paged by token, with read markers and
+/// unread counts.
+async fn list_rooms_order_paging_and_unread(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut admin = admin(&server).await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+
+    create(&mut admin, "plans", RoomVisibility::Private)
+        .await
+        .unwrap();
+    grant(&mut admin, "plans", &["alice"]).await.unwrap();
+    // A private room she was not granted stays out of her list, even
+    // after an admin used it.
+    create(&mut admin, "hidden", RoomVisibility::Private)
+        .await
+        .unwrap();
+    grant(&mut admin, "hidden", &["bob"]).await.unwrap();
+    send(&mut bob, "hidden", "psst").await;
+    {
+        let (_s, _) = join(&mut alice, "joined.only", None).await;
+    }
+    send(&mut bob, "chat", "one").await;
+    send(&mut bob, "chat", "two").await;
+    let mine = send(&mut alice, "chat", "three").await;
+    send(&mut bob, "chat", "four").await;
+    let last = send(&mut bob, "chat", "five").await;
+    // Bob's own messages never count as unread for him.
+    send(&mut bob, "bobs.room", "talking to myself").await;
+
+    let rooms = all_rooms(&mut alice, 50).await;
+    assert_eq!(names(&rooms), ["chat", "joined.only", "plans"]);
+    let chat = &rooms[0];
+    assert_eq!(chat.visibility, RoomVisibility::Public as i32);
+    assert_eq!(
+        (chat.last_seq, chat.read_seq, chat.unread_count),
+        (5, mine.seq, 2)
+    );
+    let last_message = chat.last_message.as_ref().expect("last message");
+    assert_eq!(
+        (last_message.seq, last_message.content.as_str()),
+        (last.seq, "five")
+    );
+    assert_eq!(last_message.sent_at, last.sent_at);
+    let joined = &rooms[1];
+    assert_eq!((joined.last_seq, joined.unread_count), (0, 0));
+    assert!(joined.last_message.is_none());
+    assert_eq!(rooms[2].visibility, RoomVisibility::Private as i32);
+
+    // Page by page: the same rooms, in the same order, each once.
+    for size in [1, 2] {
+        assert_eq!(names(&all_rooms(&mut alice, size).await), names(&rooms));
+    }
+    // Bigger than 200 is capped, not refused.
+    assert_eq!(
+        list_rooms(&mut alice, 5000, "").await.unwrap().rooms.len(),
+        3
+    );
+    assert_code(
+        list_rooms(&mut alice, 1, "bogus").await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    assert_code(
+        list_rooms(&mut alice, 1, "00ff").await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+
+    // New activity moves a room to the front.
+    let mut backend_chat = admin_chat(&server).await;
+    send(&mut backend_chat, "plans", "agenda").await;
+    let rooms = all_rooms(&mut alice, 50).await;
+    assert_eq!(names(&rooms), ["plans", "chat", "joined.only"]);
+    assert_eq!((rooms[0].last_seq, rooms[0].unread_count), (1, 1));
+    // Bob sees his own rooms (his grant, his sends), none unread.
+    let b = all_rooms(&mut bob, 10).await;
+    assert_eq!(names(&b), ["bobs.room", "chat", "hidden"]);
+    assert!(b.iter().all(|r| r.unread_count == 0), "{b:?}");
+}
+
+/// unread_count is exact up to 999 and stops at 1000.
+async fn unread_count_is_exact_to_999_and_caps_at_1000(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut alice = server.client("alice").await;
+    {
+        let (_s, _) = join(&mut alice, "busy", None).await;
+    }
+    let bob = server.client("bob").await;
+    const SENT: usize = 1005;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..SENT {
+        let mut c = bob.clone();
+        tasks.spawn(async move {
+            send(&mut c, "busy", &format!("m{i}")).await;
+        });
+    }
+    while let Some(done) = within(tasks.join_next()).await {
+        done.expect("send task");
+    }
+    let room = |rooms: Vec<proto::RoomSummary>| rooms.into_iter().next().expect("busy listed");
+    let busy = room(all_rooms(&mut alice, 10).await);
+    assert_eq!(
+        (busy.last_seq, busy.read_seq, busy.unread_count),
+        (SENT as u64, 0, 1000)
+    );
+    mark_read(&mut alice, "busy", 5).await.unwrap();
+    assert_eq!(room(all_rooms(&mut alice, 10).await).unread_count, 1000);
+    mark_read(&mut alice, "busy", 6).await.unwrap();
+    assert_eq!(room(all_rooms(&mut alice, 10).await).unread_count, 999);
+    mark_read(&mut alice, "busy", 1004).await.unwrap();
+    assert_eq!(room(all_rooms(&mut alice, 10).await).unread_count, 1);
+}
+
+/// MarkRead never moves back, refuses a seq beyond the room's last, and
+/// sending moves the sender's own marker.
+async fn mark_read_is_monotonic_and_bounded(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    for i in 0..5 {
+        send(&mut bob, "news", &format!("n{i}")).await;
+    }
+    assert_eq!(mark_read(&mut alice, "news", 3).await.unwrap(), 3);
+    assert_eq!(mark_read(&mut alice, "news", 1).await.unwrap(), 3);
+    assert_eq!(mark_read(&mut alice, "news", 0).await.unwrap(), 3);
+    assert_code(
+        mark_read(&mut alice, "news", 6).await,
+        Code::OutOfRange,
+        "seq",
+    );
+    assert_code(
+        mark_read(&mut alice, "empty", 1).await,
+        Code::OutOfRange,
+        "seq",
+    );
+    assert_code(
+        mark_read(&mut alice, "news", u64::MAX).await,
+        Code::InvalidArgument,
+        "seq",
+    );
+    assert_code(
+        mark_read(&mut alice, "", 0).await,
+        Code::InvalidArgument,
+        "room",
+    );
+    assert_eq!(mark_read(&mut alice, "news", 5).await.unwrap(), 5);
+    // Sending moves the sender's marker to the message sent.
+    let sent = send(&mut bob, "news", "n5").await;
+    let news = all_rooms(&mut bob, 10).await;
+    assert_eq!((news[0].read_seq, news[0].unread_count), (sent.seq, 0));
+    // An older MarkRead after that returns the sender's marker.
+    assert_eq!(mark_read(&mut bob, "news", 2).await.unwrap(), sent.seq);
+    let mine = send(&mut alice, "news", "n6").await;
+    assert_eq!(mark_read(&mut alice, "news", 0).await.unwrap(), mine.seq);
+}
+
+/// Members seen so far on `stream` until `user` leaves; panics on another
+/// stream end.
+async fn wait_for_left(stream: &mut Streaming<JoinRoomResponse>, user: &str) {
+    loop {
+        if let Event::MemberLeft(l) = next_event(stream).await
+            && l.member.as_ref().is_some_and(|m| m.user_id == user)
+        {
+            return;
+        }
+    }
+}
+
+async fn wait_for_joined(stream: &mut Streaming<JoinRoomResponse>, user: &str) {
+    loop {
+        if let Event::MemberJoined(j) = next_event(stream).await
+            && j.member.as_ref().is_some_and(|m| m.user_id == user)
+        {
+            return;
+        }
+    }
+}
+
+/// On a cluster: a revocation made through one node ends the user's stream
+/// on another with PERMISSION_DENIED, the member on the first node sees
+/// member_left exactly once, and the next call on either node is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_revoke_ends_streams_on_other_nodes() {
+    let db = TestDb::postgres().await;
+    let cluster = unique_cluster("revoke");
+    let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 2).await;
+    let mut admin = admin(&nodes[0]).await;
+    create(&mut admin, "ops", RoomVisibility::Private)
+        .await
+        .unwrap();
+    grant(&mut admin, "ops", &["alice", "bob"]).await.unwrap();
+    let mut alice = nodes[0].client("alice").await;
+    let mut bob = nodes[1].client("bob").await;
+    let (mut alice_stream, _) = join(&mut alice, "ops", None).await;
+    let (mut bob_stream, _) = join(&mut bob, "ops", None).await;
+    // Bob is cached as granted on node 1 once he has sent there.
+    send(&mut bob, "ops", "hi").await;
+    wait_for_joined(&mut alice_stream, "bob").await;
+
+    revoke(&mut admin, "ops", &["bob"]).await.unwrap();
+    assert_ends_with(&mut bob_stream, Code::PermissionDenied, "ops").await;
+    wait_for_left(&mut alice_stream, "bob").await;
+    let refused = send_request(
+        &mut bob,
+        proto::SendMessageRequest {
+            room: "ops".into(),
+            content: "still here?".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_code(refused, Code::PermissionDenied, "ops");
+    let mut bob_on_first = nodes[0].client("bob").await;
+    assert_code(
+        join_result(&mut bob_on_first, "ops").await,
+        Code::PermissionDenied,
+        "ops",
+    );
+    // Only one member_left reached alice: next comes her own message.
+    let sent = send(&mut alice, "ops", "after").await;
+    loop {
+        match next_event(&mut alice_stream).await {
+            Event::Message(m) if m.seq == sent.seq => break,
+            Event::Message(_) => {}
+            Event::MemberLeft(l) => panic!("a second member_left: {l:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let seen: HashSet<String> = list_members(&mut alice, "ops")
+        .await
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect();
+    assert!(!seen.contains("bob"), "{seen:?}");
+}
+
+/// A node that missed the NATS notice (NATS is down) still ends the
+/// revoked user's stream, from the access revision it polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_revoke_reaches_a_node_that_missed_the_notice() {
+    let db = TestDb::postgres().await;
+    let mut nats = Nats::start().await;
+    let cluster = unique_cluster("revpoll");
+    let nodes = start_nodes(&db, &nats.url(), &cluster, "3s", 2).await;
+    let mut admin = admin(&nodes[0]).await;
+    create(&mut admin, "ops", RoomVisibility::Private)
+        .await
+        .unwrap();
+    grant(&mut admin, "ops", &["bob"]).await.unwrap();
+    let mut bob = nodes[1].client("bob").await;
+    let (mut bob_stream, _) = join(&mut bob, "ops", None).await;
+    send(&mut bob, "ops", "cached").await;
+    nats.stop();
+    revoke(&mut admin, "ops", &["bob"]).await.unwrap();
+    // Within the poll interval (1 s while NATS is down), well inside STEP.
+    assert_ends_with(&mut bob_stream, Code::PermissionDenied, "ops").await;
+    let refused = send_request(
+        &mut bob,
+        proto::SendMessageRequest {
+            room: "ops".into(),
+            content: "still here?".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_code(refused, Code::PermissionDenied, "ops");
+}
