@@ -509,11 +509,53 @@ async fn a_cluster_reports_nats_state_and_missed_notifications() {
         Some(1.0),
         "{text}"
     );
+    // A call that ends on this node, so handled_total has a series.
+    helpers::list_members(&mut reader, "r").await;
     nats.restart().await;
-    wait_for(metrics, "chatd_nats_connected", &[], |v| v == Some(1.0)).await;
+    let text = wait_for(metrics, "chatd_nats_connected", &[], |v| v == Some(1.0)).await;
+    // Every family is in this scrape (a cluster node that has served
+    // calls): what the docs name must be among them.
+    documented_names_are_exported(&text);
     drop(stream);
     b.shutdown().await.expect("clean shutdown");
     a.shutdown().await.expect("clean shutdown");
+}
+
+/// The metric names the README's metrics section and the Grafana
+/// dashboard use, each one a family in `text`.
+fn documented_names_are_exported(text: &str) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    let section = readme
+        .split("## Metrics and alerting")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the README's metrics section");
+    let dashboard =
+        std::fs::read_to_string(format!("{root}/docs/grafana/chatd.json")).expect("dashboard");
+    let families: HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for doc in [section, dashboard.as_str()] {
+        let names = doc
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("grpc_server_") || w.starts_with("chatd_"));
+        let mut checked = 0;
+        for name in names {
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                families.contains(family),
+                "{name} is documented but not exported"
+            );
+            checked += 1;
+        }
+        assert!(checked > 10, "too few metric names found in the docs");
+    }
 }
 
 /// The real binary, its stderr lines sent to a channel.
