@@ -26,6 +26,7 @@ on_both_backends! {
     join_streams_are_counted_while_open_and_when_cancelled: crate::join_streams_are_counted_while_open_and_when_cancelled,
     grpc_web_calls_are_counted_under_the_same_names: crate::grpc_web_calls_are_counted_under_the_same_names,
     unknown_methods_share_one_fixed_label: crate::unknown_methods_share_one_fixed_label,
+    a_slow_reader_counts_lag_catchups: crate::a_slow_reader_counts_lag_catchups,
 }
 
 /// A test server with metrics on a port of its own.
@@ -313,6 +314,40 @@ async fn join_streams_are_counted_while_open_and_when_cancelled(backend: Backend
     );
     wait_for(metrics, "chatd_streams_open", &[], |v| v == Some(0.0)).await;
     wait_for(metrics, "chatd_rooms_live", &[], |v| v == Some(0.0)).await;
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// A reader the ring leaves behind is caught up from storage: counted as
+/// `lag` catch-up reads, and each message still counts as one delivery.
+async fn a_slow_reader_counts_lag_catchups(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    // A tiny ring and a small HTTP/2 window: the reader falls behind both.
+    let server = TestServer::start_with(config(
+        &db.url,
+        &["--room-buffer", "16", "--metrics-addr", "127.0.0.1:0"],
+    ))
+    .await;
+    let metrics = metrics_of(&server);
+    let mut slow = server.client_with_window("slow", 65_535).await;
+    let mut sender = server.client("sender").await;
+    let (mut stream, _) = join(&mut slow, "s", None).await;
+    let big = "x".repeat(4000);
+    for i in 1..=100 {
+        send(&mut sender, "s", &format!("m{i} {big}")).await;
+    }
+    for seq in 1..=100 {
+        assert_eq!(next_message(&mut stream).await.seq, seq);
+    }
+    let text = scrape(metrics).await;
+    assert!(
+        sample(&text, "chatd_catchup_reads_total", &[("reason", "lag")]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "chatd_deliveries_total", &[]), Some(100.0));
+    assert_eq!(
+        sample(&text, "chatd_messages_stored_total", &[]),
+        Some(100.0)
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 
