@@ -33,6 +33,7 @@ macro_rules! on_both_backends {
 pub mod cluster;
 pub mod connections;
 pub mod memory;
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
