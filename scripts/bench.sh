@@ -8,13 +8,17 @@
 #
 #   bash scripts/bench.sh            # everything (about 10 minutes on 2 cores)
 #   QUICK=1 bash scripts/bench.sh    # smaller sizes, for a smoke run
+#   METRICS=1 OUT=/tmp/bench-metrics bash scripts/bench.sh
+#                                    # every chatd also keeps and serves Prometheus metrics
+#                                    # (CHAT_METRICS_ADDR, 127.0.0.1:9091-9093): compare with a
+#                                    # run without METRICS for what counting costs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ADMIN_URL=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_BASE=${ADMIN_URL%/*}
 PEERS=${PEERS:-../shared/peers}
-OUT=docs/bench
+OUT=${OUT:-docs/bench}
 SECRET=bench-secret-0123456789abcdef
 CHATD_ADDR=127.0.0.1:50051
 SQLITE_ADDR=127.0.0.1:50052
@@ -23,6 +27,9 @@ NODE_ADDR=127.0.0.1:50061
 NODE_DB_ADDR=127.0.0.1:50062
 SIO_PORT=5055
 QUICK=${QUICK:-}
+METRICS=${METRICS:-}
+# The environment that turns a chatd's metrics on at 127.0.0.1:$1 (METRICS=1), or off.
+metrics_env() { if [ -n "$METRICS" ]; then echo "CHAT_METRICS_ADDR=127.0.0.1:$1"; else echo "-u CHAT_METRICS_ADDR"; fi; }
 if [ -n "$QUICK" ]; then TOTAL=100000 BEST=10 OPEN=75 DUR=3s IDLE=1000
 else TOTAL=1000000 BEST=125 OPEN=600 DUR=10s IDLE=10000; fi
 
@@ -41,12 +48,12 @@ done
 
 fresh_db chatd_bench
 fresh_db peer_bench
-CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$CHATD_ADDR DATABASE_URL=$PG_BASE/chatd_bench \
+env $(metrics_env 9091) CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$CHATD_ADDR DATABASE_URL=$PG_BASE/chatd_bench \
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD=$!
-CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$SQLITE_ADDR DATABASE_URL=sqlite://$(mktemp -d)/chat.db \
+env $(metrics_env 9092) CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$SQLITE_ADDR DATABASE_URL=sqlite://$(mktemp -d)/chat.db \
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD_SQLITE=$!
 fresh_db chatd_bench_one
-CHAT_WORKER_THREADS=1 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$ONE_ADDR DATABASE_URL=$PG_BASE/chatd_bench_one \
+env $(metrics_env 9093) CHAT_WORKER_THREADS=1 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$ONE_ADDR DATABASE_URL=$PG_BASE/chatd_bench_one \
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD_ONE=$!
 PROTO=$PWD/proto/chat/v1/chat.proto ADDR=$NODE_ADDR node "$PEERS/grpc-node/server.js" >/dev/null & pids+=($!); NODE=$!
 PROTO=$PWD/proto/chat/v1/chat.proto ADDR=$NODE_DB_ADDR DATABASE_URL=$PG_BASE/peer_bench \

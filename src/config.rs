@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::logs::LogFormat;
 use crate::storage::{Location, Synchronous};
 
 /// chatd: gRPC chat rooms with durable, gapless history.
@@ -324,6 +325,26 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(8_388_608..)
     )]
     pub user_buffer_bytes: u32,
+
+    /// Address to serve Prometheus metrics on (`GET /metrics`); unset: no
+    /// metrics are kept and nothing more listens.
+    #[arg(
+        long = "metrics-addr",
+        env = "CHAT_METRICS_ADDR",
+        value_name = "CHAT_METRICS_ADDR"
+    )]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Log line format: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(
+        long = "log-format",
+        env = "CHAT_LOG_FORMAT",
+        value_name = "CHAT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
 
     /// On SIGINT / SIGTERM, how long in-flight calls get to finish.
     #[arg(

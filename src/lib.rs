@@ -34,6 +34,9 @@
 //!   messages between nodes with a PostgreSQL poll as the floor, and
 //!   cluster-wide presence.
 //! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
+//! - [`metrics`]: Prometheus metrics (`CHAT_METRICS_ADDR`): the registry,
+//!   the gRPC metrics layer and the `/metrics` listener.
+//! - [`logs`]: log output, text or JSON (`CHAT_LOG_FORMAT`).
 //! - [`error`]: the one error type, the classification of storage errors
 //!   (retry or not), and the mapping to gRPC statuses, logged once.
 
@@ -47,6 +50,8 @@ pub mod domain;
 pub mod error;
 pub mod files;
 pub mod limits;
+pub mod logs;
+pub mod metrics;
 pub mod proto;
 pub mod quota;
 pub mod rooms;

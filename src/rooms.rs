@@ -26,6 +26,7 @@ use tonic::Status;
 use crate::config::Config;
 use crate::domain::{Identity, RoomName, StoredMessage};
 use crate::error::{Error, Result};
+use crate::metrics::{CatchUp, Metrics};
 use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
 use crate::quota::{Charge, Quotas, StreamSlot};
 use crate::storage::Store;
@@ -181,6 +182,8 @@ pub struct Rooms {
     gaps: Notify,
     /// The next [`Presence::generation`].
     generations: std::sync::atomic::AtomicU64,
+    /// Live rooms, open streams, deliveries and catch-up reads.
+    metrics: Metrics,
 }
 
 #[derive(Debug, Default)]
@@ -205,7 +208,19 @@ impl Rooms {
             ordered: config.nats_url.is_some(),
             gaps: Notify::new(),
             generations: std::sync::atomic::AtomicU64::new(1),
+            metrics: Metrics::off(),
         }
+    }
+
+    /// The same registry, counting into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where the room registry, its streams and the writers count.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Ends `user`'s streams in `room` on this node with PERMISSION_DENIED
@@ -498,6 +513,7 @@ impl Rooms {
                 .entry(room.clone())
                 .or_insert_with(|| {
                     self.changed.notify_one();
+                    self.metrics.room_live(true);
                     Arc::new(Room {
                         name: room.clone(),
                         state: Mutex::new(RoomState::default()),
@@ -566,6 +582,7 @@ impl Rooms {
             presence_from,
             next_seq: start_after + 1,
             catching_up: resume_after.is_some_and(|n| n < last_seq),
+            catchup_reason: CatchUp::Resume,
             resync_members: false,
             pending: VecDeque::from([joined]),
             page_charge: None,
@@ -661,6 +678,7 @@ impl Membership {
         let snapshot = (Room::members(&state), state.ring.end());
         drop(state);
         self.member = true;
+        self.rooms.metrics.stream_open(true);
         if news {
             self.room.notify.notify_waiters();
         }
@@ -707,6 +725,10 @@ impl Drop for Membership {
         {
             map.rooms.remove(&self.room.name);
             self.rooms.changed.notify_one();
+            self.rooms.metrics.room_live(false);
+        }
+        if self.member {
+            self.rooms.metrics.stream_open(false);
         }
         drop(state);
         drop(map);

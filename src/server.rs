@@ -40,6 +40,8 @@ use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
 use crate::limits::BodyLimitLayer;
 use crate::proto::server::admin_service_server::AdminServiceServer;
+use crate::metrics::Metrics;
+use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
@@ -65,6 +67,9 @@ pub struct Application {
     store: Store,
     /// Held while this node serves: no second single node on its database.
     serve_lock: ServeLock,
+    /// Off unless `CHAT_METRICS_ADDR` is set; then also its listener.
+    metrics: Metrics,
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Application {
@@ -125,6 +130,7 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Config(format!("CHAT_ADDR: {e}")))?;
+        let (metrics, metrics_listener) = crate::metrics::exporter::bind(&config).await?;
         Ok(Application {
             listener,
             addr,
@@ -132,7 +138,15 @@ impl Application {
             keys: Arc::new(Keys::with_policy(&secret, policy)),
             store,
             serve_lock,
+            metrics,
+            metrics_listener,
         })
+    }
+
+    /// Where `/metrics` is served, when `CHAT_METRICS_ADDR` is set (with
+    /// the real port when the configured one was 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The address the server listens on (with the real port when the
@@ -158,13 +172,15 @@ impl Application {
             keys,
             store,
             serve_lock,
+            metrics,
+            metrics_listener,
         } = self;
         let (backend, data) = store.location().describe();
         let tracker = TaskTracker::new();
         let streams_end = CancellationToken::new();
-        let rooms = Arc::new(Rooms::new(&config));
-        // Ends the cluster tasks once the server has stopped (the writers
-        // may still publish while they drain).
+        let rooms = Arc::new(Rooms::new(&config).with_metrics(metrics.clone()));
+        // Ends the cluster tasks and the metrics listener once the server
+        // has stopped (the writers may still publish while they drain).
         let cluster_stop = CancellationToken::new();
         let cluster = match &config.nats_url {
             Some(url) => {
@@ -183,6 +199,20 @@ impl Application {
             cluster.as_ref().map(|(_, publisher, _)| publisher.clone()),
             &tracker,
         );
+
+        let metrics_url = metrics_listener.map(|(listener, at)| {
+            let sources = crate::metrics::Sources {
+                store: store.clone(),
+                link: cluster.as_ref().map(|(c, _, _)| c.link.clone()),
+            };
+            tracker.spawn(crate::metrics::exporter::serve(
+                listener,
+                metrics.clone(),
+                sources,
+                cluster_stop.clone(),
+            ));
+            format!("http://{at}/metrics")
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -255,6 +285,7 @@ impl Application {
             .max_concurrent_streams(Some(config.max_streams_per_connection))
             .layer(cors(&config.cors_origins))
             .layer(tonic_web::GrpcWebLayer::new())
+            .layer(GrpcMetricsLayer::new(&metrics))
             .layer(BodyLimitLayer {
                 max_bytes: max_request,
                 timeout: config.request_body_timeout,
@@ -269,6 +300,9 @@ impl Application {
 
         tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
         tracing::info!("history is stored in {backend} at {data}");
+        if let Some(url) = metrics_url {
+            tracing::info!(%url, "Prometheus metrics (CHAT_METRICS_ADDR)");
+        }
         tracing::info!(
             "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
         );

@@ -217,6 +217,8 @@ struct Done {
     rooms: Vec<RoomName>,
     replies: Vec<oneshot::Sender<Result<StoredMessage>>>,
     stored: Result<Vec<Appended>>,
+    /// How long storing it took.
+    took: Duration,
 }
 
 async fn store_batch(store: Store, batch: Vec<WriteRequest>) -> Done {
@@ -224,15 +226,17 @@ async fn store_batch(store: Store, batch: Vec<WriteRequest>) -> Done {
         batch.into_iter().map(|r| (r.message, r.reply)).unzip();
     let started = std::time::Instant::now();
     let stored = store.append(&messages, now_micros()).await;
+    let took = started.elapsed();
     tracing::debug!(
         size = messages.len(),
-        took_us = started.elapsed().as_micros() as u64,
+        took_us = took.as_micros() as u64,
         "stored a batch"
     );
     Done {
         rooms: messages.into_iter().map(|m| m.room).collect(),
         replies,
         stored,
+        took,
     }
 }
 
@@ -246,6 +250,9 @@ fn finish(done: Done, rooms: &Rooms, bus: Option<&Publisher>) {
                 .filter(|a| a.fresh)
                 .map(|a| &a.message)
                 .collect();
+            rooms
+                .metrics()
+                .batch_stored(appended.len(), fresh.len(), done.took);
             match bus {
                 None => rooms.publish(&fresh),
                 Some(bus) => {

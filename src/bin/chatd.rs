@@ -1,30 +1,23 @@
 //! The chatd binary: parse the command line, then serve or mint a token.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use chatd::auth::{Keys, load_secret};
 use chatd::config::{Cli, Command};
+use chatd::logs::LogFormat;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) => match EnvFilter::try_new(&spec) {
-            Ok(filter) => filter,
-            Err(e) => {
-                eprintln!("RUST_LOG: invalid filter {spec:?}: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        Err(_) => EnvFilter::new("info"),
+    let log_format = match &cli.command {
+        Some(Command::Serve(config)) => config.log_format,
+        Some(Command::Token(_)) => LogFormat::Text,
+        None => cli.config.log_format,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let Err(e) = chatd::logs::init(log_format) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
 
     let result = match cli.command {
         // Reads the secret and never creates one: a new one would sign

@@ -312,6 +312,11 @@ pub async fn deliver_from_storage(
         let after = seen.max(last.saturating_sub(u64::from(POLL_PAGE)));
         let missed: Vec<StoredMessage> = store.read_after(&room, after, POLL_PAGE).await?;
         tracing::debug!(room = %room, count = missed.len(), "delivering messages from storage");
+        if only.is_none() {
+            // A hole the notifications left (or a notification slower than
+            // the poll): storage fills it.
+            rooms.metrics().notifications_missed(missed.len() as u64);
+        }
         let missed: Vec<&StoredMessage> = missed.iter().collect();
         rooms.publish(&missed);
     }

@@ -32,6 +32,8 @@ pub struct Subscription {
     pub(super) next_seq: u64,
     /// Whether to read from storage before reading the ring again.
     pub(super) catching_up: bool,
+    /// Why the current (or last) catch-up began, for metrics.
+    pub(super) catchup_reason: CatchUp,
     /// Whether presence events were dropped, so a fresh `joined` is owed
     /// once caught up.
     pub(super) resync_members: bool,
@@ -109,10 +111,12 @@ impl Subscription {
             // has it, and presence is re-sent as a fresh member list.
             self.cursor = ring.end();
             self.catching_up = true;
+            self.catchup_reason = CatchUp::Lag;
             self.resync_members = true;
             return Ok(true);
         }
         let mut taken = 0;
+        let mut delivered = 0;
         let mut progressed = false;
         while self.cursor < ring.end() && taken < TAKE_BYTES && !self.catching_up {
             let index = (self.cursor - ring.start) as usize;
@@ -135,15 +139,19 @@ impl Subscription {
                             // A seq is missing before this one: storage has
                             // it and the rest.
                             self.catching_up = true;
+                            self.catchup_reason = CatchUp::Gap;
                             break;
                         }
                         self.next_seq += 1;
+                        delivered += 1;
                         taken += bytes.len();
                         self.pending.push_back(EncodedEvent(bytes.clone()));
                     }
                 }
             }
         }
+        drop(state);
+        self.guard.rooms.metrics.deliveries(delivered);
         Ok(progressed)
     }
 
@@ -167,6 +175,8 @@ impl Subscription {
             () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
             page = self.store.read_after(room, self.next_seq - 1, limit as u32) => page?,
         };
+        rooms.metrics.catchup_read(self.catchup_reason);
+        rooms.metrics.deliveries(page.len());
         if page.len() < limit {
             // Everything committed before the read is in the page; anything
             // later comes through the ring, whose position we took first.

@@ -331,6 +331,15 @@ impl Store {
         Ok(())
     }
 
+    /// The connection pool's size, idle connections and waiting calls,
+    /// for metrics.
+    pub fn pool_status(&self) -> deadpool::Status {
+        match &self.backend {
+            Backend::Postgres(pool) => pool.status(),
+            Backend::Sqlite(pool) => pool.status(),
+        }
+    }
+
     pub fn location(&self) -> &Location {
         &self.location
     }

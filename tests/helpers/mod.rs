@@ -33,6 +33,7 @@ macro_rules! on_both_backends {
 pub mod cluster;
 pub mod connections;
 pub mod memory;
+pub mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -224,6 +225,8 @@ pub fn config(db_url: &str, extra: &[&str]) -> Config {
 /// A chatd running in this process on a loopback port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, with `--metrics-addr`.
+    pub metrics_addr: Option<SocketAddr>,
     pub keys: Arc<Keys>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<chatd::Result<()>>>,
@@ -239,6 +242,7 @@ impl TestServer {
             .await
             .expect("chatd builds");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let keys = app.keys();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async move {
@@ -246,6 +250,7 @@ impl TestServer {
         }));
         TestServer {
             addr,
+            metrics_addr,
             keys,
             stop: Some(stop),
             task: Some(task),
