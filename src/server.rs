@@ -37,6 +37,7 @@ use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
 use crate::limits::BodyLimitLayer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
+use crate::rate::SendRate;
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
 use crate::shutdown::EndOnShutdown;
@@ -58,6 +59,8 @@ pub struct Application {
     addr: SocketAddr,
     config: Config,
     keys: Arc<Keys>,
+    /// Token keys and TLS (`CHAT_JWT_JWKS`, `CHAT_TLS_*`), kept fresh by tasks.
+    secure: crate::secure::Secure,
     store: Store,
     /// Held while this node serves: no second single node on its database.
     serve_lock: ServeLock,
@@ -83,12 +86,16 @@ impl Application {
         tracing::info!(path = %data_dir.display(), "data directory (CHAT_DATA_DIR)");
         let policy = TokenPolicy {
             allow_no_exp: config.jwt_allow_no_exp,
+            issuer: config.secret.jwt_issuer.clone(),
+            audience: config.secret.jwt_audience.clone(),
         };
         tracing::info!(
             exp_required = !policy.allow_no_exp,
             leeway_secs = CLOCK_LEEWAY_SECS,
             "tokens: HS256, `exp` and `nbf` checked"
         );
+        let secure = crate::secure::Secure::load(&config).await?;
+        let keys = secure.keys(Keys::with_policy(&secret, policy));
         let location = Location::parse(config.database_url.as_deref(), &config.secret.data_dir)
             .map_err(|e| Error::Config(format!("DATABASE_URL: {e}")))?;
         if let (Some(_), Location::Sqlite(path)) = (&config.nats_url, &location) {
@@ -122,7 +129,8 @@ impl Application {
             listener,
             addr,
             config,
-            keys: Arc::new(Keys::with_policy(&secret, policy)),
+            keys: Arc::new(keys),
+            secure,
             store,
             serve_lock,
         })
@@ -149,6 +157,7 @@ impl Application {
             addr,
             config,
             keys,
+            secure,
             store,
             serve_lock,
         } = self;
@@ -181,6 +190,13 @@ impl Application {
             streams_end.clone(),
         ));
 
+        let tls = secure.spawn(&tracker, &streams_end);
+        let send_rate = Arc::new(SendRate::new(
+            config.user_send_rate,
+            config.user_send_burst,
+        ));
+        tracker.spawn(crate::rate::prune(send_rate.clone(), streams_end.clone()));
+
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -200,6 +216,7 @@ impl Application {
             max_message_bytes: config.max_message_bytes as usize,
             shutdown: streams_end.clone(),
             presence: cluster.as_ref().map(|(_, _, presence)| presence.clone()),
+            send_rate: send_rate.clone(),
         };
         let max_request = config.max_request_bytes as usize;
         // The body limit layer answers first; tonic's own limit stays as a
@@ -248,7 +265,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(chat)
-            .serve_with_incoming_shutdown(incoming(listener, limits), signal);
+            .serve_with_incoming_shutdown(incoming(listener, limits, tls), signal);
 
         tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
         tracing::info!("history is stored in {backend} at {data}");

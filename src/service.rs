@@ -18,6 +18,7 @@ use crate::domain::{
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
 use crate::quota::HeldCharge;
+use crate::rate::SendRate;
 use crate::rooms::Rooms;
 use crate::storage::Store;
 use crate::writer::Writer;
@@ -35,6 +36,8 @@ pub struct ChatApi {
     /// Cluster only: presence on the other nodes, for ListMembers of a
     /// room with no stream here.
     pub(crate) presence: Option<Arc<Presence>>,
+    /// Each user's send rate (`CHAT_USER_SEND_RATE`).
+    pub(crate) send_rate: Arc<SendRate>,
 }
 
 /// The caller, as the auth interceptor found them.
@@ -100,6 +103,7 @@ impl ChatService for ChatApi {
             )?,
             client_message_id: ClientMessageId::parse(request.client_message_id)?,
         };
+        self.send_rate.check(&message.sender.user_id)?;
         let stored = self.writer.send(message).await?;
         Ok(Response::new(proto::SendMessageResponse {
             message: Some(proto::Message::from(&stored)),

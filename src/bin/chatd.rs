@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use chatd::auth::{Keys, load_secret};
+use chatd::auth::{Keys, TokenPolicy, load_secret};
 use chatd::config::{Cli, Command};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -32,7 +32,16 @@ fn main() -> ExitCode {
         Some(Command::Token(args)) => {
             load_secret(args.secret.jwt_secret.as_deref(), &args.secret.data_dir)
                 .and_then(|(secret, _)| {
-                    Keys::new(&secret).mint(&args.user_id, args.name.as_deref(), Some(args.ttl))
+                    let policy = TokenPolicy {
+                        issuer: args.secret.jwt_issuer.clone(),
+                        audience: args.secret.jwt_audience.clone(),
+                        ..TokenPolicy::default()
+                    };
+                    Keys::with_policy(&secret, policy).mint(
+                        &args.user_id,
+                        args.name.as_deref(),
+                        Some(args.ttl),
+                    )
                 })
                 .map(|token| println!("{token}"))
         }
