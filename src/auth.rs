@@ -125,6 +125,7 @@ impl Keys {
         }
         if let Some(audience) = &policy.audience {
             validation.set_audience(&[audience]);
+            validation.validate_aud = true;
             validation.required_spec_claims.insert("aud".to_owned());
         }
         validation.leeway = CLOCK_LEEWAY_SECS;
