@@ -184,7 +184,9 @@ impl Keys {
             ));
         }
         let Some(kid) = &header.kid else {
-            return refuse(format!("a {alg:?} token must name its key in a `kid` header"));
+            return refuse(format!(
+                "a {alg:?} token must name its key in a `kid` header"
+            ));
         };
         let Some(key) = jwks.key(kid) else {
             return refuse(format!(
@@ -252,9 +254,7 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> String {
         ErrorKind::InvalidSignature => {
             "authorization: token signature is invalid (signed with another secret or key?)".into()
         }
-        ErrorKind::InvalidAlgorithm => {
-            "authorization: token algorithm does not fit its key".into()
-        }
+        ErrorKind::InvalidAlgorithm => "authorization: token algorithm does not fit its key".into(),
         ErrorKind::InvalidIssuer => {
             "authorization: token `iss` is not the issuer in CHAT_JWT_ISSUER".into()
         }

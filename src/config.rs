@@ -391,7 +391,11 @@ pub struct SecretArgs {
 
     /// When set, every token's `iss` claim must equal it (`chatd token`
     /// puts it into the tokens it mints).
-    #[arg(long = "jwt-issuer", env = "CHAT_JWT_ISSUER", value_name = "CHAT_JWT_ISSUER")]
+    #[arg(
+        long = "jwt-issuer",
+        env = "CHAT_JWT_ISSUER",
+        value_name = "CHAT_JWT_ISSUER"
+    )]
     pub jwt_issuer: Option<String>,
 
     /// When set, every token's `aud` claim must name it (`chatd token` puts
@@ -452,9 +456,7 @@ impl Config {
             );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(
-                "CHAT_TLS_CERT and CHAT_TLS_KEY must be set together (or neither)".into(),
-            );
+            return Err("CHAT_TLS_CERT and CHAT_TLS_KEY must be set together (or neither)".into());
         }
         Ok(())
     }

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -70,7 +72,8 @@ impl Jwks {
     pub async fn load(spec: &str) -> Result<Arc<Jwks>> {
         let config = |why: String| Error::Config(format!("CHAT_JWT_JWKS: {why}"));
         let source = if spec.starts_with("http://") || spec.starts_with("https://") {
-            let url = reqwest::Url::parse(spec).map_err(|e| config(format!("bad URL {spec}: {e}")))?;
+            let url =
+                reqwest::Url::parse(spec).map_err(|e| config(format!("bad URL {spec}: {e}")))?;
             let client = reqwest::Client::builder()
                 .timeout(FETCH_TIMEOUT)
                 .connect_timeout(FETCH_TIMEOUT)
@@ -128,7 +131,12 @@ impl Jwks {
     async fn fetch(&self) -> std::result::Result<HashMap<String, VerifyingKey>, String> {
         let body = match tokio::time::timeout(FETCH_TIMEOUT, self.read()).await {
             Ok(body) => body?,
-            Err(_) => return Err(format!("{}: no answer within {FETCH_TIMEOUT:?}", self.describe())),
+            Err(_) => {
+                return Err(format!(
+                    "{}: no answer within {FETCH_TIMEOUT:?}",
+                    self.describe()
+                ));
+            }
         };
         let set: JwkSet = serde_json::from_slice(&body)
             .map_err(|e| format!("{}: not a JWKS document: {e}", self.describe()))?;
@@ -144,7 +152,12 @@ impl Jwks {
 
     /// The document's bytes, at most [`MAX_DOCUMENT_BYTES`].
     async fn read(&self) -> std::result::Result<Vec<u8>, String> {
-        let too_large = || format!("{}: larger than {MAX_DOCUMENT_BYTES} bytes", self.describe());
+        let too_large = || {
+            format!(
+                "{}: larger than {MAX_DOCUMENT_BYTES} bytes",
+                self.describe()
+            )
+        };
         match &self.source {
             Source::File(path) => {
                 let what = |e: std::io::Error| format!("cannot read {}: {e}", path.display());

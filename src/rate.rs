@@ -99,7 +99,9 @@ mod tests {
             rate.check(&alice).unwrap();
         }
         match rate.check(&alice) {
-            Err(Error::ResourceExhausted(m)) => assert!(m.starts_with("CHAT_USER_SEND_RATE"), "{m}"),
+            Err(Error::ResourceExhausted(m)) => {
+                assert!(m.starts_with("CHAT_USER_SEND_RATE"), "{m}")
+            }
             other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
         }
         rate.check(&bob).unwrap();

@@ -191,10 +191,7 @@ impl Application {
         ));
 
         let tls = secure.spawn(&tracker, &streams_end);
-        let send_rate = Arc::new(SendRate::new(
-            config.user_send_rate,
-            config.user_send_burst,
-        ));
+        let send_rate = Arc::new(SendRate::new(config.user_send_rate, config.user_send_burst));
         tracker.spawn(crate::rate::prune(send_rate.clone(), streams_end.clone()));
 
         let reflection = || {

@@ -63,7 +63,12 @@ struct Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -123,8 +128,12 @@ fn load_pair(cert: &Path, key: &Path) -> std::result::Result<CertifiedKey, Strin
             cert.display()
         ));
     }
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("CHAT_TLS_KEY: cannot read a PEM private key from {}: {e}", key.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "CHAT_TLS_KEY: cannot read a PEM private key from {}: {e}",
+            key.display()
+        )
+    })?;
     CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
         format!(
             "CHAT_TLS_CERT / CHAT_TLS_KEY: {} and {} do not make a usable pair: {e}",

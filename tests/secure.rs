@@ -115,7 +115,10 @@ async fn the_stream_cap_names_its_limit(backend: Backend) {
 
 #[test]
 fn the_limits_default_to_the_issue() {
-    let config = helpers::config("sqlite:///tmp/unused.db", &["--user-send-rate", "20"]);
+    use clap::Parser as _;
+    let config = chatd::config::Cli::try_parse_from(["chatd"])
+        .unwrap()
+        .config;
     assert_eq!((config.user_send_rate, config.user_send_burst), (20, 40));
     assert_eq!(config.user_max_streams, 100);
 }
@@ -201,10 +204,10 @@ mod tempfile_path {
         pub fn new(name: &str) -> Self {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            TempPath(std::env::temp_dir().join(format!(
-                "chatd-secure-{}-{n}-{name}",
-                std::process::id()
-            )))
+            TempPath(
+                std::env::temp_dir()
+                    .join(format!("chatd-secure-{}-{n}-{name}", std::process::id())),
+            )
         }
 
         pub fn as_str(&self) -> &str {
@@ -221,7 +224,8 @@ mod tempfile_path {
 
 /// SendMessage to "lobby" with `token`: who the server says sent it.
 async fn sender_of(server: &TestServer, token: &str) -> Result<String, tonic::Status> {
-    let mut client = ChatServiceClient::with_interceptor(server.channel().await, Bearer::new(token));
+    let mut client =
+        ChatServiceClient::with_interceptor(server.channel().await, Bearer::new(token));
     let request = proto::SendMessageRequest {
         room: "lobby".into(),
         content: "hi".into(),
@@ -232,7 +236,7 @@ async fn sender_of(server: &TestServer, token: &str) -> Result<String, tonic::St
         .map(|m| m.sender.map(|s| s.user_id).unwrap_or_default())
 }
 
-fn provider_args<'a>(jwks: &'a str) -> Vec<&'a str> {
+fn provider_args(jwks: &str) -> Vec<&str> {
     vec![
         "--jwt-jwks",
         jwks,
@@ -321,7 +325,11 @@ async fn every_bad_provider_token_is_unauthenticated(backend: Backend) {
     let (other_ec, _) = ec_key();
     let cases: Vec<(&str, String, &[&str])> = vec![
         ("alg none", alg_none, &["alg"]),
-        ("HS256 signed with the public key", hs_with_public_key, &["signature"]),
+        (
+            "HS256 signed with the public key",
+            hs_with_public_key,
+            &["signature"],
+        ),
         ("HS256 signed with the JWK", hs_with_jwk, &["signature"]),
         (
             "RS256 naming the EC key",
@@ -350,22 +358,42 @@ async fn every_bad_provider_token_is_unauthenticated(backend: Backend) {
         ),
         (
             "wrong issuer",
-            sign(Algorithm::ES256, Some("ec-1"), &keys.ec, &with("iss", json!("https://evil.example"))),
+            sign(
+                Algorithm::ES256,
+                Some("ec-1"),
+                &keys.ec,
+                &with("iss", json!("https://evil.example")),
+            ),
             &["`iss`", "CHAT_JWT_ISSUER"],
         ),
         (
             "no issuer",
-            sign(Algorithm::ES256, Some("ec-1"), &keys.ec, &with("iss", Value::Null)),
+            sign(
+                Algorithm::ES256,
+                Some("ec-1"),
+                &keys.ec,
+                &with("iss", Value::Null),
+            ),
             &["`iss`"],
         ),
         (
             "wrong audience",
-            sign(Algorithm::ES256, Some("ec-1"), &keys.ec, &with("aud", json!("someone-else"))),
+            sign(
+                Algorithm::ES256,
+                Some("ec-1"),
+                &keys.ec,
+                &with("aud", json!("someone-else")),
+            ),
             &["`aud`", "CHAT_JWT_AUDIENCE"],
         ),
         (
             "no audience",
-            sign(Algorithm::ES256, Some("ec-1"), &keys.ec, &with("aud", Value::Null)),
+            sign(
+                Algorithm::ES256,
+                Some("ec-1"),
+                &keys.ec,
+                &with("aud", Value::Null),
+            ),
             &["`aud`"],
         ),
         (
@@ -386,7 +414,10 @@ async fn every_bad_provider_token_is_unauthenticated(backend: Backend) {
         };
         assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
         for word in words {
-            assert!(status.message().contains(word), "{what}: {word:?} not in {status:?}");
+            assert!(
+                status.message().contains(word),
+                "{what}: {word:?} not in {status:?}"
+            );
         }
     }
     // The same claims, rightly signed, pass: the refusals were for the
@@ -420,7 +451,10 @@ impl Provider {
         let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .await
             .unwrap();
-        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
         let state = Arc::new(Mutex::new(ProviderState {
             document,
             hang: false,

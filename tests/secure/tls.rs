@@ -205,7 +205,9 @@ pub async fn grpc_and_grpc_web_over_tls(backend: Backend) {
     assert_eq!(next_message(&mut stream).await, first);
 
     // grpc-web over HTTP/1.1 and over HTTP/2, as ALPN chose.
-    let tls = tls_connect(server.addr, &pki.ca, &[b"http/1.1"]).await.unwrap();
+    let tls = tls_connect(server.addr, &pki.ca, &[b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut sender, conn) = within(hyper::client::conn::http1::handshake(TokioIo::new(tls)))
         .await
@@ -218,7 +220,9 @@ pub async fn grpc_and_grpc_web_over_tls(backend: Backend) {
     assert_eq!((sent.seq, sent.content.as_str()), (2, "web 1.1"));
     assert_eq!(next_message(&mut stream).await, sent);
 
-    let tls = tls_connect(server.addr, &pki.ca, &[b"h2", b"http/1.1"]).await.unwrap();
+    let tls = tls_connect(server.addr, &pki.ca, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) = within(hyper::client::conn::http2::handshake(
         TokioExecutor::new(),
@@ -276,9 +280,15 @@ pub async fn a_certificate_swapped_under_an_open_stream(backend: Backend) {
     let b = Pki::new("b");
     b.write(&dir.0);
     let reloaded = "TLS certificate reloaded";
-    until("the reload after the files changed", || node.count(reloaded) == 1).await;
+    until("the reload after the files changed", || {
+        node.count(reloaded) == 1
+    })
+    .await;
     let mut bob = client(tls_channel(addr, &b.ca).await.unwrap(), "bob");
-    assert!(tls_channel(addr, &a.ca).await.is_err(), "old certificate still served");
+    assert!(
+        tls_channel(addr, &a.ca).await.is_err(),
+        "old certificate still served"
+    );
     // ...and the open stream (and its connection) keeps working.
     let sent = send(&mut bob, "lobby", "after the swap").await;
     assert_eq!(next_message(&mut stream).await, sent);
@@ -318,7 +328,14 @@ pub async fn a_plaintext_or_silent_client_on_the_tls_port_fails(backend: Backend
     // fail because of what it sent, not be cut by the deadline.
     let server = TestServer::start_with(config(
         &db.url,
-        &["--tls-cert", cert, "--tls-key", key, "--handshake-timeout", "120s"],
+        &[
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--handshake-timeout",
+            "120s",
+        ],
     ))
     .await;
     let plain = within(
@@ -350,7 +367,14 @@ pub async fn a_plaintext_or_silent_client_on_the_tls_port_fails(backend: Backend
     // A silent client is cut at the handshake timeout.
     let server = TestServer::start_with(config(
         &db.url,
-        &["--tls-cert", cert, "--tls-key", key, "--handshake-timeout", "1s"],
+        &[
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--handshake-timeout",
+            "1s",
+        ],
     ))
     .await;
     let mut tcp = within(TcpStream::connect(server.addr)).await.unwrap();
