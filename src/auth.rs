@@ -1,8 +1,13 @@
-//! Bearer-token identity: HS256 JWTs verified against one secret.
+//! Bearer-token identity: HS256 JWTs verified against one secret, and
+//! RS256 / ES256 / EdDSA JWTs from an identity provider ([`crate::jwks`]).
 //!
-//! A token must carry `exp` (unless [`TokenPolicy::allow_no_exp`]), may
-//! carry `nbf`, and is checked against both with [`CLOCK_LEEWAY_SECS`] of
-//! leeway. `aud` is accepted and not checked yet. `sub` becomes the user id
+//! The token's header decides: `alg: HS256` is checked against the secret,
+//! RS256, ES256 and EdDSA against the provider key its `kid` names, which
+//! must be a key of that algorithm. A token must carry `exp` (unless
+//! [`TokenPolicy::allow_no_exp`]), may carry `nbf`, and is checked against
+//! both with [`CLOCK_LEEWAY_SECS`] of leeway. `iss` and `aud` must match
+//! `CHAT_JWT_ISSUER` and `CHAT_JWT_AUDIENCE` when those are set (on every
+//! token; `chatd token` mints them in), else they are not checked. `sub` becomes the user id
 //! and is refused if it holds control or format characters; `name` becomes
 //! the display name with format characters (bidi overrides, zero-width
 //! characters) stripped.
@@ -25,6 +30,7 @@ use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::domain::Identity;
 use crate::error::{Error, Result};
+use crate::jwks::Jwks;
 
 /// The shortest secret chatd accepts, in bytes.
 pub const SECRET_MIN_BYTES: usize = 16;
@@ -52,6 +58,10 @@ struct Claims<'a> {
     /// `"admin": true` on admin tokens, absent otherwise.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     admin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 /// The claims chatd reads; `exp`, `nbf` (and any others) are checked by
@@ -69,19 +79,27 @@ struct Received {
 }
 
 /// What a token must carry besides a good signature.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenPolicy {
     /// Accept tokens without an `exp` claim, which are valid forever
     /// (`CHAT_JWT_ALLOW_NO_EXP`). Off: a leaked token must expire.
     pub allow_no_exp: bool,
+    /// The `iss` every token must carry (`CHAT_JWT_ISSUER`).
+    pub issuer: Option<String>,
+    /// The audience every token's `aud` must name (`CHAT_JWT_AUDIENCE`).
+    pub audience: Option<String>,
 }
 
-/// Signs and verifies tokens with one HS256 secret.
+/// Signs and verifies tokens with one HS256 secret, and verifies tokens
+/// with an identity provider's keys when there is one.
 #[derive(Clone)]
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    policy: TokenPolicy,
+    /// The identity provider's keys (`CHAT_JWT_JWKS`).
+    jwks: Option<Arc<Jwks>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -106,24 +124,92 @@ impl Keys {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         // jsonwebtoken refuses any `aud` when no audience is configured;
-        // chatd has none to check yet, so it accepts the claim as it is.
+        // without CHAT_JWT_AUDIENCE chatd accepts the claim as it is.
         validation.validate_aud = false;
+        if let Some(issuer) = &policy.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        if let Some(audience) = &policy.audience {
+            validation.set_audience(&[audience]);
+            validation.validate_aud = true;
+            validation.required_spec_claims.insert("aud".to_owned());
+        }
         validation.leeway = CLOCK_LEEWAY_SECS;
         Keys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            policy,
+            jwks: None,
         }
+    }
+
+    /// These keys, also accepting tokens signed with `jwks`' keys.
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+        self.jwks = Some(jwks);
+        self
     }
 
     /// Verifies a token and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity> {
-        let data = jsonwebtoken::decode::<Received>(token, &self.decoding, &self.validation)
-            .map_err(|e| Error::Unauthenticated(refusal(e.kind())))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            Error::Unauthenticated(match e.kind() {
+                jsonwebtoken::errors::ErrorKind::Json(_) => {
+                    "authorization: token header is malformed or its `alg` is not accepted \
+                     (HS256, RS256, ES256 or EdDSA)"
+                        .into()
+                }
+                kind => refusal(kind),
+            })
+        })?;
+        let decoded = if header.alg == Algorithm::HS256 {
+            jsonwebtoken::decode::<Received>(token, &self.decoding, &self.validation)
+        } else {
+            let key = self.provider_key(&header)?;
+            let mut validation = self.validation.clone();
+            validation.algorithms = vec![key.algorithm];
+            jsonwebtoken::decode::<Received>(token, &key.key, &validation)
+        };
+        let data = decoded.map_err(|e| Error::Unauthenticated(refusal(e.kind())))?;
         let mut identity =
             identity_from_claims(data.claims.sub.as_deref(), data.claims.name.as_deref())?;
         identity.admin = data.claims.admin == Some(serde_json::Value::Bool(true));
         Ok(identity)
+    }
+
+    /// The identity provider's key for a token with `header`, which must
+    /// name it by `kid` and use its algorithm.
+    fn provider_key(&self, header: &Header) -> Result<crate::jwks::VerifyingKey> {
+        let refuse = |why: String| Err(Error::Unauthenticated(format!("authorization: {why}")));
+        let alg = header.alg;
+        let Some(jwks) = &self.jwks else {
+            return refuse(format!(
+                "token is signed with {alg:?}; this server accepts HS256 tokens only (no CHAT_JWT_JWKS)"
+            ));
+        };
+        if !matches!(alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
+            return refuse(format!(
+                "token algorithm {alg:?} is not accepted (HS256, RS256, ES256 or EdDSA)"
+            ));
+        }
+        let Some(kid) = &header.kid else {
+            return refuse(format!(
+                "a {alg:?} token must name its key in a `kid` header"
+            ));
+        };
+        let Some(key) = jwks.key(kid) else {
+            return refuse(format!(
+                "token `kid` {kid:?} names no key of the identity provider (CHAT_JWT_JWKS)"
+            ));
+        };
+        if key.algorithm != alg {
+            return refuse(format!(
+                "token algorithm {alg:?} does not fit key {kid:?}, a {:?} key",
+                key.algorithm
+            ));
+        }
+        Ok(key)
     }
 
     /// Reads `authorization: Bearer <token>` from request metadata.
@@ -171,6 +257,8 @@ impl Keys {
             exp: ttl.map(|t| now.saturating_add(t.as_secs())),
             iat: now,
             admin,
+            iss: self.policy.issuer.as_deref(),
+            aud: self.policy.audience.as_deref(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Internal(format!("signing token: {e}")))
@@ -186,11 +274,20 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> String {
             "authorization: token is not valid yet (`nbf` is in the future)".into()
         }
         ErrorKind::InvalidSignature => {
-            "authorization: token signature is invalid (signed with another secret?)".into()
+            "authorization: token signature is invalid (signed with another secret or key?)".into()
         }
-        ErrorKind::InvalidAlgorithm => "authorization: token must be signed with HS256".into(),
+        ErrorKind::InvalidAlgorithm => "authorization: token algorithm does not fit its key".into(),
+        ErrorKind::InvalidIssuer => {
+            "authorization: token `iss` is not the issuer in CHAT_JWT_ISSUER".into()
+        }
+        ErrorKind::InvalidAudience => {
+            "authorization: token `aud` does not name the audience in CHAT_JWT_AUDIENCE".into()
+        }
+        ErrorKind::MissingRequiredClaim(claim) if claim == "exp" => {
+            "authorization: token has no `exp` claim; tokens must expire".into()
+        }
         ErrorKind::MissingRequiredClaim(claim) => {
-            format!("authorization: token has no `{claim}` claim; tokens must expire")
+            format!("authorization: token has no `{claim}` claim, which this server requires")
         }
         ErrorKind::InvalidClaimFormat(claim) => {
             format!("authorization: token claim `{claim}` must be a number of seconds since 1970")
@@ -439,7 +536,13 @@ mod tests {
     #[test]
     fn exp_is_required_unless_allowed() {
         let strict = Keys::new(SECRET);
-        let lax = Keys::with_policy(SECRET, TokenPolicy { allow_no_exp: true });
+        let lax = Keys::with_policy(
+            SECRET,
+            TokenPolicy {
+                allow_no_exp: true,
+                ..TokenPolicy::default()
+            },
+        );
         assert!(refused(&strict, json!({"sub": "a"})).contains("`exp`"));
         lax.verify(&sign(json!({"sub": "a"}))).unwrap();
         // Both still check an `exp` that is there.

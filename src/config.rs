@@ -346,6 +346,43 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// Messages per second one user may send (a token bucket refilled at
+    /// this rate); a send over it gets RESOURCE_EXHAUSTED and is not
+    /// stored. 0 turns the limit off. Per node.
+    #[arg(
+        long = "user-send-rate",
+        env = "CHAT_USER_SEND_RATE",
+        value_name = "CHAT_USER_SEND_RATE",
+        default_value_t = 20
+    )]
+    pub user_send_rate: u32,
+
+    /// Messages one user may send at once before CHAT_USER_SEND_RATE
+    /// applies (the bucket's size). 0 turns the limit off.
+    #[arg(
+        long = "user-send-burst",
+        env = "CHAT_USER_SEND_BURST",
+        value_name = "CHAT_USER_SEND_BURST",
+        default_value_t = 40
+    )]
+    pub user_send_burst: u32,
+
+    /// PEM file with the server's certificate chain; with CHAT_TLS_KEY the
+    /// port speaks TLS only. Reloaded when the files change or on SIGHUP.
+    #[arg(long = "tls-cert", env = "CHAT_TLS_CERT", value_name = "CHAT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of CHAT_TLS_CERT.
+    #[arg(long = "tls-key", env = "CHAT_TLS_KEY", value_name = "CHAT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// A JWKS document (file path, or http:// / https:// URL) with the
+    /// identity provider's keys: RS256, ES256 and EdDSA tokens are checked
+    /// against the key their `kid` names. A URL is fetched again every 5
+    /// minutes and when an unknown `kid` arrives (at most once per 10 s).
+    #[arg(long = "jwt-jwks", env = "CHAT_JWT_JWKS", value_name = "CHAT_JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+
     /// On SIGINT / SIGTERM, how long in-flight calls get to finish.
     #[arg(
         long = "shutdown-grace",
@@ -357,7 +394,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
-/// Where the signing secret comes from.
+/// Where the signing secret comes from, and the claims every token must
+/// carry.
 #[derive(Debug, Clone, Args)]
 pub struct SecretArgs {
     /// HS256 secret for bearer tokens (at least 16 bytes). When unset, the
@@ -371,6 +409,24 @@ pub struct SecretArgs {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
+
+    /// When set, every token's `iss` claim must equal it (`chatd token`
+    /// puts it into the tokens it mints).
+    #[arg(
+        long = "jwt-issuer",
+        env = "CHAT_JWT_ISSUER",
+        value_name = "CHAT_JWT_ISSUER"
+    )]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, every token's `aud` claim must name it (`chatd token` puts
+    /// it into the tokens it mints).
+    #[arg(
+        long = "jwt-audience",
+        env = "CHAT_JWT_AUDIENCE",
+        value_name = "CHAT_JWT_AUDIENCE"
+    )]
+    pub jwt_audience: Option<String>,
 
     /// Directory for chatd's own files: the generated secret and the
     /// default SQLite database. Created with mode 0700 when missing.
@@ -423,6 +479,9 @@ impl Config {
             return Err(
                 "CHAT_HANDSHAKE_TIMEOUT and CHAT_REQUEST_BODY_TIMEOUT must be above zero".into(),
             );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("CHAT_TLS_CERT and CHAT_TLS_KEY must be set together (or neither)".into());
         }
         Ok(())
     }

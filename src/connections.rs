@@ -18,6 +18,9 @@
 //!   that never finish their handshake cannot fill them.
 //! - With a per-IP limit, a connection from an address that already has
 //!   that many open is closed at once.
+//! - With TLS ([`crate::tls`]), the TLS handshake comes first and counts
+//!   against the same deadline; the HTTP handshake is followed in the
+//!   decrypted bytes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,11 +33,13 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::sync::PollSemaphore;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::{Io, Tls};
 
 /// The HTTP/2 client connection preface (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -65,18 +70,24 @@ struct Shared {
     pending: Arc<Semaphore>,
     per_ip: Option<PerIp>,
     handshake_timeout: Duration,
+    tls: Option<Tls>,
 }
 
 /// Connections from `listener` under `limits`, with TCP_NODELAY set (chat
 /// events are small and latency matters). Accept errors (such as running
 /// out of file descriptors) are logged and retried after a pause rather
-/// than ending the server.
-pub fn incoming(listener: TcpListener, limits: ConnLimits) -> impl Stream<Item = io::Result<Conn>> {
+/// than ending the server. With `tls`, connections speak TLS only.
+pub fn incoming(
+    listener: TcpListener,
+    limits: ConnLimits,
+    tls: Option<Tls>,
+) -> impl Stream<Item = io::Result<Conn>> {
     let shared = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(limits.max_connections)),
         pending: Arc::new(Semaphore::new(limits.max_pending)),
         per_ip: (limits.max_per_ip > 0).then(|| PerIp::new(limits.max_per_ip)),
         handshake_timeout: limits.handshake_timeout,
+        tls,
     });
     futures_util::stream::unfold((listener, shared), |(listener, shared)| async move {
         // The semaphore is never closed; end the stream if it were.
@@ -110,8 +121,14 @@ async fn accept(listener: &TcpListener, shared: &Shared, pending: OwnedSemaphore
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
+        let info = stream.connect_info();
+        let stream = match &shared.tls {
+            Some(tls) => tls.accept(stream),
+            None => Io::Plain(stream),
+        };
         return Conn {
             stream,
+            info,
             state: State::Handshaking {
                 progress: Handshake::Preface(0),
                 deadline: Box::pin(tokio::time::sleep(shared.handshake_timeout)),
@@ -176,7 +193,9 @@ impl Drop for IpGuard {
 
 /// An accepted connection; see the module documentation.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Io,
+    /// The addresses, taken at accept (a TLS stream hides its socket).
+    info: TcpConnectInfo,
     state: State,
     /// Bounds the connections not yet holding a slot; released once this
     /// one holds a slot.
@@ -216,7 +235,7 @@ impl Connected for Conn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 

@@ -10,8 +10,12 @@
 //!   only handshaken connections hold, and the per-IP limit.
 //! - [`limits`]: the request body limits (size and deadline).
 //! - [`shutdown`]: ending never-ending response streams at shutdown.
-//! - [`auth`]: HS256 bearer tokens, the interceptor that turns them into an
+//! - [`auth`]: bearer tokens (HS256, or the identity provider's keys), the interceptor that turns them into an
 //!   [`domain::Identity`], and the secret file.
+//! - [`jwks`]: an identity provider's keys (JWKS from a file or URL), kept
+//!   fresh by an owned task.
+//! - [`tls`]: the rustls acceptor whose certificate is swapped on reload.
+//! - [`secure`]: loads JWKS and TLS at start-up and starts their tasks.
 //! - [`files`]: chatd's files and directories on disk, created 0600 / 0700.
 //! - [`service`]: chat.v1.ChatService, converting proto to domain and back.
 //! - [`admin`]: chat.v1.AdminService (the app backend's API), the same way.
@@ -26,6 +30,7 @@
 //!   the per-stream reader that guarantees exactly-once, gapless delivery.
 //! - [`quota`]: per-user limits: open JoinRoom streams and unsent response
 //!   bytes (ListHistory and catch-up pages), held until the client reads.
+//! - [`rate`]: the per-user send rate (a token bucket per user).
 //! - [`storage`]: PostgreSQL or SQLite through diesel-async; the only
 //!   module that knows SQL or which backend runs. Every call has a deadline
 //!   (`CHAT_DB_TIMEOUT`). Its `guard` holds the lock that keeps a second
@@ -49,16 +54,20 @@ pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod files;
+pub mod jwks;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod proto;
 pub mod quota;
+pub mod rate;
 pub mod rooms;
+pub mod secure;
 pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod storage;
+pub mod tls;
 pub mod writer;
 
 pub use error::{Error, Result};

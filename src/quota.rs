@@ -77,7 +77,7 @@ impl Quotas {
         match counted {
             Ok(_) => Ok(StreamSlot(user)),
             Err(_) => Err(Error::ResourceExhausted(format!(
-                "this user already has {max} JoinRoom streams open (CHAT_USER_MAX_STREAMS)"
+                "CHAT_USER_MAX_STREAMS: this user already has {max} JoinRoom streams open"
             ))),
         }
     }

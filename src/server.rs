@@ -39,10 +39,11 @@ use crate::config::Config;
 use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
 use crate::limits::BodyLimitLayer;
-use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::metrics::Metrics;
 use crate::metrics::grpc::GrpcMetricsLayer;
+use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
+use crate::rate::SendRate;
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
 use crate::shutdown::EndOnShutdown;
@@ -64,6 +65,8 @@ pub struct Application {
     addr: SocketAddr,
     config: Config,
     keys: Arc<Keys>,
+    /// Token keys and TLS (`CHAT_JWT_JWKS`, `CHAT_TLS_*`), kept fresh by tasks.
+    secure: crate::secure::Secure,
     store: Store,
     /// Held while this node serves: no second single node on its database.
     serve_lock: ServeLock,
@@ -92,12 +95,16 @@ impl Application {
         tracing::info!(path = %data_dir.display(), "data directory (CHAT_DATA_DIR)");
         let policy = TokenPolicy {
             allow_no_exp: config.jwt_allow_no_exp,
+            issuer: config.secret.jwt_issuer.clone(),
+            audience: config.secret.jwt_audience.clone(),
         };
         tracing::info!(
             exp_required = !policy.allow_no_exp,
             leeway_secs = CLOCK_LEEWAY_SECS,
             "tokens: HS256, `exp` and `nbf` checked"
         );
+        let secure = crate::secure::Secure::load(&config).await?;
+        let keys = secure.keys(Keys::with_policy(&secret, policy));
         let location = Location::parse(config.database_url.as_deref(), &config.secret.data_dir)
             .map_err(|e| Error::Config(format!("DATABASE_URL: {e}")))?;
         if let (Some(_), Location::Sqlite(path)) = (&config.nats_url, &location) {
@@ -135,7 +142,8 @@ impl Application {
             listener,
             addr,
             config,
-            keys: Arc::new(Keys::with_policy(&secret, policy)),
+            keys: Arc::new(keys),
+            secure,
             store,
             serve_lock,
             metrics,
@@ -170,6 +178,7 @@ impl Application {
             addr,
             config,
             keys,
+            secure,
             store,
             serve_lock,
             metrics,
@@ -222,6 +231,10 @@ impl Application {
             streams_end.clone(),
         ));
 
+        let tls = secure.spawn(&tracker, &streams_end);
+        let send_rate = Arc::new(SendRate::new(config.user_send_rate, config.user_send_burst));
+        tracker.spawn(crate::rate::prune(send_rate.clone(), streams_end.clone()));
+
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -242,6 +255,7 @@ impl Application {
             shutdown: streams_end.clone(),
             presence: cluster.as_ref().map(|(_, _, presence)| presence.clone()),
             access: access.clone(),
+            send_rate: send_rate.clone(),
         };
         let admin = tonic::service::interceptor::InterceptedService::new(
             AdminServiceServer::new(AdminApi { access }),
@@ -296,7 +310,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(chat)
             .add_service(admin)
-            .serve_with_incoming_shutdown(incoming(listener, limits), signal);
+            .serve_with_incoming_shutdown(incoming(listener, limits, tls), signal);
 
         tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
         tracing::info!("history is stored in {backend} at {data}");

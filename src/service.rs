@@ -21,6 +21,7 @@ use crate::domain::{
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
 use crate::quota::HeldCharge;
+use crate::rate::SendRate;
 use crate::rooms::Rooms;
 use crate::storage::Store;
 use crate::writer::Writer;
@@ -40,6 +41,8 @@ pub struct ChatApi {
     pub(crate) presence: Option<Arc<Presence>>,
     /// Who may use which room.
     pub(crate) access: Arc<Access>,
+    /// Each user's send rate (`CHAT_USER_SEND_RATE`).
+    pub(crate) send_rate: Arc<SendRate>,
 }
 
 /// The caller, as the auth interceptor found them.
@@ -118,6 +121,7 @@ impl ChatService for ChatApi {
             )?,
             client_message_id: ClientMessageId::parse(request.client_message_id)?,
         };
+        self.send_rate.check(&message.sender.user_id)?;
         let stored = self.writer.send(message).await?;
         Ok(Response::new(proto::SendMessageResponse {
             message: Some(proto::Message::from(&stored)),

@@ -9,6 +9,11 @@
 //! Scenarios: `fanout`, `send`, `idle`, `history`, `churn`, `presence-kill`
 //! (see `--help` of each). With several `--addr` (the nodes of a cluster)
 //! the connections are spread over them round-robin.
+//!
+//! Against chatd, start the server with its per-user limits off or raised
+//! (`CHAT_USER_SEND_RATE=0`, `CHAT_USER_MAX_STREAMS` above the streams one
+//! user opens), as `scripts/bench.sh` does: a senders' bucket would cap the
+//! rate this measures.
 
 mod dbstat;
 mod procstat;

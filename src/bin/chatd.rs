@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chatd::auth::{Keys, load_secret};
+use chatd::auth::{Keys, TokenPolicy, load_secret};
 use chatd::config::{Cli, Command};
 use chatd::logs::LogFormat;
 use clap::Parser;
@@ -25,7 +25,12 @@ fn main() -> ExitCode {
         Some(Command::Token(args)) => {
             load_secret(args.secret.jwt_secret.as_deref(), &args.secret.data_dir)
                 .and_then(|(secret, _)| {
-                    Keys::new(&secret).mint_with(
+                    let policy = TokenPolicy {
+                        issuer: args.secret.jwt_issuer.clone(),
+                        audience: args.secret.jwt_audience.clone(),
+                        ..TokenPolicy::default()
+                    };
+                    Keys::with_policy(&secret, policy).mint_with(
                         &args.user_id,
                         args.name.as_deref(),
                         Some(args.ttl),

@@ -146,6 +146,8 @@ impl Process {
             .args(super::server_args(db_url))
             .args(extra)
             .env("RUST_LOG", "info")
+            // Off unless `extra` sets it (a flag beats the variable).
+            .env("CHAT_USER_SEND_RATE", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(dir) = dir {
@@ -205,6 +207,11 @@ impl Process {
 }
 
 impl Process {
+    /// The process id, to send signals to.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no goodbye to anyone.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

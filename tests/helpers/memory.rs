@@ -38,6 +38,7 @@ impl Chatd {
             .args(server_args(db_url))
             .env("CHAT_DATA_DIR", &dir)
             .env("RUST_LOG", "warn,chatd::server=info")
+            .env("CHAT_USER_SEND_RATE", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

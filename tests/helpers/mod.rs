@@ -216,6 +216,11 @@ pub fn config(db_url: &str, extra: &[&str]) -> Config {
     if !extra.contains(&"--shutdown-grace") {
         args.extend_from_slice(&["--shutdown-grace", "3s"]);
     }
+    // Tests of other rules send in bursts: the per-user send rate is off
+    // unless a test sets it.
+    if !extra.contains(&"--user-send-rate") {
+        args.extend_from_slice(&["--user-send-rate", "0"]);
+    }
     args.extend_from_slice(extra);
     Cli::try_parse_from(args)
         .expect("test config parses")
