@@ -9,6 +9,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
@@ -169,6 +170,75 @@ test("scrolling back loads older history a page at a time", TEST, async () => {
   await page.locator("#older").waitFor({ state: "hidden" });
   assert.deepEqual(await seqs(page), Array.from({ length: last }, (_, i) => i + 1));
   await page.context().close();
+});
+
+/**
+ * A TCP proxy to chatd that can cut every connection through it and refuse new ones until
+ * restored: a dropped network, as the page sees it.
+ */
+async function cuttableProxy(target) {
+  const [host, port] = [target.hostname, Number(target.port)];
+  const sockets = new Set();
+  let cut = false;
+  const server = net.createServer((client) => {
+    if (cut) return client.destroy();
+    const upstream = net.connect(port, host);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on("close", () => sockets.delete(socket));
+      socket.on("error", () => {});
+    }
+    client.pipe(upstream).pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}/`,
+    cut() {
+      cut = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    restore() {
+      cut = false;
+    },
+    close: () => new Promise((resolve) => { server.close(resolve); for (const s of sockets) s.destroy(); }),
+  };
+}
+
+test("a dropped connection reconnects and resumes with nothing missed", TEST, async () => {
+  const proxy = await cuttableProxy(new URL(env("CHATD_URL")));
+  const page = await openPage();
+  try {
+    await page.goto(proxy.url);
+    await page.fill("#token-input", env("BOB_TOKEN"));
+    await page.click("#token-form button[type=submit]");
+    await joinRoom(page, room);
+    await page.locator('#connection[data-state="live"]').waitFor();
+    const before = (await seqs(alice)).at(-1);
+    await page.locator(`#messages li[data-seq="${before}"]`).waitFor();
+
+    proxy.cut();
+    await page.locator('#connection[data-state="reconnecting"]').waitFor();
+    await say(alice, "sent while the connection was down 1");
+    await say(alice, "sent while the connection was down 2");
+    proxy.restore();
+
+    await page.locator('#connection[data-state="live"]').waitFor();
+    await page.locator("#messages li", { hasText: "sent while the connection was down 2" }).waitFor();
+    await say(alice, "sent after the connection came back");
+    await page.locator("#messages li", { hasText: "sent after the connection came back" }).waitFor();
+    // The newest page of history, then every later seq exactly once, in order.
+    const shown = await seqs(page);
+    const last = (await seqs(alice)).at(-1);
+    assert.deepEqual(shown, Array.from({ length: last - shown[0] + 1 }, (_, i) => shown[0] + i));
+    for (const text of ["sent while the connection was down 1", "sent while the connection was down 2"]) {
+      assert.equal(await page.locator("#messages li", { hasText: text }).count(), 1, text);
+    }
+  } finally {
+    await page.context().close();
+    await proxy.close();
+  }
 });
 
 test("a bad room name shows the server's message", TEST, async () => {
