@@ -35,6 +35,9 @@ async function openPage() {
   page.setDefaultTimeout(STEP);
   page.setDefaultNavigationTimeout(STEP);
   page.on("pageerror", (error) => pageErrors.push(error));
+  page.on("console", (message) => {
+    if (/Content Security Policy/i.test(message.text())) pageErrors.push(message.text());
+  });
   return page;
 }
 
@@ -248,5 +251,5 @@ test("a bad room name shows the server's message", TEST, async () => {
   const text = await error.textContent();
   assert.match(text, /Cannot join "bad room!": room: must match/);
   assert.match(text, /InvalidArgument/);
-  assert.deepEqual(pageErrors, [], "no script errors on any page");
+  assert.deepEqual(pageErrors, [], "no script errors and no CSP violations on any page");
 });
