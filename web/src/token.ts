@@ -5,11 +5,10 @@ const TOKEN_KEY = "chatd.token";
 
 /** Moves a `#token=…` fragment into sessionStorage and removes it from the address bar. */
 export function adoptTokenFromFragment(): void {
-  const params = new URLSearchParams(location.hash.replace(/^#/, ""));
-  const token = params.get("token");
-  if (token) {
-    sessionStorage.setItem(TOKEN_KEY, token.trim());
-    history.replaceState(null, "", location.pathname + location.search);
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]).trim());
+    history.replaceState(null, "", location.href.split("#")[0]);
   }
 }
 
