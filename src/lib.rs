@@ -6,6 +6,8 @@
 //! - [`server`]: [`server::Application`] builds the tonic server (gRPC and
 //!   grpc-web on one port, CORS, reflection, health), runs it, and shuts it
 //!   down in order.
+//! - [`web`]: the chat page (built from `web/`, embedded), served by GET
+//!   on the same port, and its address in the start-up log.
 //! - [`connections`]: accepting connections: the handshake deadline, slots
 //!   only handshaken connections hold, and the per-IP limit.
 //! - [`limits`]: the request body limits (size and deadline).
@@ -68,6 +70,7 @@ pub mod service;
 pub mod shutdown;
 pub mod storage;
 pub mod tls;
+pub mod web;
 pub mod writer;
 
 pub use error::{Error, Result};

@@ -73,6 +73,9 @@ pub struct Application {
     /// Off unless `CHAT_METRICS_ADDR` is set; then also its listener.
     metrics: Metrics,
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// Whether the secret is chatd's own (generated or kept in the data
+    /// directory), so the chat page's address may carry a token.
+    own_secret: bool,
 }
 
 impl Application {
@@ -148,6 +151,7 @@ impl Application {
             serve_lock,
             metrics,
             metrics_listener,
+            own_secret: !matches!(source, SecretSource::Env),
         })
     }
 
@@ -183,6 +187,7 @@ impl Application {
             serve_lock,
             metrics,
             metrics_listener,
+            own_secret,
         } = self;
         let (backend, data) = store.location().describe();
         let tracker = TaskTracker::new();
@@ -264,6 +269,7 @@ impl Application {
         let max_request = config.max_request_bytes as usize;
         // The body limit layer answers first; tonic's own limit stays as a
         // second guard (it reserves what a message announces).
+        let page_keys = own_secret.then(|| keys.clone());
         let chat = tonic::service::interceptor::InterceptedService::new(
             ChatServiceServer::new(api).max_decoding_message_size(max_request + 5),
             Authenticator(keys),
@@ -297,6 +303,7 @@ impl Application {
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .max_concurrent_streams(Some(config.max_streams_per_connection))
+            .layer(crate::web::PageLayer)
             .layer(cors(&config.cors_origins))
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(GrpcMetricsLayer::new(&metrics))
@@ -320,6 +327,7 @@ impl Application {
         tracing::info!(
             "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
         );
+        crate::web::log_page_address(addr, page_keys.as_deref());
         // One deadline for the whole shutdown: the grace from the signal.
         let grace = config.shutdown_grace;
         let mut signalled_copy = signalled.clone();
