@@ -189,6 +189,53 @@ impl Access {
         Ok(visibility)
     }
 
+    /// For a send that passed [`Self::check`], just before it goes to the
+    /// writer: settles the room's visibility for good when the check found
+    /// no room row (the room was public only because it did not exist yet).
+    ///
+    /// Without this, a send checked while the room did not exist could be
+    /// stored after a CreateRoom(PRIVATE) that landed in between, and
+    /// CreateRoom would answer `created = true` for a private room holding
+    /// a message from a user without a grant. Instead, the room's row is
+    /// created public here (`INSERT .. ON CONFLICT DO NOTHING`, then read
+    /// back: the same statements as CreateRoom's, atomic on both backends
+    /// through the primary key). A row's visibility never changes, so
+    /// whichever of the two inserted it decides: this send's row first,
+    /// and CreateRoom(PRIVATE) answers FAILED_PRECONDITION; CreateRoom's
+    /// first, and the send is checked again against the private room (a
+    /// grant or an admin token, else PERMISSION_DENIED). The invariant: a
+    /// room CreateRoom reports created private only ever holds messages
+    /// sent with a grant or an admin token.
+    ///
+    /// Cost: a lookup in the visibility cache for a public room that
+    /// existed at the check (every public room after its first send on
+    /// this node), two for a private room; one write
+    /// (and a read when the row appeared meanwhile) for an unknown room. A
+    /// send refused later (the writer failed) leaves the room existing and
+    /// public without messages, as a send that was stored would.
+    pub async fn settle_send(&self, who: &Identity, room: &RoomName) -> Result<()> {
+        let cached = lock(&self.visibility).get(room);
+        let visibility = match cached {
+            Some(v) => v,
+            None => {
+                let v = match self.store.create_room(room, Visibility::Public).await? {
+                    Created::New => Visibility::Public,
+                    Created::Existing(existing) => existing,
+                };
+                lock(&self.visibility).insert(room.clone(), v);
+                v
+            }
+        };
+        if visibility == Visibility::Private {
+            // Private now: the check may have seen no room (a CreateRoom
+            // through this node caches the room at once), so check again;
+            // for a room that was private at the check, its grant is
+            // cached by then and this costs a lookup.
+            self.check(who, room).await?;
+        }
+        Ok(())
+    }
+
     /// For a stream opened after a [`Self::check`] made at `epoch`: when a
     /// revocation was applied since, asks storage again (the revocation may
     /// have come between the check and the stream joining the room).

@@ -122,6 +122,9 @@ impl ChatService for ChatApi {
             client_message_id: ClientMessageId::parse(request.client_message_id)?,
         };
         self.send_rate.check(&message.sender.user_id)?;
+        self.access
+            .settle_send(&message.sender, &message.room)
+            .await?;
         let stored = self.writer.send(message).await?;
         Ok(Response::new(proto::SendMessageResponse {
             message: Some(proto::Message::from(&stored)),
