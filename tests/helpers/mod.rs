@@ -30,6 +30,7 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod access;
 pub mod cluster;
 pub mod connections;
 pub mod memory;
