@@ -351,6 +351,12 @@ async fn full_disk_is_unavailable_not_serving_and_logged_once_per_batch() {
     let mut watch = watch_health(chatd.channel().await).await;
     health_becomes(&mut watch, ServingStatus::Serving).await;
 
+    // The rooms exist before the disk fills: a send's first to a room
+    // creates its row before the writer (a write that fails on its own),
+    // and this test is about the writer's batches.
+    for i in 0..7 {
+        send(&mut c, &format!("f{i}"), "room").await;
+    }
     let filler = fs.0.join("filler");
     fill(&filler);
     // Many concurrent sends of 4 KB: the writer batches them.

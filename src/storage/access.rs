@@ -160,8 +160,24 @@ impl Store {
     }
 
     /// Creates `room` with `visibility` unless it exists.
+    /// A write outside the batch (a send's first to a room takes this
+    /// path too, see `Access::settle_send`), so its failure counts for
+    /// health as a failed batch does.
     pub async fn create_room(&self, room: &RoomName, visibility: Visibility) -> Result<Created> {
-        let inserted = with_conn!(self, |conn| {
+        let inserted = self.insert_room(room, visibility).await;
+        self.note_write_failure(&inserted);
+        if inserted? == 1 {
+            return Ok(Created::New);
+        }
+        match self.visibility(room).await? {
+            Some(existing) => Ok(Created::Existing(existing)),
+            None => Err(Error::Internal(format!("room {room} vanished"))),
+        }
+    }
+
+    /// Inserts the row of `room` unless it has one; the rows inserted.
+    async fn insert_room(&self, room: &RoomName, visibility: Visibility) -> Result<usize> {
+        Ok(with_conn!(self, |conn| {
             diesel::insert_into(rooms::table)
                 .values((
                     rooms::name.eq(room.as_str()),
@@ -171,14 +187,7 @@ impl Store {
                 .on_conflict_do_nothing()
                 .execute(conn)
                 .await?
-        });
-        if inserted == 1 {
-            return Ok(Created::New);
-        }
-        match self.visibility(room).await? {
-            Some(existing) => Ok(Created::Existing(existing)),
-            None => Err(Error::Internal(format!("room {room} vanished"))),
-        }
+        }))
     }
 
     /// Grants `users` access to `room` (a room of theirs from `now_micros`

@@ -381,6 +381,21 @@ impl Store {
         result
     }
 
+    /// For a write other than the batch (which sets the flag either way):
+    /// when `result` failed for a reason a retry may fix, writes are
+    /// failing (health then probes a write); only a write that succeeds
+    /// clears it, the batch or the probe.
+    pub(super) fn note_write_failure<T>(&self, result: &Result<T>) {
+        let failing = result
+            .as_ref()
+            .err()
+            .and_then(Error::failure)
+            .is_some_and(|f| f != Failure::Internal);
+        if failing {
+            self.state.writes_failing.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// One page of a room's history, ascending.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
         let limit = i64::from(query.limit);
