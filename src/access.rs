@@ -285,7 +285,36 @@ impl Access {
             }
         };
         lock(&self.visibility).insert(room.clone(), visibility);
+        if created && visibility == Visibility::Private {
+            self.made_private(room).await?;
+        }
         Ok(created)
+    }
+
+    /// A room that did not exist (so was public) is now private: streams
+    /// opened in it before, here and on other nodes, end unless their user
+    /// holds a grant by now. Other nodes hear it as a revocation naming no
+    /// user (re-check the room's streams), or find it by the access
+    /// revision the creation bumped.
+    async fn made_private(&self, room: &RoomName) -> Result<()> {
+        if let Some(announce) = self.announce.get()
+            && announce.try_send((room.clone(), Vec::new())).is_err()
+        {
+            tracing::debug!(room = %room, "revocation queue full; other nodes find it by polling");
+        }
+        self.revalidate_room(room).await
+    }
+
+    /// Re-checks in storage the streams on this node in `room` and ends
+    /// those whose user may no longer use it.
+    pub async fn revalidate_room(&self, room: &RoomName) -> Result<()> {
+        let pairs: Vec<Pair> = self
+            .rooms
+            .local_users()
+            .into_iter()
+            .filter(|(r, _)| r == room)
+            .collect();
+        self.revalidate_pairs(pairs).await
     }
 
     /// The room must exist and be private to take grants.
@@ -346,6 +375,11 @@ impl Access {
     pub async fn revalidate(&self) -> Result<()> {
         let mut pairs: Vec<Pair> = lock(&self.grants).cache.keys().cloned().collect();
         pairs.extend(self.rooms.local_users());
+        self.revalidate_pairs(pairs).await
+    }
+
+    /// Applies the revocations storage shows for `pairs` (room, user).
+    async fn revalidate_pairs(&self, mut pairs: Vec<Pair>) -> Result<()> {
         pairs.sort_unstable();
         pairs.dedup();
         if pairs.is_empty() {

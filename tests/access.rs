@@ -19,6 +19,8 @@ on_both_backends! {
     mark_read_is_monotonic_and_bounded: crate::mark_read_is_monotonic_and_bounded,
     create_private_racing_sends_keeps_no_unchecked_message:
         crate::create_private_racing_sends_keeps_no_unchecked_message,
+    creating_a_room_private_ends_streams_opened_while_it_was_public:
+        crate::creating_a_room_private_ends_streams_opened_while_it_was_public,
 }
 
 use chatd::proto::admin_service_client::AdminServiceClient;
@@ -360,6 +362,29 @@ async fn revoke_ends_live_streams_and_refuses_the_next_call(backend: Backend) {
     let (mut back, _) = join(&mut bob, "team", None).await;
     let again = send(&mut alice, "team", "welcome back").await;
     assert_eq!(next_message(&mut back).await.seq, again.seq);
+}
+
+/// A stream opened on a room that did not exist (so public) ends with
+/// PERMISSION_DENIED when the room is then created private, unless its
+/// user holds a grant; an admin's stream stays.
+async fn creating_a_room_private_ends_streams_opened_while_it_was_public(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut admin = admin(&server).await;
+    let mut backend_chat = admin_chat(&server).await;
+    let mut bob = server.client("bob").await;
+    let (mut bob_stream, _) = join(&mut bob, "later", None).await;
+    let (mut admin_stream, _) = join(&mut backend_chat, "later", None).await;
+    assert!(
+        create(&mut admin, "later", RoomVisibility::Private)
+            .await
+            .unwrap()
+    );
+    assert_ends_with(&mut bob_stream, Code::PermissionDenied, "later").await;
+    wait_for_left(&mut admin_stream, "bob").await;
+    // The admin's stream goes on.
+    let sent = send(&mut backend_chat, "later", "private now").await;
+    assert_eq!(next_message(&mut admin_stream).await.seq, sent.seq);
 }
 
 /// ListRooms: private rooms with a grant and public rooms joined or sent

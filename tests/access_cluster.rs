@@ -401,3 +401,25 @@ async fn cluster_revoke_reaches_a_node_that_missed_the_notice() {
     .await;
     assert_code(refused, Code::PermissionDenied, "ops");
 }
+
+/// A room created private through one node ends the streams another node
+/// opened in it while it did not exist (and so was public).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_creating_a_room_private_ends_streams_on_other_nodes() {
+    let db = TestDb::postgres().await;
+    let cluster = unique_cluster("made-private");
+    let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 2).await;
+    let mut admin = admin(&nodes[0]).await;
+    let mut watcher = admin_chat(&nodes[0]).await;
+    let mut bob = nodes[1].client("bob").await;
+    let (mut watch, _) = join(&mut watcher, "later", None).await;
+    let (mut bob_stream, _) = join(&mut bob, "later", None).await;
+    wait_for_joined(&mut watch, "bob").await;
+    assert!(
+        create(&mut admin, "later", RoomVisibility::Private)
+            .await
+            .unwrap()
+    );
+    assert_ends_with(&mut bob_stream, Code::PermissionDenied, "later").await;
+    wait_for_left(&mut watch, "bob").await;
+}

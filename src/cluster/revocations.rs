@@ -27,7 +27,8 @@ use crate::access::{ANNOUNCE_QUEUE, Access, Revocation};
 use crate::domain::RoomName;
 use crate::storage::Store;
 
-/// A revocation on the wire.
+/// A revocation on the wire; no user ids: a room was made private, and
+/// each node re-checks its streams in it.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Notice {
     #[prost(string, tag = "1")]
@@ -118,7 +119,18 @@ async fn follow(cluster: Cluster, access: Arc<Access>, stop: CancellationToken) 
                     Ok(room) => {
                         let users: Vec<Arc<str>> =
                             notice.user_ids.into_iter().map(Arc::from).collect();
-                        access.apply_revocation(&room, &users);
+                        if users.is_empty() {
+                            // A room made private: re-check its streams here.
+                            let checked = tokio::select! {
+                                () = stop.cancelled() => return,
+                                checked = access.revalidate_room(&room) => checked,
+                            };
+                            if let Err(e) = checked {
+                                tracing::debug!(room = %room, error = %e, "re-checking a room made private failed; the poll will");
+                            }
+                        } else {
+                            access.apply_revocation(&room, &users);
+                        }
                     }
                     Err(_) => tracing::warn!(room = %notice.room, "revocation of an invalid room"),
                 },

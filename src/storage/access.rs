@@ -175,18 +175,33 @@ impl Store {
         }
     }
 
-    /// Inserts the row of `room` unless it has one; the rows inserted.
+    /// Inserts the row of `room` unless it has one; the rows inserted. A
+    /// private room inserted bumps the access revision in the same
+    /// transaction: streams other nodes opened while the room was still
+    /// public (it did not exist) must end, and a node that missed the
+    /// notice finds them by the revision.
     async fn insert_room(&self, room: &RoomName, visibility: Visibility) -> Result<usize> {
+        let private = visibility == Visibility::Private;
         Ok(with_conn!(self, |conn| {
-            diesel::insert_into(rooms::table)
-                .values((
-                    rooms::name.eq(room.as_str()),
-                    rooms::last_seq.eq(0i64),
-                    rooms::visibility.eq(visibility.code()),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?
+            conn.transaction(async |conn| {
+                let inserted = diesel::insert_into(rooms::table)
+                    .values((
+                        rooms::name.eq(room.as_str()),
+                        rooms::last_seq.eq(0i64),
+                        rooms::visibility.eq(visibility.code()),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await?;
+                if inserted == 1 && private {
+                    diesel::update(access_revision::table)
+                        .set(access_revision::revision.eq(access_revision::revision + 1))
+                        .execute(conn)
+                        .await?;
+                }
+                Ok::<_, diesel::result::Error>(inserted)
+            })
+            .await?
         }))
     }
 
