@@ -35,14 +35,17 @@ mod membership;
 mod order;
 mod ring;
 mod subscription;
+mod wake;
 
 pub use order::HOLD;
 pub use subscription::Subscription;
+pub use wake::WAKE_EVERY;
 
 use bytes::Bytes;
 use membership::{Membership, Presence};
 use order::Reorder;
 use ring::{Event, Ring, RingLimits, chunks, encode_message};
+use wake::Deferred;
 
 #[derive(Debug, Default)]
 struct RoomState {
@@ -67,6 +70,10 @@ struct RoomState {
     closed: bool,
     /// Cluster only: messages that arrived ahead of a missing seq.
     order: Reorder,
+    /// When the streams were last woken for messages ([`WAKE_EVERY`]).
+    woken_at: Option<tokio::time::Instant>,
+    /// Whether the room waits in the queue of deferred wake-ups.
+    wake_queued: bool,
 }
 
 impl RoomState {
@@ -126,6 +133,8 @@ pub struct Rooms {
     gaps: Notify,
     /// The next [`Presence::generation`].
     generations: std::sync::atomic::AtomicU64,
+    /// Rooms whose wake-up for messages waits for [`WAKE_EVERY`].
+    deferred: Deferred,
     /// Live rooms, open streams, deliveries and catch-up reads.
     metrics: Metrics,
 }
@@ -152,6 +161,7 @@ impl Rooms {
             ordered: config.nats_url.is_some(),
             gaps: Notify::new(),
             generations: std::sync::atomic::AtomicU64::new(1),
+            deferred: Deferred::default(),
             metrics: Metrics::off(),
         }
     }
@@ -219,7 +229,7 @@ impl Rooms {
         let Some(newest) = messages.iter().map(|(seq, _)| *seq).max() else {
             return;
         };
-        let (pushed, holding) = {
+        let (wake_now, holding) = {
             let mut state = room.lock();
             state.learn_last_seq(newest);
             let ready;
@@ -232,9 +242,10 @@ impl Rooms {
             for event in chunks(ready) {
                 state.ring.push(event, self.limits);
             }
-            (!ready.is_empty(), state.order.holding())
+            let wake = !ready.is_empty() && self.wake_for_messages(&room, &mut state);
+            (wake, state.order.holding())
         };
-        if pushed {
+        if wake_now {
             // One wake-up per waiting stream for the whole batch.
             room.notify.notify_waiters();
         }
