@@ -31,35 +31,21 @@ use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
 use crate::quota::{Charge, Quotas, StreamSlot};
 use crate::storage::Store;
 
+mod membership;
 mod order;
 mod ring;
 mod subscription;
+mod wake;
 
 pub use order::HOLD;
 pub use subscription::Subscription;
+pub use wake::WAKE_EVERY;
 
 use bytes::Bytes;
+use membership::{Membership, Presence};
 use order::Reorder;
 use ring::{Event, Ring, RingLimits, chunks, encode_message};
-
-/// A user present in a room.
-#[derive(Debug)]
-struct Presence {
-    display_name: Arc<str>,
-    /// How many of the user's streams are open in this room: the user leaves
-    /// when the last one closes.
-    streams: usize,
-    /// Whether one of these streams was opened with an admin token: a
-    /// revocation does not end them (admin passes every room check).
-    admin: bool,
-    /// Cancelled by [`Rooms::revoke`]: every stream of this presence ends
-    /// with PERMISSION_DENIED.
-    revoked: CancellationToken,
-    /// Tells this presence from a later one of the same user (after a
-    /// revocation and a new grant), so a revoked stream's end never counts
-    /// against the newer one.
-    generation: u64,
-}
+use wake::Deferred;
 
 #[derive(Debug, Default)]
 struct RoomState {
@@ -84,6 +70,10 @@ struct RoomState {
     closed: bool,
     /// Cluster only: messages that arrived ahead of a missing seq.
     order: Reorder,
+    /// When the streams were last woken for messages ([`WAKE_EVERY`]).
+    woken_at: Option<tokio::time::Instant>,
+    /// Whether the room waits in the queue of deferred wake-ups.
+    wake_queued: bool,
 }
 
 impl RoomState {
@@ -112,45 +102,6 @@ impl Room {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The room's members here and on other nodes, by user id.
-    fn members(state: &RoomState) -> Vec<proto::Member> {
-        let mut members: BTreeMap<&Arc<str>, &Arc<str>> = state.remote.iter().collect();
-        for (id, p) in &state.members {
-            members.insert(id, &p.display_name);
-        }
-        members
-            .into_iter()
-            .map(|(id, name)| proto::Member {
-                user_id: id.to_string(),
-                display_name: name.to_string(),
-            })
-            .collect()
-    }
-
-    /// Pushes a member_joined or member_left of `user` into the ring.
-    fn push_presence(
-        state: &mut RoomState,
-        user: &Arc<str>,
-        name: &Arc<str>,
-        joined: bool,
-        limits: RingLimits,
-    ) {
-        let member = Some(proto::Member {
-            user_id: user.to_string(),
-            display_name: name.to_string(),
-        });
-        let event = if joined {
-            WireEvent::MemberJoined(proto::MemberJoined { member })
-        } else {
-            WireEvent::MemberLeft(proto::MemberLeft { member })
-        };
-        let event = Event::Presence {
-            user_id: user.clone(),
-            bytes: EncodedEvent::encode(event).0,
-        };
-        state.ring.push(event, limits);
     }
 }
 
@@ -182,6 +133,8 @@ pub struct Rooms {
     gaps: Notify,
     /// The next [`Presence::generation`].
     generations: std::sync::atomic::AtomicU64,
+    /// Rooms whose wake-up for messages waits for [`WAKE_EVERY`].
+    deferred: Deferred,
     /// Live rooms, open streams, deliveries and catch-up reads.
     metrics: Metrics,
 }
@@ -208,6 +161,7 @@ impl Rooms {
             ordered: config.nats_url.is_some(),
             gaps: Notify::new(),
             generations: std::sync::atomic::AtomicU64::new(1),
+            deferred: Deferred::default(),
             metrics: Metrics::off(),
         }
     }
@@ -221,55 +175,6 @@ impl Rooms {
     /// Where the room registry, its streams and the writers count.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
-    }
-
-    /// Ends `user`'s streams in `room` on this node with PERMISSION_DENIED
-    /// (unless one was opened with an admin token): the user leaves the
-    /// room at once (member_left, unless present on another node, which
-    /// revokes there too) and their streams deliver nothing more. Returns
-    /// whether the user had streams here.
-    pub fn revoke(&self, name: &RoomName, user: &str) -> bool {
-        let Some(room) = self.get(name) else {
-            return false;
-        };
-        let removed = {
-            let mut state = room.lock();
-            let admin = state.members.get(user).is_none_or(|p| p.admin);
-            if admin {
-                return false;
-            }
-            let Some((id, presence)) = state.members.remove_entry(user) else {
-                return false;
-            };
-            presence.revoked.cancel();
-            if !state.remote.contains_key(user) {
-                Room::push_presence(&mut state, &id, &presence.display_name, false, self.limits);
-            }
-            id
-        };
-        tracing::debug!(room = %name, user = %removed, "access revoked: streams end");
-        room.notify.notify_waiters();
-        self.presence_changed(name);
-        true
-    }
-
-    /// Every (room, user) with a stream on this node that a revocation
-    /// could end (admin streams left out): what a node re-checks when it
-    /// may have missed a revocation.
-    pub fn local_users(&self) -> Vec<(RoomName, Arc<str>)> {
-        let rooms: Vec<Arc<Room>> = self.map().rooms.values().cloned().collect();
-        let mut out = Vec::new();
-        for room in rooms {
-            let state = room.lock();
-            out.extend(
-                state
-                    .members
-                    .iter()
-                    .filter(|(_, p)| !p.admin)
-                    .map(|(id, _)| (room.name.clone(), id.clone())),
-            );
-        }
-        out
     }
 
     /// The per-user limits.
@@ -324,7 +229,7 @@ impl Rooms {
         let Some(newest) = messages.iter().map(|(seq, _)| *seq).max() else {
             return;
         };
-        let (pushed, holding) = {
+        let (wake_now, holding) = {
             let mut state = room.lock();
             state.learn_last_seq(newest);
             let ready;
@@ -337,9 +242,10 @@ impl Rooms {
             for event in chunks(ready) {
                 state.ring.push(event, self.limits);
             }
-            (!ready.is_empty(), state.order.holding())
+            let wake = !ready.is_empty() && self.wake_for_messages(&room, &mut state);
+            (wake, state.order.holding())
         };
-        if pushed {
+        if wake_now {
             // One wake-up per waiting stream for the whole batch.
             room.notify.notify_waiters();
         }
@@ -432,59 +338,10 @@ impl Rooms {
         self.get(room).is_some()
     }
 
-    /// The users with streams in `room` on this node (id, display name).
-    pub fn local_members(&self, room: &RoomName) -> Vec<(Arc<str>, Arc<str>)> {
-        match self.get(room) {
-            Some(room) => room
-                .lock()
-                .members
-                .iter()
-                .map(|(id, p)| (id.clone(), p.display_name.clone()))
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-
-    /// Sets who is in `room` on the other nodes; the users this adds to or
-    /// removes from the room's members (here or there) are announced to
-    /// the room's streams.
-    pub fn set_remote(&self, name: &RoomName, remote: BTreeMap<Arc<str>, Arc<str>>) {
-        let Some(room) = self.get(name) else { return };
-        let mut changed = false;
-        {
-            let mut state = room.lock();
-            let old = std::mem::take(&mut state.remote);
-            for (user, display) in &remote {
-                if !old.contains_key(user) && !state.members.contains_key(user) {
-                    Room::push_presence(&mut state, user, display, true, self.limits);
-                    changed = true;
-                }
-            }
-            for (user, display) in &old {
-                if !remote.contains_key(user) && !state.members.contains_key(user) {
-                    Room::push_presence(&mut state, user, display, false, self.limits);
-                    changed = true;
-                }
-            }
-            state.remote = remote;
-        }
-        if changed {
-            room.notify.notify_waiters();
-        }
-    }
-
     /// Resolves after a room entry was added or removed since the last
     /// call (at once if one was): what interest-based subscriptions follow.
     pub async fn changed(&self) {
         self.changed.notified().await;
-    }
-
-    /// The room's current members.
-    pub fn members(&self, room: &RoomName) -> Vec<proto::Member> {
-        match self.get(room) {
-            Some(room) => Room::members(&room.lock()),
-            None => Vec::new(),
-        }
     }
 
     /// Opens a stream on `room` for `identity`: the subscription starts
@@ -619,126 +476,6 @@ pub fn encode_batch(messages: &[&StoredMessage]) -> Vec<(RoomName, Vec<(u64, Byt
             )
         })
         .collect()
-}
-
-/// A stream's place in a room: dropping it makes the user leave when it
-/// was their last stream, and drops the room entry when it was the last
-/// stream of the room.
-#[derive(Debug)]
-struct Membership {
-    rooms: Arc<Rooms>,
-    room: Arc<Room>,
-    identity: Identity,
-    /// Whether the join succeeded and counts in the room's members.
-    member: bool,
-    /// The presence this stream counts in ([`Presence::generation`]) and
-    /// its revocation, once a member.
-    generation: u64,
-    revoked: CancellationToken,
-    /// The stream's place in the user's `CHAT_USER_MAX_STREAMS`.
-    _slot: StreamSlot,
-}
-
-impl Membership {
-    /// Makes the stream's user a member (announcing them if this is their
-    /// first stream); returns the member list and the ring position from
-    /// which presence events are news to it.
-    fn become_member(&mut self) -> Result<(Vec<proto::Member>, u64)> {
-        let mut state = self.room.lock();
-        if state.closed {
-            return Err(Error::ShuttingDown);
-        }
-        let generations = &self.rooms.generations;
-        let presence = state
-            .members
-            .entry(self.identity.user_id.clone())
-            .or_insert_with(|| Presence {
-                display_name: self.identity.display_name.clone(),
-                streams: 0,
-                admin: false,
-                revoked: CancellationToken::new(),
-                generation: generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            });
-        presence.streams += 1;
-        presence.admin |= self.identity.admin;
-        self.generation = presence.generation;
-        self.revoked = presence.revoked.clone();
-        let first = presence.streams == 1;
-        // A user already present on another node is no news.
-        let news = first && !state.remote.contains_key(&self.identity.user_id);
-        if news {
-            Room::push_presence(
-                &mut state,
-                &self.identity.user_id,
-                &self.identity.display_name,
-                true,
-                self.rooms.limits,
-            );
-        }
-        let snapshot = (Room::members(&state), state.ring.end());
-        drop(state);
-        self.member = true;
-        self.rooms.metrics.stream_open(true);
-        if news {
-            self.room.notify.notify_waiters();
-        }
-        if first {
-            self.rooms.presence_changed(&self.room.name);
-        }
-        Ok(snapshot)
-    }
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        let mut map = self.rooms.map();
-        let mut state = self.room.lock();
-        state.streams = state.streams.saturating_sub(1);
-        let mut left = false;
-        // A revoked stream's presence is gone (or is a newer one).
-        if self.member
-            && let Some(presence) = state.members.get_mut(&self.identity.user_id)
-            && presence.generation == self.generation
-        {
-            presence.streams = presence.streams.saturating_sub(1);
-            left = presence.streams == 0;
-        }
-        // Still present on another node: no news.
-        let news = left && !state.remote.contains_key(&self.identity.user_id);
-        if left {
-            state.members.remove(&self.identity.user_id);
-        }
-        if news {
-            Room::push_presence(
-                &mut state,
-                &self.identity.user_id,
-                &self.identity.display_name,
-                false,
-                self.rooms.limits,
-            );
-        }
-        if state.streams == 0
-            && map
-                .rooms
-                .get(&self.room.name)
-                .is_some_and(|r| Arc::ptr_eq(r, &self.room))
-        {
-            map.rooms.remove(&self.room.name);
-            self.rooms.changed.notify_one();
-            self.rooms.metrics.room_live(false);
-        }
-        if self.member {
-            self.rooms.metrics.stream_open(false);
-        }
-        drop(state);
-        drop(map);
-        if news {
-            self.room.notify.notify_waiters();
-        }
-        if left {
-            self.rooms.presence_changed(&self.room.name);
-        }
-    }
 }
 
 #[cfg(test)]

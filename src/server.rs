@@ -196,6 +196,7 @@ impl Application {
         // Ends the cluster tasks and the metrics listener once the server
         // has stopped (the writers may still publish while they drain).
         let cluster_stop = CancellationToken::new();
+        tracker.spawn(rooms.clone().wake_deferred(cluster_stop.clone()));
         let cluster = match &config.nats_url {
             Some(url) => {
                 Some(start_cluster(&config, url, &rooms, &store, &tracker, &cluster_stop).await?)

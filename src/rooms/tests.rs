@@ -2,6 +2,7 @@
 
 use super::*;
 use clap::Parser;
+use std::time::Duration;
 
 fn rooms(extra: &[&str]) -> Rooms {
     let args = ["chatd"].into_iter().chain(extra.iter().copied());
@@ -84,4 +85,86 @@ fn the_ring_is_bounded_in_slots_and_bytes_and_grows_as_it_fills() {
     assert!(state.ring.bytes <= 65_536, "{}", state.ring.bytes);
     assert!(state.ring.events.len() < 16);
     assert_eq!(state.ring.end(), 200);
+}
+
+/// Whether `room`'s streams have been woken since `notified` was enabled.
+fn woken(notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> bool {
+    use futures_util::FutureExt;
+    notified.now_or_never().is_some()
+}
+
+/// A busy room wakes its streams for messages at once, then at most once
+/// per interval, with every message published meanwhile in the ring; and
+/// a wake-up queued when the task stops still happens.
+#[tokio::test(start_paused = true)]
+async fn a_busy_room_wakes_once_per_interval_and_never_drops_a_wake_up() {
+    let rooms = Arc::new(rooms(&[]));
+    let name = RoomName::parse("r").unwrap();
+    let room = joining(&rooms, &name);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(rooms.clone().wake_deferred(stop.clone()));
+
+    // A quiet room: woken at once.
+    let first = room.notify.notified();
+    tokio::pin!(first);
+    first.as_mut().enable();
+    rooms.publish(&[&message(&name, 1, 1)]);
+    assert!(woken(first.as_mut()), "the first publish wakes at once");
+
+    // Within the interval: deferred, both publishes in one wake-up.
+    let started = tokio::time::Instant::now();
+    let second = room.notify.notified();
+    tokio::pin!(second);
+    second.as_mut().enable();
+    rooms.publish(&[&message(&name, 2, 1)]);
+    rooms.publish(&[&message(&name, 3, 1)]);
+    assert!(
+        !woken(second.as_mut()),
+        "a publish within the interval waits"
+    );
+    assert_eq!(
+        room.lock().ring.end(),
+        3,
+        "the messages are in the ring already"
+    );
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the deferred wake-up happens");
+    assert_eq!(started.elapsed(), WAKE_EVERY);
+
+    // Queued when the task stops: woken by the stopping task.
+    let third = room.notify.notified();
+    tokio::pin!(third);
+    third.as_mut().enable();
+    rooms.publish(&[&message(&name, 4, 1)]);
+    assert!(!woken(third.as_mut()));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the task ends at stop")
+        .expect("the task does not panic");
+    assert!(woken(third.as_mut()), "stopping wakes what is queued");
+
+    // Stopped: every publish wakes at once again.
+    let fourth = room.notify.notified();
+    tokio::pin!(fourth);
+    fourth.as_mut().enable();
+    rooms.publish(&[&message(&name, 5, 1)]);
+    assert!(woken(fourth.as_mut()));
+}
+
+/// Without the task (a registry nobody runs it for), publishes are never
+/// deferred.
+#[tokio::test(start_paused = true)]
+async fn without_the_task_every_publish_wakes_at_once() {
+    let rooms = rooms(&[]);
+    let name = RoomName::parse("r").unwrap();
+    let room = joining(&rooms, &name);
+    for seq in 1..=3 {
+        let notified = room.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        rooms.publish(&[&message(&name, seq, 1)]);
+        assert!(woken(notified.as_mut()), "publish {seq} wakes at once");
+    }
 }
