@@ -21,7 +21,8 @@ pub(super) enum Bind<'a> {
 }
 
 /// A statement of constant text whose `$n` placeholders stand for
-/// `binds[n - 1]` (a placeholder may appear more than once).
+/// `binds[n - 1]` (a placeholder may appear more than once). Every `$` in
+/// the text is taken for a placeholder: the text must hold no other.
 pub(super) struct Cached<'a> {
     sql: &'static str,
     binds: Vec<Bind<'a>>,
