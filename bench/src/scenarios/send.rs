@@ -49,7 +49,8 @@ fn preload(ctx: &Context, a: &SendArgs, rooms: usize, senders: usize) -> Result<
         .ok_or("--preload needs --database-url")?;
     let mut sql = String::from("BEGIN;");
     for r in 0..rooms {
-        let room = ctx.room(r);
+        // A literal: `--room-prefix` may hold a quote.
+        let room = ctx.room(r).replace('\'', "''");
         let n = a.preload;
         sql.push_str(&format!(
             "INSERT INTO rooms (name, last_seq) VALUES ('{room}', {n}); \
