@@ -92,7 +92,7 @@ bench chatd-fanout-1000-k50 $CHATD $CHATD_ADDR "$CHATD_AUTH" fanout --subscriber
 # Open loop at a fixed rate: 4 senders x 75/s = 300 messages/s to 1000 subscribers.
 bench chatd-fanout-1000-open300 $CHATD $CHATD_ADDR "$CHATD_AUTH" fanout --subscribers 1000 --senders 4 --rate 75 --messages $OPEN
 
-# Persisted sends: 64 concurrent senders over 100 rooms.
+# Persisted sends: 64 concurrent senders sharing 4 connections (send's default) over 100 rooms.
 bench chatd-send $CHATD $CHATD_ADDR "$CHATD_AUTH --db-name chatd_bench" send --senders 64 --rooms 100 --duration $DUR
 bench chatd1-send $CHATD_ONE $ONE_ADDR "$CHATD_AUTH --db-name chatd_bench_one" send --senders 64 --rooms 100 --duration $DUR
 bench chatd-sqlite-send $CHATD_SQLITE $SQLITE_ADDR "$CHATD_AUTH" send --senders 64 --rooms 100 --duration $DUR
@@ -100,6 +100,11 @@ bench grpcnode-db-send $NODE_DB $NODE_DB_ADDR "$NOAUTH --db-name peer_bench" sen
 # Ack latency at about half of chatd's closed-loop maximum.
 half=$(python3 -c "import json;r=json.load(open('$OUT/chatd-send.json'));print(int(dict(r['figures'])['acknowledged sends/s']/2))")
 bench chatd-send-half $CHATD $CHATD_ADDR "$CHATD_AUTH --db-name chatd_bench" send --senders 64 --rooms 100 --duration $DUR --rate "$half"
+# Idempotent sends (a client_message_id on each) into one room, empty and then holding a million
+# messages of the same senders, each room preloaded by one INSERT ... SELECT generate_series.
+bench chatd-send-idem $CHATD $CHATD_ADDR "$CHATD_AUTH --db-name chatd_bench" send --senders 64 --rooms 1 --duration $DUR --idempotent
+bench chatd-send-idem-1m $CHATD $CHATD_ADDR "$CHATD_AUTH --db-name chatd_bench" send --senders 64 --rooms 1 --duration $DUR --idempotent \
+  --preload 1000000 --database-url "$PG_BASE/chatd_bench"
 
 # Idle streams, history reads, join/leave churn.
 bench chatd-idle $CHATD $CHATD_ADDR "$CHATD_AUTH" idle --clients $IDLE

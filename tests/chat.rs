@@ -390,6 +390,31 @@ async fn idempotent_retry_returns_the_original(backend: Backend) {
     .unwrap();
     assert_eq!(other_room.seq, 1);
 
+    // Retried all at once (so batches hold several keys), each retry finds
+    // its own original: the lookup matches room, sender and key exactly.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        for (client, room, original) in [
+            (&alice, "lobby", &first),
+            (&bob, "lobby", &bobs),
+            (&alice, "elsewhere", &other_room),
+        ] {
+            let mut c = client.clone();
+            let r = proto::SendMessageRequest {
+                room: room.into(),
+                ..request.clone()
+            };
+            let original = original.clone();
+            tasks.push(tokio::spawn(async move {
+                (send_request(&mut c, r).await, original)
+            }));
+        }
+    }
+    for task in tasks {
+        let (got, original) = within(task).await.unwrap();
+        assert_eq!(got.unwrap(), original);
+    }
+
     // Delivered once each.
     assert_eq!(next_message(&mut watcher).await, first);
     assert_eq!(next_message(&mut watcher).await, bobs);

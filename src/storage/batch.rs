@@ -64,19 +64,20 @@ pub(super) fn fresh_of<'a>(batch: &'a [NewMessage], plans: &[Plan]) -> Vec<&'a N
         .collect()
 }
 
-/// The idempotency keys of `batch`, and the rooms of the messages that
-/// carry one, for the lookup of the stored ones. The lookup may return more
-/// rows than match (other senders, other room/key pairs); [`keys_of`]
-/// matches exactly.
-pub(super) fn lookup_args(batch: &[NewMessage]) -> (Vec<&str>, Vec<&str>) {
-    batch
-        .iter()
-        .filter_map(|m| {
-            m.client_message_id
-                .as_ref()
-                .map(|id| (id.as_str(), m.room.as_str()))
-        })
-        .unzip()
+/// The (room, sender id, key) triples of the messages of `batch` that
+/// carry an idempotency key, as three parallel arrays, for an exact lookup.
+pub(super) fn lookup_keys(batch: &[NewMessage]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+    let mut rooms = Vec::new();
+    let mut senders = Vec::new();
+    let mut ids = Vec::new();
+    for m in batch {
+        if let Some(id) = &m.client_message_id {
+            rooms.push(m.room.as_str());
+            senders.push(&*m.sender.user_id);
+            ids.push(id.as_str());
+        }
+    }
+    (rooms, senders, ids)
 }
 
 pub(super) fn plan(batch: &[NewMessage], stored: &HashMap<Key, StoredMessage>) -> Vec<Plan> {

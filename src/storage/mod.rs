@@ -26,6 +26,7 @@ mod batch;
 mod guard;
 mod models;
 mod postgres;
+mod prepared;
 mod schema;
 mod sqlite;
 

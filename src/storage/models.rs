@@ -8,7 +8,7 @@ use crate::domain::{ContentKind, RoomName, StoredMessage};
 use crate::error::{Error, Result};
 
 /// A stored message as read back.
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = messages)]
 #[diesel(check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct MessageRow {

@@ -18,9 +18,9 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
 use super::Appended;
-use super::batch::{AppendBatch, Key, assemble, fresh_of, keys_of, lookup_args, plan};
+use super::batch::{AppendBatch, Key, assemble, fresh_of, keys_of, lookup_keys, plan};
 use super::models::MessageRow;
-use super::schema::messages;
+use super::prepared::{Bind, Cached};
 use crate::domain::{NewMessage, StoredMessage};
 use crate::error::{Error, Result};
 
@@ -299,22 +299,35 @@ async fn try_append(
     assemble(batch, plans, seqs, sent_at_micros).map(Some)
 }
 
+/// The messages stored under the batch's idempotency keys: one probe of
+/// the key index per (room, sender, key) triple, whatever the rooms hold.
+const STORED_KEYS_SQL: &str = "\
+SELECT m.room, m.seq, m.sender_id, m.sender_name, m.content_type, m.content,
+    m.client_message_id, m.sent_at_micros
+FROM unnest($1::text[], $2::text[], $3::text[]) AS k(room, sender_id, client_message_id)
+JOIN messages m ON m.room = k.room AND m.sender_id = k.sender_id
+    AND m.client_message_id = k.client_message_id
+WHERE m.client_message_id IS NOT NULL";
+
 /// The messages already stored under the batch's idempotency keys.
 async fn stored_keys(
     conn: &mut AsyncPgConnection,
     batch: &[NewMessage],
 ) -> Result<std::collections::HashMap<Key, StoredMessage>> {
-    use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
-    let (ids, rooms) = lookup_args(batch);
+    let (rooms, senders, ids) = lookup_keys(batch);
     if ids.is_empty() {
         return Ok(Default::default());
     }
-    let rows: Vec<MessageRow> = messages::table
-        .filter(messages::client_message_id.eq_any(&ids))
-        .filter(messages::room.eq_any(&rooms))
-        .select(MessageRow::as_select())
-        .load(conn)
-        .await?;
+    let rows: Vec<MessageRow> = Cached::new(
+        STORED_KEYS_SQL,
+        vec![
+            Bind::Texts(&rooms),
+            Bind::Texts(&senders),
+            Bind::Texts(&ids),
+        ],
+    )
+    .load(conn)
+    .await?;
     keys_of(rows)
 }
 
@@ -325,8 +338,6 @@ async fn append_fresh(
     fresh: &[&NewMessage],
     sent_at_micros: i64,
 ) -> Result<Vec<i64>> {
-    use diesel::sql_types::{Array, BigInt, Nullable, SmallInt, Text};
-
     let rooms: Vec<&str> = fresh.iter().map(|m| m.room.as_str()).collect();
     let sender_ids: Vec<&str> = fresh.iter().map(|m| &*m.sender.user_id).collect();
     let sender_names: Vec<&str> = fresh.iter().map(|m| &*m.sender.display_name).collect();
@@ -336,16 +347,20 @@ async fn append_fresh(
         .iter()
         .map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
         .collect();
-    let assigned: Vec<Assigned> = diesel::sql_query(APPEND_SQL)
-        .bind::<Array<Text>, _>(&rooms)
-        .bind::<Array<Text>, _>(&sender_ids)
-        .bind::<Array<Text>, _>(&sender_names)
-        .bind::<Array<SmallInt>, _>(&kinds)
-        .bind::<Array<Text>, _>(&contents)
-        .bind::<Array<Nullable<Text>>, _>(&ids)
-        .bind::<BigInt, _>(sent_at_micros)
-        .load(conn)
-        .await?;
+    let assigned: Vec<Assigned> = Cached::new(
+        APPEND_SQL,
+        vec![
+            Bind::Texts(&rooms),
+            Bind::Texts(&sender_ids),
+            Bind::Texts(&sender_names),
+            Bind::SmallInts(&kinds),
+            Bind::Texts(&contents),
+            Bind::NullableTexts(&ids),
+            Bind::BigInt(sent_at_micros),
+        ],
+    )
+    .load(conn)
+    .await?;
     // An INSERT without ON CONFLICT stores every row or fails as a whole,
     // so this holds; it checks that the rows map back 1:1.
     let in_order = assigned

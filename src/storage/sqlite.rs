@@ -29,7 +29,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 
 use super::Appended;
-use super::batch::{AppendBatch, assemble, fresh_of, keys_of, lookup_args, plan};
+use super::batch::{AppendBatch, assemble, fresh_of, keys_of, lookup_keys, plan};
 use super::models::{MessageRow, NewMessageRow};
 use super::schema::{messages, room_users, rooms};
 use crate::domain::NewMessage;
@@ -181,16 +181,21 @@ fn write_batch(
     batch: &[NewMessage],
     sent_at_micros: i64,
 ) -> Result<Vec<Appended>> {
-    let (ids, room_names) = lookup_args(batch);
-    let stored = if ids.is_empty() {
-        Vec::new()
-    } else {
-        messages::table
-            .filter(messages::client_message_id.eq_any(&ids))
-            .filter(messages::room.eq_any(&room_names))
-            .select(MessageRow::as_select())
-            .load(conn)?
-    };
+    // One probe of the key index per key (a statement prepared once): the
+    // cost does not grow with the rooms' history.
+    let (rooms, senders, ids) = lookup_keys(batch);
+    let mut stored = Vec::new();
+    for ((room, sender), id) in rooms.into_iter().zip(senders).zip(ids) {
+        stored.extend(
+            messages::table
+                .filter(messages::room.eq(room))
+                .filter(messages::sender_id.eq(sender))
+                .filter(messages::client_message_id.eq(id))
+                .select(MessageRow::as_select())
+                .first(conn)
+                .optional()?,
+        );
+    }
     let plans = plan(batch, &keys_of(stored)?);
     let fresh = fresh_of(batch, &plans);
     // Messages per room, rooms in a fixed order.

@@ -4,9 +4,12 @@ use super::*;
 
 #[derive(Debug, Clone, Args)]
 pub struct SendArgs {
-    /// Concurrent senders, each on its own connection.
+    /// Concurrent closed-loop senders (a user each).
     #[arg(long, default_value_t = 64)]
     senders: usize,
+    /// Connections the senders share, round-robin (0: one per sender).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
     /// Rooms the sends spread over.
     #[arg(long, default_value_t = 100)]
     rooms: usize,
@@ -22,12 +25,70 @@ pub struct SendArgs {
     /// Skip checking that every acknowledged message is in history.
     #[arg(long)]
     no_verify: bool,
+    /// Give every send a fresh `client_message_id` (idempotent sends).
+    #[arg(long)]
+    idempotent: bool,
+    /// Before sending, store this many messages in every room, with
+    /// idempotency keys, by the senders' user ids (one INSERT … SELECT
+    /// generate_series through `psql`; PostgreSQL only, needs
+    /// `--database-url` and a fresh database).
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
+    /// The server's database, for `--preload`.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+/// Stores `n` messages in each of the bench's rooms, seqs 1..=n, sent by
+/// the bench's users with idempotency keys (so their key index is as large
+/// as the room), and makes each room's counter n.
+fn preload(ctx: &Context, a: &SendArgs, rooms: usize, senders: usize) -> Result<()> {
+    let url = a
+        .database_url
+        .as_deref()
+        .ok_or("--preload needs --database-url")?;
+    let mut sql = String::from("BEGIN;");
+    for r in 0..rooms {
+        // A literal: `--room-prefix` may hold a quote.
+        let room = ctx.room(r).replace('\'', "''");
+        let n = a.preload;
+        sql.push_str(&format!(
+            "INSERT INTO rooms (name, last_seq) VALUES ('{room}', {n}); \
+             INSERT INTO messages (room, seq, sender_id, sender_name, content_type, content, \
+             client_message_id, sent_at_micros) \
+             SELECT '{room}', g, 'sender-' || (g % {senders}), 'preload', 1, 'preloaded', \
+             'preload-' || g, 0 FROM generate_series(1, {n}) AS g;"
+        ));
+    }
+    sql.push_str("COMMIT; ANALYZE messages; ANALYZE rooms;");
+    let out = std::process::Command::new("psql")
+        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", &sql])
+        .output()
+        .map_err(|e| format!("running psql: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "preloading: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
     let senders = a.senders.max(1);
     let rooms = a.rooms.max(1);
-    let channels = ctx.channels(senders).await?;
+    let connections = match a.connections {
+        0 => senders,
+        n => n.min(senders),
+    };
+    if a.preload > 0 {
+        eprintln!(
+            "preloading {} messages into each of {rooms} rooms",
+            a.preload
+        );
+        preload(ctx, &a, rooms, senders)?;
+    }
+    let channels = ctx.channels(connections).await?;
     let acked = Arc::new(AtomicU64::new(0));
     let per_sender_rate = a.rate / senders as f64;
     let padding = "x".repeat(a.payload);
@@ -36,8 +97,10 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
     let deadline = start + a.duration;
     let progress = Progress::start("send", "acks", acked.clone());
     let mut set = JoinSet::new();
-    for (i, channel) in channels.into_iter().enumerate() {
+    for i in 0..senders {
+        let channel = channels[i % connections].clone();
         let client = ctx.client(channel, &format!("sender-{i}"))?;
+        let idempotent = a.idempotent;
         let room_names: Vec<String> = (0..rooms).map(|r| ctx.room(r)).collect();
         let acked = acked.clone();
         let padding = padding.clone();
@@ -48,6 +111,7 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
             let mut pacer = Pacer::new(per_sender_rate);
             let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut in_flight = InFlight::new(per_sender_rate);
+            let mut sent = 0u64;
             let mut record = |outcome: Result<(usize, u64, u64), Status>| match outcome {
                 Ok((r, seq, at)) => {
                     let _ = hist.record(now_us().saturating_sub(at).max(1));
@@ -62,9 +126,15 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let r = (x % room_names.len() as u64) as usize;
+                sent += 1;
                 let request = SendMessageRequest {
                     room: room_names[r].clone(),
                     content: stamped(at, &padding),
+                    client_message_id: if idempotent {
+                        format!("s{i}-{sent}")
+                    } else {
+                        String::new()
+                    },
                     ..Default::default()
                 };
                 let mut client = client.clone();
@@ -107,7 +177,8 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
     let usage = ctx.usage(before);
     let params = json!({
         "senders": senders, "rooms": rooms, "duration_s": a.duration.as_secs_f64(), "rate": a.rate,
-        "payload": a.payload,
+        "payload": a.payload, "connections": connections, "idempotent": a.idempotent,
+        "preload": a.preload,
     });
     let mut report = ctx.report("send", params, elapsed);
     let acks = stored.len() as f64;
