@@ -6,7 +6,7 @@
 //! it also reads the server's CPU time and memory from `/proc`, so figures
 //! can be given per delivery whatever the load generator costs.
 //!
-//! Scenarios: `fanout`, `send`, `idle`, `history`, `churn`, `presence-kill`
+//! Scenarios: `fanout`, `send`, `idle`, `history`, `churn`, `joins`, `presence-kill`
 //! (see `--help` of each). With several `--addr` (the nodes of a cluster)
 //! the connections are spread over them round-robin.
 //!
@@ -95,6 +95,8 @@ enum Scenario {
     History(scenarios::HistoryArgs),
     /// Clients joining and leaving continuously: joins/s with presence.
     Churn(scenarios::ChurnArgs),
+    /// Users joining one room one after another: time for all, with presence.
+    Joins(scenarios::JoinsArgs),
     /// Users on one node leave (or the node is killed): time until another
     /// node's stream sees every member_left.
     PresenceKill(scenarios::PresenceKillArgs),
@@ -125,6 +127,7 @@ fn main() -> std::process::ExitCode {
                 Scenario::Idle(a) => scenarios::idle(&ctx, a).await,
                 Scenario::History(a) => scenarios::history(&ctx, a).await,
                 Scenario::Churn(a) => scenarios::churn(&ctx, a).await,
+                Scenario::Joins(a) => scenarios::joins(&ctx, a).await,
                 Scenario::PresenceKill(a) => scenarios::presence_kill(&ctx, a).await,
             }
         };

@@ -29,6 +29,7 @@ mod churn;
 mod fanout;
 mod history;
 mod idle;
+mod joins;
 mod presence_kill;
 mod send;
 
@@ -36,6 +37,7 @@ pub use churn::{ChurnArgs, churn};
 pub use fanout::{FanoutArgs, fanout};
 pub use history::{HistoryArgs, history};
 pub use idle::{IdleArgs, idle};
+pub use joins::{JoinsArgs, joins};
 pub use presence_kill::{PresenceKillArgs, presence_kill};
 pub use send::{SendArgs, send};
 

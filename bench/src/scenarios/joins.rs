@@ -1,0 +1,107 @@
+//! `joins`: N users joining one room one after another, each waiting for its `joined`.
+//!
+//! Every user has its own connection, opened (and its token minted) before
+//! the clock starts. Each stream stays open and is drained by its own task,
+//! so every earlier member receives the later members' `member_joined`: the
+//! presence fan-out is part of what is measured. At the end each stream must
+//! have seen exactly the members that joined after it, and each `joined`
+//! must have listed everyone before it.
+
+use super::*;
+
+#[derive(Debug, Clone, Args)]
+pub struct JoinsArgs {
+    /// Users joining, one after another, each on its own connection.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// How long to wait for the last presence events after the last join.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+}
+
+pub async fn joins(ctx: &Context, a: JoinsArgs) -> Result<Report> {
+    let room = ctx.room(0);
+    let channels = ctx.channels(a.clients).await?;
+    let clients: Vec<Client> = channels
+        .into_iter()
+        .enumerate()
+        .map(|(i, channel)| ctx.client(channel, &format!("joins-{i}")))
+        .collect::<Result<_>>()?;
+    let presence = Arc::new(AtomicU64::new(0));
+    let joined = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start("joins", "joins", joined.clone());
+    let mut drains = JoinSet::new();
+    let mut hist = histogram();
+    let mut short_lists = 0u64;
+    let before = ctx.sample();
+    let start = Instant::now();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let at = now_us();
+        let mut stream = client
+            .join_room(JoinRoomRequest {
+                room: room.clone(),
+                resume_after_seq: None,
+            })
+            .await
+            .map_err(|e| format!("join {i}: {e}"))?
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .map_err(|e| format!("joined {i}: {e}"))?;
+        let _ = hist.record(now_us().saturating_sub(at).max(1));
+        match first.and_then(|r| r.event) {
+            Some(Event::Joined(j)) => short_lists += u64::from(j.members.len() != i + 1),
+            other => return Err(format!("join {i}: first event {other:?}, not joined")),
+        }
+        joined.fetch_add(1, Ordering::Relaxed);
+        let presence = presence.clone();
+        drains.spawn(async move {
+            let mut seen = 0u64;
+            while let Ok(Some(event)) = stream.message().await {
+                if let Some(Event::MemberJoined(_)) = event.event {
+                    seen += 1;
+                    presence.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (i, seen)
+        });
+    }
+    let elapsed = start.elapsed();
+    let usage = ctx.usage(before);
+    drop(progress);
+    // Every stream i gets one member_joined per later user.
+    let n = a.clients as u64;
+    let expected = n * n.saturating_sub(1) / 2;
+    let wait_until = Instant::now() + a.drain;
+    while presence.load(Ordering::Relaxed) < expected && Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = presence.load(Ordering::Relaxed);
+    drains.abort_all();
+    let params = json!({"clients": a.clients});
+    let mut report = ctx.report("joins", params, elapsed);
+    report
+        .figure("joins", n as f64)
+        .figure("seconds for all joins", elapsed.as_secs_f64())
+        .figure("joins/s", n as f64 / elapsed.as_secs_f64())
+        .figure("member_joined events seen", events as f64)
+        .figure("member_joined events expected", expected as f64);
+    if let Some(u) = usage {
+        report.figure(
+            "server cpu µs/join",
+            u.cpu().as_secs_f64() * 1e6 / n.max(1) as f64,
+        );
+        if let Some(db) = ctx.database(&u) {
+            report.figure(
+                "database cpu µs/join",
+                db.cpu().as_secs_f64() * 1e6 / n.max(1) as f64,
+            );
+        }
+        report.server = Some(u.into());
+    }
+    report.latency = Some(Latency::from_micros(&hist));
+    report.check("every joined listed everyone before it", short_lists == 0);
+    report.check("every member_joined arrived", events == expected);
+    Ok(report)
+}
