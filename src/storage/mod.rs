@@ -243,7 +243,12 @@ const PG_PROBE_WRITE: &str = "BEGIN; \
      COMMIT;";
 
 /// [`PG_PROBE_WRITE`] in SQLite's dialect.
-const SQLITE_PROBE_WRITE: &str = "BEGIN IMMEDIATE; \
+///
+/// It truncates the write-ahead log first: space the log already holds
+/// (from commits before the disk filled) would otherwise take the probe's
+/// row while the batches, which need more, keep failing.
+const SQLITE_PROBE_WRITE: &str = "PRAGMA wal_checkpoint(TRUNCATE); \
+     BEGIN IMMEDIATE; \
      INSERT INTO messages (room, seq, sender_id, sender_name, content_type, content, sent_at_micros) \
      VALUES ('', 1, '', '', 1, hex(randomblob(32768)), 0); \
      DELETE FROM messages WHERE room = ''; \
