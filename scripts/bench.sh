@@ -113,6 +113,7 @@ bench grpcnode-idle $NODE $NODE_ADDR $NOAUTH idle --clients $IDLE
 bench chatd-history $CHATD $CHATD_ADDR "$CHATD_AUTH" history --messages 10000 --clients 16 --duration $DUR
 bench grpcnode-history $NODE $NODE_ADDR $NOAUTH history --messages 10000 --clients 16 --duration $DUR
 bench chatd-churn $CHATD $CHATD_ADDR "$CHATD_AUTH" churn --clients 64 --duration $DUR
+bench chatd-joins $CHATD $CHATD_ADDR "$CHATD_AUTH --db-name chatd_bench" joins --clients 1000
 bench grpcnode-churn $NODE $NODE_ADDR $NOAUTH churn --clients 64 --duration $DUR
 
 # Scale-out (issue 8): the Socket.IO seed on its Redis adapter (two instances against one), and
