@@ -12,8 +12,9 @@
 //!   only handshaken connections hold, and the per-IP limit.
 //! - [`limits`]: the request body limits (size and deadline).
 //! - [`shutdown`]: ending never-ending response streams at shutdown.
-//! - [`auth`]: bearer tokens (HS256, or the identity provider's keys), the interceptor that turns them into an
-//!   [`domain::Identity`], and the secret file.
+//! - [`auth`]: bearer tokens (HS256, or the identity provider's keys), the
+//!   interceptor that turns them into an [`domain::Identity`], and the
+//!   secret file.
 //! - [`jwks`]: an identity provider's keys (JWKS from a file or URL), kept
 //!   fresh by an owned task.
 //! - [`tls`]: the rustls acceptor whose certificate is swapped on reload.
@@ -28,8 +29,9 @@
 //!   (group commit; several at once, never two for one room) and publishes
 //!   after commit.
 //! - [`rooms`]: the registry of live rooms: fan-out through a ring bounded in
-//!   slots and bytes, presence, and
-//!   the per-stream reader that guarantees exactly-once, gapless delivery.
+//!   slots and bytes (wake-ups of a busy room coalesced; on a cluster,
+//!   messages put back in seq order), presence, and the per-stream reader
+//!   that guarantees exactly-once, gapless delivery.
 //! - [`quota`]: per-user limits: open JoinRoom streams and unsent response
 //!   bytes (ListHistory and catch-up pages), held until the client reads.
 //! - [`rate`]: the per-user send rate (a token bucket per user).
@@ -38,8 +40,8 @@
 //!   (`CHAT_DB_TIMEOUT`). Its `guard` holds the lock that keeps a second
 //!   single node off the same database.
 //! - [`cluster`]: cluster mode over NATS (`CHAT_NATS_URL`): committed
-//!   messages between nodes with a PostgreSQL poll as the floor, and
-//!   cluster-wide presence.
+//!   messages between nodes with a PostgreSQL poll as the floor,
+//!   cluster-wide presence, and revocations of access.
 //! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
 //! - [`metrics`]: Prometheus metrics (`CHAT_METRICS_ADDR`): the registry,
 //!   the gRPC metrics layer and the `/metrics` listener.
