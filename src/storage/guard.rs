@@ -190,6 +190,10 @@ async fn try_lock(
                 .await
                 .map_err(|_| Error::TimedOut("taking the serve lock"))??;
         if !alone.locked {
+            // Let go at once, so that this refused node does not in turn
+            // refuse a node of the other cluster starting meanwhile.
+            let release = diesel::sql_query("SELECT pg_advisory_unlock_all()").execute(conn);
+            let _ = tokio::time::timeout(timeout, release).await;
             return Err(Error::Config(
                 "nodes of another cluster (a different CHAT_CLUSTER_NAME) serve this database; \
                  give every node of one service the same DATABASE_URL, CHAT_NATS_URL and \
