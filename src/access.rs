@@ -308,13 +308,8 @@ impl Access {
     /// Re-checks in storage the streams on this node in `room` and ends
     /// those whose user may no longer use it.
     pub async fn revalidate_room(&self, room: &RoomName) -> Result<()> {
-        let pairs: Vec<Pair> = self
-            .rooms
-            .local_users()
-            .into_iter()
-            .filter(|(r, _)| r == room)
-            .collect();
-        self.revalidate_pairs(pairs).await
+        self.revalidate_pairs(self.rooms.local_users(Some(room)))
+            .await
     }
 
     /// The room must exist and be private to take grants.
@@ -374,7 +369,7 @@ impl Access {
     /// a revocation notice (the access revision moved).
     pub async fn revalidate(&self) -> Result<()> {
         let mut pairs: Vec<Pair> = lock(&self.grants).cache.keys().cloned().collect();
-        pairs.extend(self.rooms.local_users());
+        pairs.extend(self.rooms.local_users(None));
         self.revalidate_pairs(pairs).await
     }
 

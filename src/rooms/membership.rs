@@ -94,10 +94,13 @@ impl Rooms {
     }
 
     /// Every (room, user) with a stream on this node that a revocation
-    /// could end (admin streams left out): what a node re-checks when it
-    /// may have missed a revocation.
-    pub fn local_users(&self) -> Vec<(RoomName, Arc<str>)> {
-        let rooms: Vec<Arc<Room>> = self.map().rooms.values().cloned().collect();
+    /// could end (admin streams left out), in every room or in `only`:
+    /// what a node re-checks when it may have missed a revocation.
+    pub fn local_users(&self, only: Option<&RoomName>) -> Vec<(RoomName, Arc<str>)> {
+        let rooms: Vec<Arc<Room>> = match only {
+            Some(name) => self.get(name).into_iter().collect(),
+            None => self.map().rooms.values().cloned().collect(),
+        };
         let mut out = Vec::new();
         for room in rooms {
             let state = room.lock();
