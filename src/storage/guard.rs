@@ -148,6 +148,14 @@ struct Locked {
     locked: bool,
 }
 
+/// Runs `sql`, a query answering one boolean column `locked`.
+async fn ask(conn: &mut AsyncPgConnection, sql: String, timeout: Duration) -> Result<bool> {
+    let row: Locked = tokio::time::timeout(timeout, diesel::sql_query(sql).get_result(conn))
+        .await
+        .map_err(|_| Error::TimedOut("taking the serve lock"))??;
+    Ok(row.locked)
+}
+
 /// The second key of a cluster's name lock: a stable 31-bit hash (FNV-1a)
 /// of the name. Two names with one hash would not be told apart: one
 /// chance in two billion.
@@ -175,21 +183,15 @@ async fn try_lock(
         ),
         None => format!("SELECT pg_try_advisory_lock({SERVE_LOCK}) AS locked"),
     };
-    let row: Locked = tokio::time::timeout(timeout, diesel::sql_query(sql).get_result(conn))
-        .await
-        .map_err(|_| Error::TimedOut("taking the serve lock"))??;
-    if let (true, Some(name)) = (row.locked, cluster) {
+    let locked = ask(conn, sql, timeout).await?;
+    if let (true, Some(name)) = (locked, cluster) {
         let others = format!(
             "SELECT NOT EXISTS (SELECT 1 FROM pg_locks \
                WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                  AND classid = {CLUSTER_LOCKS} AND objid <> {name}) AS locked"
         );
-        let alone: Locked =
-            tokio::time::timeout(timeout, diesel::sql_query(others).get_result(conn))
-                .await
-                .map_err(|_| Error::TimedOut("taking the serve lock"))??;
-        if !alone.locked {
+        if !ask(conn, others, timeout).await? {
             // Let go at once, so that this refused node does not in turn
             // refuse a node of the other cluster starting meanwhile.
             let release = diesel::sql_query("SELECT pg_advisory_unlock_all()").execute(conn);
@@ -202,7 +204,7 @@ async fn try_lock(
             ));
         }
     }
-    Ok(row.locked)
+    Ok(locked)
 }
 
 /// Keeps the lock until `stop`: checks its connection every
