@@ -1,0 +1,109 @@
+//! chatd end to end: a real server on loopback, a real PostgreSQL database
+//! per test, tonic clients.
+//!
+//! One test binary, a file per concern: `join`, `send`, `history`,
+//! `validation`, `tokens`, `server`, `grpc_web` and `binary` (what several
+//! of them share in `support`). The PostgreSQL-only outage test is here.
+
+#[macro_use]
+#[path = "../helpers/mod.rs"]
+mod helpers;
+
+mod binary;
+mod grpc_web;
+mod history;
+mod join;
+mod send;
+mod server;
+mod support;
+mod tokens;
+mod validation;
+
+on_both_backends! {
+    two_users_join_talk_and_leave: crate::join::two_users_join_talk_and_leave,
+    every_validation_rule_names_its_field: crate::validation::every_validation_rule_names_its_field,
+    tokens_are_required_and_checked: crate::tokens::tokens_are_required_and_checked,
+    idempotent_retry_returns_the_original: crate::send::idempotent_retry_returns_the_original,
+    concurrent_senders_every_subscriber_sees_one_to_n_in_order:
+        crate::send::concurrent_senders_every_subscriber_sees_one_to_n_in_order,
+    resume_after_a_cut_has_no_gap_even_during_replay: crate::join::resume_after_a_cut_has_no_gap_even_during_replay,
+    history_pages_both_ways: crate::history::history_pages_both_ways,
+    presence_is_per_user_across_devices: crate::join::presence_is_per_user_across_devices,
+    a_slow_subscriber_misses_nothing: crate::join::a_slow_subscriber_misses_nothing,
+    restart_keeps_history_and_continues_seq: crate::history::restart_keeps_history_and_continues_seq,
+    graceful_shutdown_ends_open_streams: crate::server::graceful_shutdown_ends_open_streams,
+    reflection_lists_services_on_v1_and_v1alpha: crate::server::reflection_lists_services_on_v1_and_v1alpha,
+    grpc_web_cors_preflight: crate::grpc_web::cors_preflight_allows_grpc_web_and_authorization,
+    grpc_web_cors_origins: crate::grpc_web::cors_origins_can_be_restricted,
+    grpc_web_unary_and_streaming_over_http1: crate::grpc_web::unary_and_streaming_over_http1,
+    token_command_and_server_share_a_generated_secret:
+        crate::binary::token_command_and_server_share_a_generated_secret,
+    sigterm_ends_streams_and_exits_zero: crate::binary::sigterm_ends_streams_and_exits_zero,
+    kill_9_keeps_every_acknowledged_message: crate::binary::kill_9_keeps_every_acknowledged_message,
+}
+
+use chatd::proto;
+use helpers::*;
+use tonic::Code;
+
+/// PostgreSQL only: a proxy in front of it plays the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_is_unavailable_then_recovers() {
+    use tokio_stream::StreamExt;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let db = TestDb::postgres().await;
+    let proxy = DbProxy::start().await;
+    let server = TestServer::start_with(config(&proxy.url_for(&db), &[])).await;
+    let mut c = server.client("alice").await;
+    assert_eq!(send(&mut c, "o", "before").await.seq, 1);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let mut watch = within(health.watch(tonic_health::pb::HealthCheckRequest {
+        service: "chat.v1.ChatService".into(),
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    proxy.cut();
+    let status = send_request(
+        &mut c,
+        proto::SendMessageRequest {
+            room: "o".into(),
+            content: "during".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        !status.message().to_lowercase().contains("sql"),
+        "{status:?}"
+    );
+    let status = within(c.list_history(proto::ListHistoryRequest {
+        room: "o".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+
+    proxy.restore();
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    // Health saw the database answer again; calls work again too.
+    assert_eq!(send(&mut c, "o", "after").await.seq, 2);
+    let page = newest_page(&mut c, "o").await;
+    assert_eq!(seqs(&page.messages), [1, 2]);
+    server.shutdown().await.unwrap();
+}
