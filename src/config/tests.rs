@@ -1,0 +1,80 @@
+//! Unit tests of the command line: defaults, subcommands, bad values.
+
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("chatd").chain(args.iter().copied()))
+}
+
+#[test]
+fn defaults_and_subcommands() {
+    let cli = parse(&[]).unwrap();
+    assert!(cli.command.is_none());
+    assert_eq!(cli.config.addr.to_string(), "127.0.0.1:50051");
+    assert!(cli.config.validate().is_ok());
+    assert!(matches!(
+        parse(&["serve"]).unwrap().command,
+        Some(Command::Serve(_))
+    ));
+    let cli = parse(&["token", "alice", "--name", "Alice", "--ttl", "1h"]).unwrap();
+    match cli.command {
+        Some(Command::Token(t)) => assert_eq!(
+            (t.user_id.as_str(), t.ttl, t.admin),
+            ("alice", Duration::from_secs(3600), false)
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    match parse(&["token", "backend", "--admin"]).unwrap().command {
+        Some(Command::Token(t)) => assert!(t.admin),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn tokens_without_exp_are_refused_unless_allowed() {
+    assert!(!parse(&[]).unwrap().config.jwt_allow_no_exp);
+    assert!(
+        parse(&["--jwt-allow-no-exp"])
+            .unwrap()
+            .config
+            .jwt_allow_no_exp
+    );
+}
+
+#[test]
+fn bad_values_name_their_setting() {
+    let err = parse(&["--addr", "nope"]).unwrap_err().to_string();
+    assert!(err.contains("CHAT_ADDR"), "{err}");
+    let err = parse(&["--cors-origins", "https://a.example,ftp://x"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("CHAT_CORS_ORIGINS"), "{err}");
+    let err = parse(&["--max-message-bytes", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("CHAT_MAX_MESSAGE_BYTES"), "{err}");
+    let cli = parse(&["--handshake-timeout", "0s"]).unwrap();
+    assert!(
+        cli.config
+            .validate()
+            .unwrap_err()
+            .contains("CHAT_HANDSHAKE_TIMEOUT")
+    );
+    let err = parse(&["--max-connections-per-ip", "many"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("CHAT_MAX_CONNECTIONS_PER_IP"), "{err}");
+    let err = parse(&["--db-timeout", "10ms"]).unwrap_err().to_string();
+    assert!(err.contains("CHAT_DB_TIMEOUT"), "{err}");
+    assert_eq!(
+        parse(&[]).unwrap().config.db_timeout,
+        Duration::from_secs(4)
+    );
+    let cli = parse(&["--max-message-bytes", "100000"]).unwrap();
+    assert!(
+        cli.config
+            .validate()
+            .unwrap_err()
+            .contains("CHAT_MAX_REQUEST_BYTES")
+    );
+}
