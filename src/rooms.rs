@@ -34,12 +34,13 @@ use crate::storage::Store;
 mod membership;
 mod order;
 mod ring;
+mod snapshot;
 mod subscription;
 mod wake;
 
 pub use order::HOLD;
 pub use subscription::Subscription;
-pub use wake::WAKE_EVERY;
+pub use wake::{PRESENCE_EVERY, WAKE_EVERY};
 
 use bytes::Bytes;
 use membership::{Membership, Presence};
@@ -74,6 +75,10 @@ struct RoomState {
     woken_at: Option<tokio::time::Instant>,
     /// Whether the room waits in the queue of deferred wake-ups.
     wake_queued: bool,
+    /// When the streams were last woken for presence ([`PRESENCE_EVERY`]).
+    presence_woken_at: Option<tokio::time::Instant>,
+    /// Whether the room waits in the queue of deferred presence wake-ups.
+    presence_queued: bool,
 }
 
 impl RoomState {
@@ -89,8 +94,10 @@ impl RoomState {
 struct Room {
     name: RoomName,
     state: Mutex<RoomState>,
-    /// Woken once per publish (and at shutdown): a waiting stream then
-    /// takes what is new under the lock.
+    /// Woken when the ring has news (at most once per [`WAKE_EVERY`] for
+    /// messages and per [`PRESENCE_EVERY`] for presence, at once for a
+    /// revocation or shutdown): a waiting stream then takes what is new
+    /// under the lock.
     notify: Notify,
 }
 
@@ -423,12 +430,7 @@ impl Rooms {
             Some(n) => n,
             None => last_seq,
         };
-        let (members, presence_from) = guard.become_member()?;
-        let joined = EncodedEvent::encode(WireEvent::Joined(proto::Joined {
-            room: room.to_string(),
-            members,
-            last_seq,
-        }));
+        let (joined, presence_from) = guard.become_member(last_seq)?;
         let revoked = guard.revoked.clone();
         Ok(Subscription {
             revoked,

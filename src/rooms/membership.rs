@@ -24,12 +24,7 @@ pub(super) struct Presence {
 impl Room {
     /// The room's members here and on other nodes, by user id.
     pub(super) fn members(state: &RoomState) -> Vec<proto::Member> {
-        let mut members: BTreeMap<&Arc<str>, &Arc<str>> = state.remote.iter().collect();
-        for (id, p) in &state.members {
-            members.insert(id, &p.display_name);
-        }
-        members
-            .into_iter()
+        snapshot::member_list(state)
             .map(|(id, name)| proto::Member {
                 user_id: id.to_string(),
                 display_name: name.to_string(),
@@ -134,7 +129,7 @@ impl Rooms {
     pub fn set_remote(&self, name: &RoomName, remote: BTreeMap<Arc<str>, Arc<str>>) {
         let Some(room) = self.get(name) else { return };
         let mut changed = false;
-        {
+        let wake = {
             let mut state = room.lock();
             let old = std::mem::take(&mut state.remote);
             for (user, display) in &remote {
@@ -150,8 +145,9 @@ impl Rooms {
                 }
             }
             state.remote = remote;
-        }
-        if changed {
+            changed && self.wake_for_presence(&room, &mut state)
+        };
+        if wake {
             room.notify.notify_waiters();
         }
     }
@@ -185,9 +181,10 @@ pub(super) struct Membership {
 
 impl Membership {
     /// Makes the stream's user a member (announcing them if this is their
-    /// first stream); returns the member list and the ring position from
-    /// which presence events are news to it.
-    pub(super) fn become_member(&mut self) -> Result<(Vec<proto::Member>, u64)> {
+    /// first stream); returns the stream's `joined` event (the member list
+    /// and `last_seq`) and the ring position from which presence events are
+    /// news to it.
+    pub(super) fn become_member(&mut self, last_seq: u64) -> Result<(EncodedEvent, u64)> {
         let mut state = self.room.lock();
         if state.closed {
             return Err(Error::ShuttingDown);
@@ -219,11 +216,15 @@ impl Membership {
                 self.rooms.limits,
             );
         }
-        let snapshot = (Room::members(&state), state.ring.end());
+        let snapshot = (
+            snapshot::joined(&state, self.room.name.as_str(), last_seq),
+            state.ring.end(),
+        );
+        let wake = news && self.rooms.wake_for_presence(&self.room, &mut state);
         drop(state);
         self.member = true;
         self.rooms.metrics.stream_open(true);
-        if news {
+        if wake {
             self.room.notify.notify_waiters();
         }
         if first {
@@ -274,9 +275,12 @@ impl Drop for Membership {
         if self.member {
             self.rooms.metrics.stream_open(false);
         }
+        // A room left without streams has no one to wake.
+        let wake =
+            news && state.streams > 0 && self.rooms.wake_for_presence(&self.room, &mut state);
         drop(state);
         drop(map);
-        if news {
+        if wake {
             self.room.notify.notify_waiters();
         }
         if left {

@@ -197,18 +197,14 @@ impl Subscription {
         self.page_charge = Some(charge);
         if !self.catching_up && self.resync_members {
             self.resync_members = false;
-            let (members, ring_end) = {
+            let (joined, ring_end) = {
                 let state = self.guard.room.lock();
-                (Room::members(&state), state.ring.end())
+                let joined = super::snapshot::joined(&state, room.as_str(), self.next_seq - 1);
+                (joined, state.ring.end())
             };
             // Presence events already in the ring are in this list.
             self.presence_from = ring_end;
-            self.pending
-                .push_back(EncodedEvent::encode(WireEvent::Joined(proto::Joined {
-                    room: room.to_string(),
-                    members,
-                    last_seq: self.next_seq - 1,
-                })));
+            self.pending.push_back(joined);
         }
         Ok(())
     }

@@ -168,3 +168,92 @@ async fn without_the_task_every_publish_wakes_at_once() {
         assert!(woken(notified.as_mut()), "publish {seq} wakes at once");
     }
 }
+
+/// Presence changes in a room wake its streams at once when the room's
+/// presence has been quiet, then at most once per [`PRESENCE_EVERY`]; a
+/// message wake-up queued meanwhile keeps its own, shorter, interval.
+#[tokio::test(start_paused = true)]
+async fn presence_wakes_once_per_interval_without_delaying_messages() {
+    let rooms = Arc::new(rooms(&[]));
+    let name = RoomName::parse("r").unwrap();
+    let room = joining(&rooms, &name);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(rooms.clone().wake_deferred(stop.clone()));
+    let remote = |users: &[&str]| -> BTreeMap<Arc<str>, Arc<str>> {
+        users
+            .iter()
+            .map(|u| (Arc::from(*u), Arc::from(*u)))
+            .collect()
+    };
+
+    let first = room.notify.notified();
+    tokio::pin!(first);
+    first.as_mut().enable();
+    rooms.set_remote(&name, remote(&["a"]));
+    assert!(
+        woken(first.as_mut()),
+        "the first presence change wakes at once"
+    );
+
+    // Within the interval: a second change and a message are queued.
+    let started = tokio::time::Instant::now();
+    let second = room.notify.notified();
+    tokio::pin!(second);
+    second.as_mut().enable();
+    rooms.set_remote(&name, remote(&["a", "b"]));
+    assert!(
+        !woken(second.as_mut()),
+        "a change within the interval waits"
+    );
+    rooms.publish(&[&message(&name, 1, 1)]);
+    assert!(!woken(second.as_mut()));
+    assert_eq!(room.lock().ring.end(), 3, "both events are in the ring");
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the message's wake-up happens");
+    assert_eq!(
+        started.elapsed(),
+        WAKE_EVERY,
+        "the queued presence does not hold the message back"
+    );
+
+    // The presence wake-up still comes, at its own time.
+    let third = room.notify.notified();
+    tokio::pin!(third);
+    third.as_mut().enable();
+    tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the presence wake-up happens");
+    assert_eq!(started.elapsed(), PRESENCE_EVERY);
+
+    // A change while a message wake-up is queued rides on it.
+    rooms.publish(&[&message(&name, 2, 1)]);
+    let fourth = room.notify.notified();
+    tokio::pin!(fourth);
+    fourth.as_mut().enable();
+    let at = tokio::time::Instant::now();
+    rooms.set_remote(&name, remote(&["a"]));
+    assert!(room.lock().wake_queued && !room.lock().presence_queued);
+    tokio::time::timeout(Duration::from_secs(5), fourth)
+        .await
+        .expect("the message's wake-up takes the change along");
+    assert_eq!(at.elapsed(), WAKE_EVERY);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the task ends at stop")
+        .expect("the task does not panic");
+}
+
+/// A large room's presence goes out less often, so that waking all its
+/// streams stays a bounded share of the server's time.
+#[test]
+fn the_presence_interval_grows_with_the_room() {
+    use super::wake::presence_interval;
+    assert_eq!(presence_interval(0), PRESENCE_EVERY);
+    assert_eq!(presence_interval(200), PRESENCE_EVERY);
+    assert_eq!(presence_interval(1_000), Duration::from_millis(100));
+    assert_eq!(presence_interval(10_000), Duration::from_secs(1));
+    assert_eq!(presence_interval(usize::MAX), Duration::from_secs(5));
+}

@@ -1,4 +1,4 @@
-//! Coalesced wake-ups: a busy room wakes its streams for messages at most once per [`WAKE_EVERY`].
+//! Coalesced wake-ups: a busy room wakes its streams at most once per [`WAKE_EVERY`] for messages and per [`PRESENCE_EVERY`] for presence.
 //!
 //! Each wake-up of a room costs every waiting stream a poll, an HTTP/2
 //! frame and a `writev` on its connection, however many messages it
@@ -10,8 +10,17 @@
 //! look. A room that has been quiet for the interval is woken at once, so
 //! a lone message gains no latency; under load a message waits at most
 //! [`WAKE_EVERY`] more (twice that if the room ahead of it in the queue is
-//! due later). Only message publishes are coalesced: presence, revocations
-//! and shutdown wake at once (and take any queued messages with them).
+//! due later).
+//!
+//! Presence events are coalesced the same way over the longer
+//! [`PRESENCE_EVERY`]: a join or leave costs one delivery to every other
+//! stream of the room, so users joining one after another would otherwise
+//! cost O(members) wake-ups and writes each. A room whose presence went out
+//! less than its interval ago ([`PRESENCE_EVERY`], longer for a room of
+//! over 200 streams: [`presence_interval`]) queues the next change (unless a
+//! message wake-up is already queued, which takes it along); every stream
+//! then receives the changes of the interval in one write. Revocations and
+//! shutdown wake at once (and take anything queued with them).
 
 use std::time::Duration;
 
@@ -21,6 +30,29 @@ use super::*;
 
 /// The shortest interval between two wake-ups of a room for messages.
 pub const WAKE_EVERY: Duration = Duration::from_millis(2);
+
+/// The shortest interval between two wake-ups of a room for presence
+/// changes alone: how late a `member_joined` or `member_left` can be in a
+/// room of up to 200 streams.
+pub const PRESENCE_EVERY: Duration = Duration::from_millis(20);
+
+/// How much each of a room's streams lengthens its presence interval:
+/// waking n streams costs O(n) (a poll, a frame and a `writev` each, 6–25
+/// µs on the 2-core machine of docs/benchmarks.md), so a large room's
+/// presence wake-ups are spaced to keep their cost within a quarter of a
+/// core: 100 ms for 1,000 streams, 1 s for 10,000.
+const PRESENCE_EVERY_PER_STREAM: Duration = Duration::from_micros(100);
+
+/// The longest presence interval, however large the room.
+const PRESENCE_EVERY_MAX: Duration = Duration::from_secs(5);
+
+/// The presence interval of a room with `streams` streams.
+pub(super) fn presence_interval(streams: usize) -> Duration {
+    let streams = u32::try_from(streams).unwrap_or(u32::MAX);
+    PRESENCE_EVERY_PER_STREAM
+        .saturating_mul(streams)
+        .clamp(PRESENCE_EVERY, PRESENCE_EVERY_MAX)
+}
 
 /// Rooms waiting for their deferred wake-up.
 #[derive(Debug, Default)]
@@ -35,11 +67,48 @@ struct Queue {
     /// Whether [`Rooms::wake_deferred`] runs: until it does, and once it
     /// has ended, every publish wakes at once.
     running: bool,
-    /// Rooms to wake and when, in the order they were deferred. Unbounded
-    /// in type but not in size: a room is queued only while its
+    /// Rooms to wake for messages and when, in the order they were
+    /// deferred (so in due order: every entry waits [`WAKE_EVERY`]).
+    /// Unbounded in type but not in size: a room is queued only while its
     /// [`RoomState::wake_queued`] is unset, so this holds each live room at
     /// most once.
     rooms: VecDeque<(Instant, Arc<Room>)>,
+    /// The same for presence ([`RoomState::presence_queued`]), by when
+    /// due and then in the order queued: the interval depends on the
+    /// room's size ([`presence_interval`]), so queue order is not due
+    /// order.
+    presence: BTreeMap<(Instant, u64), Arc<Room>>,
+    /// The next presence entry's tie-breaker.
+    presence_order: u64,
+}
+
+impl Queue {
+    /// When the first queued room is due.
+    fn next_due(&self) -> Option<Instant> {
+        let rooms = self.rooms.front().map(|(due, _)| *due);
+        let presence = self.presence.first_key_value().map(|((due, _), _)| *due);
+        match (rooms, presence) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes a room due by `now` (any queued room if `None`), and whether
+    /// it was queued for presence.
+    fn pop_due(&mut self, now: Option<Instant>) -> Option<(Arc<Room>, bool)> {
+        let due = |at: &Instant| now.is_none_or(|now| *at <= now);
+        if self.rooms.front().is_some_and(|(at, _)| due(at)) {
+            return self.rooms.pop_front().map(|(_, room)| (room, false));
+        }
+        if self
+            .presence
+            .first_key_value()
+            .is_some_and(|((at, _), _)| due(at))
+        {
+            return self.presence.pop_first().map(|(_, room)| (room, true));
+        }
+        None
+    }
 }
 
 impl Deferred {
@@ -77,6 +146,35 @@ impl Rooms {
         true
     }
 
+    /// Decides how `room`'s streams learn of a presence event just pushed
+    /// into its ring: returns true to wake them at once, false when a
+    /// queued wake-up will. Called with the room's state locked.
+    pub(super) fn wake_for_presence(&self, room: &Arc<Room>, state: &mut RoomState) -> bool {
+        if state.wake_queued || state.presence_queued {
+            // That wake-up takes this event too.
+            return false;
+        }
+        let now = Instant::now();
+        let every = presence_interval(state.streams);
+        if let Some(due) = state.presence_woken_at.map(|at| at + every)
+            && due > now
+        {
+            let mut queue = self.deferred.lock();
+            if queue.running {
+                queue.presence_order += 1;
+                let order = queue.presence_order;
+                queue.presence.insert((due, order), room.clone());
+                drop(queue);
+                state.presence_queued = true;
+                self.deferred.queued.notify_one();
+                return false;
+            }
+        }
+        state.presence_woken_at = Some(now);
+        state.woken_at = Some(now);
+        true
+    }
+
     /// The task that wakes the rooms whose wake-up a publish deferred, each
     /// when its interval is over, until `stop` (then it wakes whatever is
     /// still queued). Publishes defer from this call on.
@@ -87,7 +185,7 @@ impl Rooms {
         self.deferred.lock().running = true;
         async move {
             loop {
-                let next = self.deferred.lock().rooms.front().map(|(due, _)| *due);
+                let next = self.deferred.lock().next_due();
                 let wait = async {
                     match next {
                         Some(due) => tokio::time::sleep_until(due).await,
@@ -108,20 +206,20 @@ impl Rooms {
     /// Wakes the queued rooms due by `now` (all of them if `None`).
     fn wake_due(&self, now: Option<Instant>) {
         loop {
-            let room = {
-                let mut queue = self.deferred.lock();
-                match queue.rooms.front() {
-                    Some((due, _)) if now.is_none_or(|now| *due <= now) => {
-                        queue.rooms.pop_front().map(|(_, room)| room)
-                    }
-                    _ => None,
-                }
+            let popped = self.deferred.lock().pop_due(now);
+            let Some((room, presence)) = popped else {
+                return;
             };
-            let Some(room) = room else { return };
             {
                 let mut state = room.lock();
-                state.wake_queued = false;
-                state.woken_at = Some(Instant::now());
+                let now = Instant::now();
+                if presence {
+                    state.presence_queued = false;
+                    state.presence_woken_at = Some(now);
+                } else {
+                    state.wake_queued = false;
+                }
+                state.woken_at = Some(now);
             }
             room.notify.notify_waiters();
         }
