@@ -6,6 +6,10 @@
 //! presence fan-out is part of what is measured. At the end each stream must
 //! have seen exactly the members that joined after it, and each `joined`
 //! must have listed everyone before it.
+//!
+//! With `--present N` the room first gets N members (joined concurrently,
+//! [`STREAMS_PER_CONNECTION`] to a connection, untimed), who then receive
+//! every timed join's `member_joined` too: what a join costs in a large room.
 
 use super::*;
 
@@ -14,23 +18,91 @@ pub struct JoinsArgs {
     /// Users joining, one after another, each on its own connection.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
+    /// Members already in the room before the timed joins.
+    #[arg(long, default_value_t = 0)]
+    present: usize,
     /// How long to wait for the last presence events after the last join.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain: Duration,
 }
 
+/// How many of the `--present` members' streams share a connection.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Joins `count` members to `room` (untimed), each stream drained by a
+/// task of `drains` that counts the `member_joined` of the timed joiners
+/// (user ids starting `joins-`) into `seen`.
+async fn fill(
+    ctx: &Context,
+    room: &str,
+    count: usize,
+    seen: &Arc<AtomicU64>,
+    drains: &mut JoinSet<(usize, u64)>,
+) -> Result<()> {
+    let channels = ctx.channels(count.div_ceil(STREAMS_PER_CONNECTION)).await?;
+    let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
+    let mut opening = JoinSet::new();
+    for i in 0..count {
+        let client = ctx.client(
+            channels[i / STREAMS_PER_CONNECTION].clone(),
+            &format!("present-{i}"),
+        );
+        let (room, gate) = (room.to_string(), gate.clone());
+        opening.spawn(async move {
+            let _permit = gate.acquire().await;
+            let mut stream = client?
+                .join_room(JoinRoomRequest {
+                    room,
+                    resume_after_seq: None,
+                })
+                .await
+                .map_err(|e| format!("present {i}: {e}"))?
+                .into_inner();
+            stream
+                .message()
+                .await
+                .map_err(|e| format!("present {i} joined: {e}"))?;
+            Ok::<_, String>(stream)
+        });
+    }
+    while let Some(opened) = opening.join_next().await {
+        let mut stream = opened.map_err(|e| e.to_string())??;
+        let seen = seen.clone();
+        drains.spawn(async move {
+            while let Ok(Some(event)) = stream.message().await {
+                if let Some(Event::MemberJoined(j)) = event.event
+                    && j.member.is_some_and(|m| m.user_id.starts_with("joins-"))
+                {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (usize::MAX, 0)
+        });
+    }
+    Ok(())
+}
+
 pub async fn joins(ctx: &Context, a: JoinsArgs) -> Result<Report> {
     let room = ctx.room(0);
+    let presence = Arc::new(AtomicU64::new(0));
+    let mut drains = JoinSet::new();
+    if a.present > 0 {
+        let started = Instant::now();
+        fill(ctx, &room, a.present, &presence, &mut drains).await?;
+        eprintln!(
+            "joins: {} members present after {:.1?}",
+            a.present,
+            started.elapsed()
+        );
+    }
     let channels = ctx.channels(a.clients).await?;
     let clients: Vec<Client> = channels
         .into_iter()
         .enumerate()
         .map(|(i, channel)| ctx.client(channel, &format!("joins-{i}")))
         .collect::<Result<_>>()?;
-    let presence = Arc::new(AtomicU64::new(0));
     let joined = Arc::new(AtomicU64::new(0));
     let progress = Progress::start("joins", "joins", joined.clone());
-    let mut drains = JoinSet::new();
     let mut hist = histogram();
     let mut short_lists = 0u64;
     let before = ctx.sample();
@@ -51,7 +123,9 @@ pub async fn joins(ctx: &Context, a: JoinsArgs) -> Result<Report> {
             .map_err(|e| format!("joined {i}: {e}"))?;
         let _ = hist.record(now_us().saturating_sub(at).max(1));
         match first.and_then(|r| r.event) {
-            Some(Event::Joined(j)) => short_lists += u64::from(j.members.len() != i + 1),
+            Some(Event::Joined(j)) => {
+                short_lists += u64::from(j.members.len() != a.present + i + 1)
+            }
             other => return Err(format!("join {i}: first event {other:?}, not joined")),
         }
         joined.fetch_add(1, Ordering::Relaxed);
@@ -70,16 +144,17 @@ pub async fn joins(ctx: &Context, a: JoinsArgs) -> Result<Report> {
     let elapsed = start.elapsed();
     let usage = ctx.usage(before);
     drop(progress);
-    // Every stream i gets one member_joined per later user.
+    // Every stream i gets one member_joined per later user, every present
+    // member one per timed user.
     let n = a.clients as u64;
-    let expected = n * n.saturating_sub(1) / 2;
+    let expected = n * n.saturating_sub(1) / 2 + a.present as u64 * n;
     let wait_until = Instant::now() + a.drain;
     while presence.load(Ordering::Relaxed) < expected && Instant::now() < wait_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let events = presence.load(Ordering::Relaxed);
     drains.abort_all();
-    let params = json!({"clients": a.clients});
+    let params = json!({"clients": a.clients, "present": a.present});
     let mut report = ctx.report("joins", params, elapsed);
     report
         .figure("joins", n as f64)
