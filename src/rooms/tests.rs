@@ -205,6 +205,10 @@ async fn presence_wakes_once_per_interval_without_delaying_messages() {
         !woken(second.as_mut()),
         "a change within the interval waits"
     );
+    // The task now sleeps until the presence wake-up is due; a message
+    // queued after that is due sooner.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!woken(second.as_mut()));
     rooms.publish(&[&message(&name, 1, 1)]);
     assert!(!woken(second.as_mut()));
     assert_eq!(room.lock().ring.end(), 3, "both events are in the ring");

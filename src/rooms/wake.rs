@@ -188,7 +188,14 @@ impl Rooms {
                 let next = self.deferred.lock().next_due();
                 let wait = async {
                     match next {
-                        Some(due) => tokio::time::sleep_until(due).await,
+                        // A room queued meanwhile may be due sooner (a
+                        // message's interval is shorter than presence's,
+                        // and presence intervals differ by room): look
+                        // again whenever one is queued.
+                        Some(due) => tokio::select! {
+                            () = tokio::time::sleep_until(due) => {}
+                            () = self.deferred.queued.notified() => {}
+                        },
                         None => self.deferred.queued.notified().await,
                     }
                 };
