@@ -367,6 +367,29 @@ pub struct Config {
     )]
     pub user_send_burst: u32,
 
+    /// JoinRoom streams per second one user may open (resumes included; a
+    /// token bucket refilled at this rate); a join over it gets
+    /// RESOURCE_EXHAUSTED. 0 turns the limit off. Per node.
+    #[arg(
+        long = "user-join-rate",
+        env = "CHAT_USER_JOIN_RATE",
+        value_name = "CHAT_USER_JOIN_RATE",
+        default_value_t = 10
+    )]
+    pub user_join_rate: u32,
+
+    /// JoinRoom streams one user may open at once before
+    /// CHAT_USER_JOIN_RATE applies (the bucket's size; by default as many
+    /// as CHAT_USER_MAX_STREAMS, so a client can reopen all its streams at
+    /// once). 0 turns the limit off.
+    #[arg(
+        long = "user-join-burst",
+        env = "CHAT_USER_JOIN_BURST",
+        value_name = "CHAT_USER_JOIN_BURST",
+        default_value_t = 100
+    )]
+    pub user_join_burst: u32,
+
     /// PEM file with the server's certificate chain; with CHAT_TLS_KEY the
     /// port speaks TLS only. Reloaded when the files change or on SIGHUP.
     #[arg(long = "tls-cert", env = "CHAT_TLS_CERT", value_name = "CHAT_TLS_CERT")]

@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
-use crate::rate::SendRate;
+use crate::rate::{JOINS, SENDS, UserRate};
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
 use crate::shutdown::EndOnShutdown;
@@ -238,8 +238,18 @@ impl Application {
         ));
 
         let tls = secure.spawn(&tracker, &streams_end);
-        let send_rate = Arc::new(SendRate::new(config.user_send_rate, config.user_send_burst));
+        let send_rate = Arc::new(UserRate::new(
+            SENDS,
+            config.user_send_rate,
+            config.user_send_burst,
+        ));
         tracker.spawn(crate::rate::prune(send_rate.clone(), streams_end.clone()));
+        let join_rate = Arc::new(UserRate::new(
+            JOINS,
+            config.user_join_rate,
+            config.user_join_burst,
+        ));
+        tracker.spawn(crate::rate::prune(join_rate.clone(), streams_end.clone()));
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -262,6 +272,7 @@ impl Application {
             presence: cluster.as_ref().map(|(_, _, presence)| presence.clone()),
             access: access.clone(),
             send_rate: send_rate.clone(),
+            join_rate,
         };
         let admin = tonic::service::interceptor::InterceptedService::new(
             AdminServiceServer::new(AdminApi { access }),

@@ -21,7 +21,7 @@ use crate::domain::{
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
 use crate::quota::HeldCharge;
-use crate::rate::SendRate;
+use crate::rate::UserRate;
 use crate::rooms::Rooms;
 use crate::storage::Store;
 use crate::writer::Writer;
@@ -42,7 +42,9 @@ pub struct ChatApi {
     /// Who may use which room.
     pub(crate) access: Arc<Access>,
     /// Each user's send rate (`CHAT_USER_SEND_RATE`).
-    pub(crate) send_rate: Arc<SendRate>,
+    pub(crate) send_rate: Arc<UserRate>,
+    /// Each user's JoinRoom rate (`CHAT_USER_JOIN_RATE`).
+    pub(crate) join_rate: Arc<UserRate>,
 }
 
 /// The caller, as the auth interceptor found them.
@@ -75,6 +77,7 @@ impl ChatService for ChatApi {
             .resume_after_seq
             .map(|n| parse_seq("resume_after_seq", n))
             .transpose()?;
+        self.join_rate.check(&identity.user_id)?;
         let epoch = self.access.epoch();
         let visibility = self.access.check(&identity, &room).await?;
         // A public room joined becomes the caller's (ListRooms), written

@@ -12,6 +12,7 @@ mod tls;
 on_both_backends! {
     a_send_over_the_rate_is_refused_and_not_stored: crate::a_send_over_the_rate_is_refused_and_not_stored,
     the_stream_cap_names_its_limit: crate::the_stream_cap_names_its_limit,
+    a_join_over_the_rate_is_refused_and_leaves_no_trace: crate::a_join_over_the_rate_is_refused_and_leaves_no_trace,
     provider_tokens_from_a_jwks_file: crate::provider_tokens_from_a_jwks_file,
     every_bad_provider_token_is_unauthenticated: crate::every_bad_provider_token_is_unauthenticated,
     provider_keys_from_a_url_rotate_in: crate::provider_keys_from_a_url_rotate_in,
@@ -91,6 +92,55 @@ async fn a_send_over_the_rate_is_refused_and_not_stored(backend: Backend) {
     server.shutdown().await.unwrap();
 }
 
+async fn a_join_over_the_rate_is_refused_and_leaves_no_trace(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(
+        &db.url,
+        &["--user-join-rate", "1", "--user-join-burst", "3"],
+    ))
+    .await;
+    let mut alice = server.client("alice").await;
+    // The burst goes through (a slow machine may refill a token or two on
+    // the way), then a join is refused before it touches the room.
+    let mut streams = Vec::new();
+    let refused = loop {
+        let request = proto::JoinRoomRequest {
+            room: format!("j{}", streams.len()),
+            resume_after_seq: None,
+        };
+        match within(alice.join_room(request)).await {
+            Ok(stream) => streams.push(stream.into_inner()),
+            Err(status) => break status,
+        }
+        assert!(streams.len() < 50, "no join was refused");
+    };
+    assert!(
+        streams.len() >= 3,
+        "the burst of 3 was not allowed: {}",
+        streams.len()
+    );
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().starts_with("CHAT_USER_JOIN_RATE"),
+        "{refused:?}"
+    );
+    // The refused room did not become one of alice's rooms.
+    let rooms = helpers::access::list_rooms(&mut alice, 100, "")
+        .await
+        .unwrap()
+        .rooms;
+    let names: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
+    assert_eq!(names.len(), streams.len(), "{names:?}");
+    assert!(
+        !names.contains(&format!("j{}", streams.len()).as_str()),
+        "{names:?}"
+    );
+    // Another user is not affected.
+    let mut bob = server.client("bob").await;
+    let _bob = join(&mut bob, "lobby", None).await;
+    server.shutdown().await.unwrap();
+}
+
 async fn the_stream_cap_names_its_limit(backend: Backend) {
     let db = TestDb::create(backend).await;
     let server = TestServer::start_with(config(&db.url, &["--user-max-streams", "2"])).await;
@@ -120,6 +170,7 @@ fn the_limits_default_to_the_issue() {
         .unwrap()
         .config;
     assert_eq!((config.user_send_rate, config.user_send_burst), (20, 40));
+    assert_eq!((config.user_join_rate, config.user_join_burst), (10, 100));
     assert_eq!(config.user_max_streams, 100);
 }
 

@@ -217,10 +217,13 @@ pub fn config(db_url: &str, extra: &[&str]) -> Config {
     if !extra.contains(&"--shutdown-grace") {
         args.extend_from_slice(&["--shutdown-grace", "3s"]);
     }
-    // Tests of other rules send in bursts: the per-user send rate is off
-    // unless a test sets it.
+    // Tests of other rules send and join in bursts: the per-user send and
+    // join rates are off unless a test sets them.
     if !extra.contains(&"--user-send-rate") {
         args.extend_from_slice(&["--user-send-rate", "0"]);
+    }
+    if !extra.contains(&"--user-join-rate") {
+        args.extend_from_slice(&["--user-join-rate", "0"]);
     }
     args.extend_from_slice(extra);
     Cli::try_parse_from(args)
