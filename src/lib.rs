@@ -29,12 +29,13 @@
 //!   (group commit; several at once, never two for one room) and publishes
 //!   after commit.
 //! - [`rooms`]: the registry of live rooms: fan-out through a ring bounded in
-//!   slots and bytes (wake-ups of a busy room coalesced; on a cluster,
-//!   messages put back in seq order), presence, and the per-stream reader
-//!   that guarantees exactly-once, gapless delivery.
+//!   slots and bytes (wake-ups of a busy room, for messages and for
+//!   presence, coalesced; on a cluster, messages put back in seq order),
+//!   presence, and the per-stream reader that guarantees exactly-once,
+//!   gapless delivery.
 //! - [`quota`]: per-user limits: open JoinRoom streams and unsent response
 //!   bytes (ListHistory and catch-up pages), held until the client reads.
-//! - [`rate`]: the per-user send rate (a token bucket per user).
+//! - [`rate`]: the per-user send and join rates (token buckets per user).
 //! - [`storage`]: PostgreSQL or SQLite through diesel-async; the only
 //!   module that knows SQL or which backend runs. Every call has a deadline
 //!   (`CHAT_DB_TIMEOUT`). Its `guard` holds the lock that keeps a second
