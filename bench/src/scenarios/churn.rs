@@ -15,18 +15,7 @@ pub struct ChurnArgs {
 pub async fn churn(ctx: &Context, a: ChurnArgs) -> Result<Report> {
     let room = ctx.room(0);
     let mut watcher = ctx.client(ctx.channel().await?, "watcher")?;
-    let mut watch = watcher
-        .join_room(JoinRoomRequest {
-            room: room.clone(),
-            resume_after_seq: None,
-        })
-        .await
-        .map_err(|e| format!("watcher join: {e}"))?
-        .into_inner();
-    watch
-        .message()
-        .await
-        .map_err(|e| format!("watcher joined: {e}"))?;
+    let (mut watch, _) = join_stream(&mut watcher, &room, "watcher").await?;
     let presence = Arc::new(AtomicU64::new(0));
     let resyncs = Arc::new(AtomicU64::new(0));
     let watching = {
@@ -70,15 +59,7 @@ pub async fn churn(ctx: &Context, a: ChurnArgs) -> Result<Report> {
                 let client = &mut users[k % 8];
                 k += 1;
                 let at = now_us();
-                let mut stream = client
-                    .join_room(JoinRoomRequest {
-                        room: room.clone(),
-                        resume_after_seq: None,
-                    })
-                    .await
-                    .map_err(|e| format!("join: {e}"))?
-                    .into_inner();
-                stream.message().await.map_err(|e| format!("joined: {e}"))?;
+                let (stream, _) = join_stream(client, &room, "churn").await?;
                 let _ = hist.record(now_us().saturating_sub(at).max(1));
                 joins.fetch_add(1, Ordering::Relaxed);
                 drop(stream);

@@ -37,15 +37,7 @@ pub async fn idle(ctx: &Context, a: IdleArgs) -> Result<Report> {
             set.spawn(async move {
                 let _permit = gate.acquire().await;
                 let mut client = client?;
-                let mut stream = client
-                    .join_room(JoinRoomRequest {
-                        room,
-                        resume_after_seq: None,
-                    })
-                    .await
-                    .map_err(|e| format!("join: {e}"))?
-                    .into_inner();
-                stream.message().await.map_err(|e| format!("joined: {e}"))?;
+                let (stream, _) = join_stream(&mut client, &room, "idle").await?;
                 opened.fetch_add(1, Ordering::Relaxed);
                 Ok::<_, String>(stream)
             });

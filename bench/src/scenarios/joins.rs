@@ -50,18 +50,7 @@ async fn fill(
         let (room, gate) = (room.to_string(), gate.clone());
         opening.spawn(async move {
             let _permit = gate.acquire().await;
-            let mut stream = client?
-                .join_room(JoinRoomRequest {
-                    room,
-                    resume_after_seq: None,
-                })
-                .await
-                .map_err(|e| format!("present {i}: {e}"))?
-                .into_inner();
-            stream
-                .message()
-                .await
-                .map_err(|e| format!("present {i} joined: {e}"))?;
+            let (stream, _) = join_stream(&mut client?, &room, &format!("present {i}")).await?;
             Ok::<_, String>(stream)
         });
     }
@@ -109,20 +98,9 @@ pub async fn joins(ctx: &Context, a: JoinsArgs) -> Result<Report> {
     let start = Instant::now();
     for (i, mut client) in clients.into_iter().enumerate() {
         let at = now_us();
-        let mut stream = client
-            .join_room(JoinRoomRequest {
-                room: room.clone(),
-                resume_after_seq: None,
-            })
-            .await
-            .map_err(|e| format!("join {i}: {e}"))?
-            .into_inner();
-        let first = stream
-            .message()
-            .await
-            .map_err(|e| format!("joined {i}: {e}"))?;
+        let (mut stream, first) = join_stream(&mut client, &room, &format!("join {i}")).await?;
         let _ = hist.record(now_us().saturating_sub(at).max(1));
-        match first.and_then(|r| r.event) {
+        match first {
             Some(Event::Joined(j)) => {
                 short_lists += u64::from(j.members.len() != a.present + i + 1)
             }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chatd::auth::Keys;
 use chatd::proto::chat_service_client::ChatServiceClient;
 use chatd::proto::join_room_response::Event;
-use chatd::proto::{JoinRoomRequest, ListHistoryRequest, SendMessageRequest};
+use chatd::proto::{JoinRoomRequest, JoinRoomResponse, ListHistoryRequest, SendMessageRequest};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -52,6 +52,29 @@ const CONNECT_PARALLELISM: usize = 128;
 fn now_us() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     BASE.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Opens a JoinRoom stream on `room` (from its newest message) and reads
+/// its first event, which the server promises is the `joined`; `who` names
+/// the stream in errors.
+async fn join_stream(
+    client: &mut Client,
+    room: &str,
+    who: &str,
+) -> Result<(tonic::Streaming<JoinRoomResponse>, Option<Event>)> {
+    let mut stream = client
+        .join_room(JoinRoomRequest {
+            room: room.to_string(),
+            resume_after_seq: None,
+        })
+        .await
+        .map_err(|e| format!("{who} join: {e}"))?
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .map_err(|e| format!("{who} joined: {e}"))?;
+    Ok((stream, first.and_then(|r| r.event)))
 }
 
 fn histogram() -> Histogram<u64> {

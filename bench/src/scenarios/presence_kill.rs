@@ -147,15 +147,7 @@ async fn join_all(
         let mut client = ctx.client(channel, name)?;
         let room = room.to_string();
         opening.spawn(async move {
-            let mut stream = client
-                .join_room(JoinRoomRequest {
-                    room,
-                    resume_after_seq: None,
-                })
-                .await
-                .map_err(|e| format!("join: {e}"))?
-                .into_inner();
-            stream.message().await.map_err(|e| format!("joined: {e}"))?;
+            let (stream, _) = join_stream(&mut client, &room, "presence").await?;
             Ok::<_, String>(stream)
         });
     }
@@ -180,19 +172,10 @@ pub async fn presence_kill(ctx: &Context, a: PresenceKillArgs) -> Result<Report>
     let leavers: Vec<String> = (0..a.users).map(|i| format!("pk-leave-{i}")).collect();
 
     let mut watcher = ctx.client(ctx.channel_to(stay_on).await?, "pk-watcher")?;
-    let mut stream = watcher
-        .join_room(JoinRoomRequest {
-            room: room.clone(),
-            resume_after_seq: None,
-        })
-        .await
-        .map_err(|e| format!("watcher join: {e}"))?
-        .into_inner();
+    let (mut stream, first) = join_stream(&mut watcher, &room, "watcher").await?;
     let mut watch = Watch::default();
-    match stream.message().await {
-        Ok(Some(JoinRoomResponse {
-            event: Some(Event::Joined(_)),
-        })) => {}
+    match first {
+        Some(Event::Joined(_)) => {}
         other => return Err(format!("watcher: expected joined first, got {other:?}")),
     }
 
