@@ -1,6 +1,5 @@
 //! The real binary: `chatd token` with a generated secret, and SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,19 +100,7 @@ impl Process {
         let pid = child.0.as_ref().unwrap().id();
         // The start-up log names the address.
         let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("chatd: {line}");
-                if let Some(rest) = line.split("addr=").nth(1)
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        });
+        let addr_rx = helpers::follow_stderr(stderr, None);
         let addr = within(addr_rx).await.expect("chatd printed its address");
         Process { child, pid, addr }
     }

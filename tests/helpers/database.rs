@@ -2,7 +2,6 @@
 //! forward, hang (keep every socket open but pass no byte) or cut, and a
 //! chatd process whose log lines a test can count.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -157,21 +156,7 @@ impl Process {
         let mut child = command.spawn().expect("start chatd");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("chatd: {line}");
-                if let Some(rest) = line.split("addr=").nth(1)
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-                lines.lock().expect("log lock").push(line);
-            }
-        });
+        let addr_rx = super::follow_stderr(stderr, Some(log.clone()));
         let addr = within(addr_rx).await.expect("chatd printed its address");
         Process { child, addr, log }
     }

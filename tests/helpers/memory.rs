@@ -2,7 +2,6 @@
 //! read, tokens for it, and raw HTTP/2 gRPC calls whose answers are never
 //! read.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -46,19 +45,7 @@ impl Chatd {
             .unwrap();
         let pid = child.id();
         let stderr = child.stderr.take().unwrap();
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut addr_tx = Some(addr_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("chatd: {line}");
-                if let Some(rest) = line.split("addr=").nth(1)
-                    && let Some(tx) = addr_tx.take()
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        });
+        let addr_rx = super::follow_stderr(stderr, None);
         let mut chatd = Chatd {
             child: Some(child),
             pid,

@@ -231,6 +231,33 @@ pub fn config(db_url: &str, extra: &[&str]) -> Config {
         .config
 }
 
+/// Follows the stderr of a chatd process started by a test: echoes each
+/// line (prefixed `chatd:`) on a thread of its own, keeps it in `log` when
+/// given, and resolves with the address the start-up line names (`addr=`).
+pub fn follow_stderr(
+    stderr: std::process::ChildStderr,
+    log: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+) -> oneshot::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let (addr_tx, addr_rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let mut addr_tx = Some(addr_tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("chatd: {line}");
+            if let Some(rest) = line.split("addr=").nth(1)
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+            if let Some(log) = &log {
+                log.lock().expect("log lock").push(line);
+            }
+        }
+    });
+    addr_rx
+}
+
 /// A chatd running in this process on a loopback port.
 pub struct TestServer {
     pub addr: SocketAddr,
