@@ -10,9 +10,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use chatd::proto;
 use helpers::cluster::{Nats, node_args, unique_cluster};
+use helpers::connections::frame;
 use helpers::metrics::{Binary, http_get, metered_server, metrics_of, sample, scrape, wait_for};
 use helpers::{
     Backend, SECRET, TestDb, TestServer, config, join, next_message, send, send_request, within,
@@ -249,16 +249,6 @@ async fn a_slow_reader_counts_lag_catchups(backend: Backend) {
     server.shutdown().await.expect("clean shutdown");
 }
 
-/// A grpc-web frame holding `message`.
-fn grpc_web_frame(message: &impl prost::Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut out = BytesMut::with_capacity(5 + body.len());
-    out.put_u8(0);
-    out.put_u32(body.len() as u32);
-    out.put_slice(&body);
-    out.freeze()
-}
-
 /// grpc-web over HTTP/1.1, as a browser sends it: an OK call and an
 /// InvalidArgument one, counted under the gRPC names.
 async fn grpc_web_calls_are_counted_under_the_same_names(backend: Backend) {
@@ -286,7 +276,7 @@ async fn grpc_web_calls_are_counted_under_the_same_names(backend: Backend) {
             .header("content-type", "application/grpc-web+proto")
             .header("x-grpc-web", "1")
             .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(grpc_web_frame(&message)))
+            .body(Full::new(frame(&message)))
             .expect("request");
         within(sender.ready()).await.expect("ready");
         let response = within(sender.send_request(request))

@@ -14,7 +14,7 @@ on_both_backends! {
         crate::grpc_grpc_web_cors_and_health_still_route_beside_the_page,
 }
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use helpers::*;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
@@ -182,7 +182,7 @@ async fn grpc_grpc_web_cors_and_health_still_route_beside_the_page(backend: Back
     assert_eq!(preflight.status, 200);
     assert_eq!(header(&preflight, "access-control-allow-origin"), "*");
 
-    let send = proto_frame(&chatd::proto::SendMessageRequest {
+    let send = helpers::connections::frame(&chatd::proto::SendMessageRequest {
         room: "web-page".into(),
         content: "beside the page".into(),
         ..Default::default()
@@ -246,13 +246,4 @@ async fn grpc_grpc_web_cors_and_health_still_route_beside_the_page(backend: Back
     .expect("HTTP/2 response");
     assert_eq!(response.status(), 200);
     server.shutdown().await.expect("clean shutdown");
-}
-
-fn proto_frame(message: &impl prost::Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut out = BytesMut::with_capacity(5 + body.len());
-    out.put_u8(0);
-    out.put_u32(body.len() as u32);
-    out.put_slice(&body);
-    out.freeze()
 }

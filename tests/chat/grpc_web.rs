@@ -1,6 +1,6 @@
 //! grpc-web over plain HTTP/1.1, as a browser sends it.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use chatd::proto;
 use chatd::proto::join_room_response::Event;
 use http_body_util::{BodyExt, Full};
@@ -8,6 +8,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
 
+use crate::helpers::connections::frame;
 use crate::helpers::{self, *};
 
 type Sender = http1::SendRequest<Full<Bytes>>;
@@ -44,15 +45,6 @@ async fn connect(server: &TestServer) -> Sender {
     let (sender, conn) = within(http1::handshake(TokioIo::new(tcp))).await.unwrap();
     tokio::spawn(conn);
     sender
-}
-
-fn frame(message: &impl prost::Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut out = BytesMut::with_capacity(5 + body.len());
-    out.put_u8(0);
-    out.put_u32(body.len() as u32);
-    out.put_slice(&body);
-    out.freeze()
 }
 
 fn request(

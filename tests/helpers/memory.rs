@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::Full;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -129,18 +129,13 @@ pub fn grpc_request(
     token: &str,
     message: &impl prost::Message,
 ) -> hyper::Request<Full<Bytes>> {
-    let body = message.encode_to_vec();
-    let mut framed = BytesMut::with_capacity(5 + body.len());
-    framed.put_u8(0);
-    framed.put_u32(body.len() as u32);
-    framed.put_slice(&body);
     hyper::Request::builder()
         .method("POST")
         .uri(format!("http://chatd/chat.v1.ChatService/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("authorization", format!("Bearer {token}"))
-        .body(Full::new(framed.freeze()))
+        .body(Full::new(super::connections::frame(message)))
         .unwrap()
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use chatd::proto::{self, chat_service_client::ChatServiceClient};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,6 +20,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::helpers::connections::frame;
 use crate::helpers::database::Process;
 use crate::helpers::*;
 
@@ -140,23 +141,18 @@ async fn tls_connect(
 
 /// A SendMessage in binary grpc-web framing.
 fn grpc_web_send(user: &str, text: &str) -> hyper::Request<Full<Bytes>> {
-    let message = proto::SendMessageRequest {
+    let body = frame(&proto::SendMessageRequest {
         room: "lobby".into(),
         content: text.into(),
         ..Default::default()
-    }
-    .encode_to_vec();
-    let mut body = BytesMut::new();
-    body.put_u8(0);
-    body.put_u32(message.len() as u32);
-    body.put_slice(&message);
+    });
     hyper::Request::builder()
         .method("POST")
         .uri("https://localhost/chat.v1.ChatService/SendMessage")
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1")
         .header("authorization", format!("Bearer {}", token(user)))
-        .body(Full::new(body.freeze()))
+        .body(Full::new(body))
         .unwrap()
 }
 
