@@ -1,18 +1,21 @@
-//! Issue 9, "Limits per user", "Identity providers" and "TLS": the send
-//! rate and stream cap, RS256 / ES256 / EdDSA tokens from a JWKS file or URL
-//! (with key rotation), every refused provider token, and TLS for gRPC and
-//! grpc-web with a certificate swapped under open streams.
+//! Issue 9, "Limits per user", "Identity providers" and "TLS": the send and
+//! join rates and the stream cap (secure/limits.rs), RS256 / ES256 / EdDSA
+//! tokens from a JWKS file or URL (with key rotation), every refused
+//! provider token, and TLS for gRPC and grpc-web with a certificate swapped
+//! under open streams (secure/tls.rs).
 
 #[macro_use]
 mod helpers;
 
+#[path = "secure/limits.rs"]
+mod limits;
 #[path = "secure/tls.rs"]
 mod tls;
 
 on_both_backends! {
-    a_send_over_the_rate_is_refused_and_not_stored: crate::a_send_over_the_rate_is_refused_and_not_stored,
-    the_stream_cap_names_its_limit: crate::the_stream_cap_names_its_limit,
-    a_join_over_the_rate_is_refused_and_leaves_no_trace: crate::a_join_over_the_rate_is_refused_and_leaves_no_trace,
+    a_send_over_the_rate_is_refused_and_not_stored: crate::limits::a_send_over_the_rate_is_refused_and_not_stored,
+    the_stream_cap_names_its_limit: crate::limits::the_stream_cap_names_its_limit,
+    a_join_over_the_rate_is_refused_and_leaves_no_trace: crate::limits::a_join_over_the_rate_is_refused_and_leaves_no_trace,
     provider_tokens_from_a_jwks_file: crate::provider_tokens_from_a_jwks_file,
     every_bad_provider_token_is_unauthenticated: crate::every_bad_provider_token_is_unauthenticated,
     provider_keys_from_a_url_rotate_in: crate::provider_keys_from_a_url_rotate_in,
@@ -44,134 +47,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-// ---------------------------------------------------------------- limits
-
-async fn a_send_over_the_rate_is_refused_and_not_stored(backend: Backend) {
-    let db = TestDb::create(backend).await;
-    let server = TestServer::start_with(config(
-        &db.url,
-        &["--user-send-rate", "1", "--user-send-burst", "5"],
-    ))
-    .await;
-    let mut alice = server.client("alice").await;
-    // The burst goes through, then the bucket is empty: at 1 token per
-    // second, a slow machine may refill one or two on the way.
-    let mut stored = 0;
-    let refused = loop {
-        let request = proto::SendMessageRequest {
-            room: "lobby".into(),
-            content: format!("m{stored}"),
-            ..Default::default()
-        };
-        match send_request(&mut alice, request).await {
-            Ok(_) => stored += 1,
-            Err(status) => break status,
-        }
-        assert!(stored < 50, "no send was refused");
-    };
-    assert!(stored >= 5, "the burst of 5 was not allowed: {stored}");
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused.message().starts_with("CHAT_USER_SEND_RATE"),
-        "{refused:?}"
-    );
-    // Nothing of the refused send was stored.
-    let page = newest_page(&mut alice, "lobby").await;
-    assert_eq!(seqs(&page.messages), (1..=stored).collect::<Vec<u64>>());
-    assert!(
-        page.messages
-            .iter()
-            .all(|m| m.content != format!("m{stored}"))
-    );
-    // Another user is not affected.
-    let mut bob = server.client("bob").await;
-    let sent = send(&mut bob, "lobby", "bob's turn").await;
-    assert_eq!(sent.seq, stored + 1);
-    server.shutdown().await.unwrap();
-}
-
-async fn a_join_over_the_rate_is_refused_and_leaves_no_trace(backend: Backend) {
-    let db = TestDb::create(backend).await;
-    let server = TestServer::start_with(config(
-        &db.url,
-        &["--user-join-rate", "1", "--user-join-burst", "3"],
-    ))
-    .await;
-    let mut alice = server.client("alice").await;
-    // The burst goes through (a slow machine may refill a token or two on
-    // the way), then a join is refused before it touches the room.
-    let mut streams = Vec::new();
-    let refused = loop {
-        let request = proto::JoinRoomRequest {
-            room: format!("j{}", streams.len()),
-            resume_after_seq: None,
-        };
-        match within(alice.join_room(request)).await {
-            Ok(stream) => streams.push(stream.into_inner()),
-            Err(status) => break status,
-        }
-        assert!(streams.len() < 50, "no join was refused");
-    };
-    assert!(
-        streams.len() >= 3,
-        "the burst of 3 was not allowed: {}",
-        streams.len()
-    );
-    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(
-        refused.message().starts_with("CHAT_USER_JOIN_RATE"),
-        "{refused:?}"
-    );
-    // The refused room did not become one of alice's rooms.
-    let rooms = helpers::access::list_rooms(&mut alice, 100, "")
-        .await
-        .unwrap()
-        .rooms;
-    let names: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
-    assert_eq!(names.len(), streams.len(), "{names:?}");
-    assert!(
-        !names.contains(&format!("j{}", streams.len()).as_str()),
-        "{names:?}"
-    );
-    // Another user is not affected.
-    let mut bob = server.client("bob").await;
-    let _bob = join(&mut bob, "lobby", None).await;
-    server.shutdown().await.unwrap();
-}
-
-async fn the_stream_cap_names_its_limit(backend: Backend) {
-    let db = TestDb::create(backend).await;
-    let server = TestServer::start_with(config(&db.url, &["--user-max-streams", "2"])).await;
-    let mut alice = server.client("alice").await;
-    let _a = join(&mut alice, "a", None).await;
-    let _b = join(&mut alice, "b", None).await;
-    let request = proto::JoinRoomRequest {
-        room: "c".into(),
-        resume_after_seq: None,
-    };
-    let status = within(alice.join_room(request)).await.unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status.message().starts_with("CHAT_USER_MAX_STREAMS"),
-        "{status:?}"
-    );
-    let mut bob = server.client("bob").await;
-    let (_bob_stream, joined) = join(&mut bob, "c", None).await;
-    assert_eq!(user_ids(&joined.members), ["bob"]);
-    server.shutdown().await.unwrap();
-}
-
-#[test]
-fn the_limits_default_to_the_issue() {
-    use clap::Parser as _;
-    let config = chatd::config::Cli::try_parse_from(["chatd"])
-        .unwrap()
-        .config;
-    assert_eq!((config.user_send_rate, config.user_send_burst), (20, 40));
-    assert_eq!((config.user_join_rate, config.user_join_burst), (10, 100));
-    assert_eq!(config.user_max_streams, 100);
 }
 
 // ---------------------------------------------------------------- providers
