@@ -30,14 +30,13 @@ pub struct JoinsArgs {
 const STREAMS_PER_CONNECTION: usize = 100;
 
 /// Joins `count` members to `room` (untimed), each stream drained by a
-/// task of `drains` that counts the `member_joined` of the timed joiners
-/// (user ids starting `joins-`) into `seen`.
+/// task of `drains` ([`drain`]).
 async fn fill(
     ctx: &Context,
     room: &str,
     count: usize,
     seen: &Arc<AtomicU64>,
-    drains: &mut JoinSet<(usize, u64)>,
+    drains: &mut JoinSet<()>,
 ) -> Result<()> {
     let channels = ctx.channels(count.div_ceil(STREAMS_PER_CONNECTION)).await?;
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
@@ -55,20 +54,22 @@ async fn fill(
         });
     }
     while let Some(opened) = opening.join_next().await {
-        let mut stream = opened.map_err(|e| e.to_string())??;
-        let seen = seen.clone();
-        drains.spawn(async move {
-            while let Ok(Some(event)) = stream.message().await {
-                if let Some(Event::MemberJoined(j)) = event.event
-                    && j.member.is_some_and(|m| m.user_id.starts_with("joins-"))
-                {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            (usize::MAX, 0)
-        });
+        let stream = opened.map_err(|e| e.to_string())??;
+        drains.spawn(drain(stream, seen.clone()));
     }
     Ok(())
+}
+
+/// Reads `stream` until it ends, counting into `seen` the `member_joined`
+/// of the timed joiners (user ids starting `joins-`).
+async fn drain(mut stream: tonic::Streaming<JoinRoomResponse>, seen: Arc<AtomicU64>) {
+    while let Ok(Some(event)) = stream.message().await {
+        if let Some(Event::MemberJoined(j)) = event.event
+            && j.member.is_some_and(|m| m.user_id.starts_with("joins-"))
+        {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 pub async fn joins(ctx: &Context, a: JoinsArgs) -> Result<Report> {
@@ -98,7 +99,7 @@ pub async fn joins(ctx: &Context, a: JoinsArgs) -> Result<Report> {
     let start = Instant::now();
     for (i, mut client) in clients.into_iter().enumerate() {
         let at = now_us();
-        let (mut stream, first) = join_stream(&mut client, &room, &format!("join {i}")).await?;
+        let (stream, first) = join_stream(&mut client, &room, &format!("join {i}")).await?;
         let _ = hist.record(now_us().saturating_sub(at).max(1));
         match first {
             Some(Event::Joined(j)) => {
@@ -107,17 +108,7 @@ pub async fn joins(ctx: &Context, a: JoinsArgs) -> Result<Report> {
             other => return Err(format!("join {i}: first event {other:?}, not joined")),
         }
         joined.fetch_add(1, Ordering::Relaxed);
-        let presence = presence.clone();
-        drains.spawn(async move {
-            let mut seen = 0u64;
-            while let Ok(Some(event)) = stream.message().await {
-                if let Some(Event::MemberJoined(_)) = event.event {
-                    seen += 1;
-                    presence.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            (i, seen)
-        });
+        drains.spawn(drain(stream, presence.clone()));
     }
     let elapsed = start.elapsed();
     let usage = ctx.usage(before);
