@@ -9,8 +9,7 @@
 //! is over, so the streams take every message published meanwhile in one
 //! look. A room that has been quiet for the interval is woken at once, so
 //! a lone message gains no latency; under load a message waits at most
-//! [`WAKE_EVERY`] more (twice that if the room ahead of it in the queue is
-//! due later).
+//! [`WAKE_EVERY`] more (rooms are woken in the order they are due).
 //!
 //! Presence events are coalesced the same way over the longer
 //! [`PRESENCE_EVERY`]: a join or leave costs one delivery to every other
@@ -67,47 +66,32 @@ struct Queue {
     /// Whether [`Rooms::wake_deferred`] runs: until it does, and once it
     /// has ended, every publish wakes at once.
     running: bool,
-    /// Rooms to wake for messages and when, in the order they were
-    /// deferred (so in due order: every entry waits [`WAKE_EVERY`]).
-    /// Unbounded in type but not in size: a room is queued only while its
-    /// [`RoomState::wake_queued`] is unset, so this holds each live room at
-    /// most once.
-    rooms: VecDeque<(Instant, Arc<Room>)>,
-    /// The same for presence ([`RoomState::presence_queued`]), by when
-    /// due and then in the order queued: the interval depends on the
-    /// room's size ([`presence_interval`]), so queue order is not due
-    /// order.
-    presence: BTreeMap<(Instant, u64), Arc<Room>>,
-    /// The next presence entry's tie-breaker.
-    presence_order: u64,
+    /// Rooms to wake, by when due and then in the order queued, each with
+    /// whether it waits for presence (intervals differ by kind and, for
+    /// presence, by the room's size: queue order is not due order).
+    /// Unbounded in type but not in size: a room is queued for messages
+    /// only while its [`RoomState::wake_queued`] is unset and for presence
+    /// only while its [`RoomState::presence_queued`] is, so this holds each
+    /// live room at most twice.
+    rooms: BTreeMap<(Instant, u64), (Arc<Room>, bool)>,
+    /// The next entry's tie-breaker.
+    order: u64,
 }
 
 impl Queue {
     /// When the first queued room is due.
     fn next_due(&self) -> Option<Instant> {
-        let rooms = self.rooms.front().map(|(due, _)| *due);
-        let presence = self.presence.first_key_value().map(|((due, _), _)| *due);
-        match (rooms, presence) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.rooms.first_key_value().map(|((due, _), _)| *due)
     }
 
     /// Takes a room due by `now` (any queued room if `None`), and whether
     /// it was queued for presence.
     fn pop_due(&mut self, now: Option<Instant>) -> Option<(Arc<Room>, bool)> {
-        let due = |at: &Instant| now.is_none_or(|now| *at <= now);
-        if self.rooms.front().is_some_and(|(at, _)| due(at)) {
-            return self.rooms.pop_front().map(|(_, room)| (room, false));
+        let due = self.next_due()?;
+        if now.is_some_and(|now| due > now) {
+            return None;
         }
-        if self
-            .presence
-            .first_key_value()
-            .is_some_and(|((at, _), _)| due(at))
-        {
-            return self.presence.pop_first().map(|(_, room)| (room, true));
-        }
-        None
+        self.rooms.pop_first().map(|(_, entry)| entry)
     }
 }
 
@@ -116,6 +100,21 @@ impl Deferred {
         self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `room`'s wake-up (for presence or for messages) at `due`;
+    /// returns false, queuing nothing, when the task does not run.
+    fn defer(&self, due: Instant, room: &Arc<Room>, presence: bool) -> bool {
+        let mut queue = self.lock();
+        if !queue.running {
+            return false;
+        }
+        queue.order += 1;
+        let order = queue.order;
+        queue.rooms.insert((due, order), (room.clone(), presence));
+        drop(queue);
+        self.queued.notify_one();
+        true
     }
 }
 
@@ -132,15 +131,10 @@ impl Rooms {
         let now = Instant::now();
         if let Some(due) = state.woken_at.map(|at| at + WAKE_EVERY)
             && due > now
+            && self.deferred.defer(due, room, false)
         {
-            let mut queue = self.deferred.lock();
-            if queue.running {
-                queue.rooms.push_back((due, room.clone()));
-                drop(queue);
-                state.wake_queued = true;
-                self.deferred.queued.notify_one();
-                return false;
-            }
+            state.wake_queued = true;
+            return false;
         }
         state.woken_at = Some(now);
         true
@@ -158,17 +152,10 @@ impl Rooms {
         let every = presence_interval(state.streams);
         if let Some(due) = state.presence_woken_at.map(|at| at + every)
             && due > now
+            && self.deferred.defer(due, room, true)
         {
-            let mut queue = self.deferred.lock();
-            if queue.running {
-                queue.presence_order += 1;
-                let order = queue.presence_order;
-                queue.presence.insert((due, order), room.clone());
-                drop(queue);
-                state.presence_queued = true;
-                self.deferred.queued.notify_one();
-                return false;
-            }
+            state.presence_queued = true;
+            return false;
         }
         state.presence_woken_at = Some(now);
         state.woken_at = Some(now);
