@@ -6,6 +6,10 @@
 //!   announces a length over the limit, or the body grows past it, before
 //!   anything is buffered (tonic's own check answers OUT_OF_RANGE, which is
 //!   the wrong code for a client to act on);
+//! - with UNIMPLEMENTED when a message in its body is marked compressed
+//!   (chatd takes no compression; tonic would answer INTERNAL, which
+//!   blames the server for the client's message), and INVALID_ARGUMENT for
+//!   a flag byte gRPC does not define;
 //! - with DEADLINE_EXCEEDED when its body has not arrived whole within the
 //!   request body deadline, so that a body that never finishes does not
 //!   hold its buffered bytes (or its call) forever. Every chat.v1 and
@@ -147,6 +151,23 @@ impl LimitedBody {
             self.prefix_len += n;
             data = &data[n..];
             if self.prefix_len == 5 {
+                match self.prefix[0] {
+                    0 => {}
+                    // A request with `grpc-encoding` is answered by tonic
+                    // (UNIMPLEMENTED: chatd takes no compression) before
+                    // its body is read; without one, tonic would call the
+                    // flag an INTERNAL error, which is the client's.
+                    1 => {
+                        return Err(Status::unimplemented(
+                            "compressed messages are not supported: send them uncompressed (compressed flag 0, no grpc-encoding)",
+                        ));
+                    }
+                    flag => {
+                        return Err(Status::invalid_argument(format!(
+                            "malformed gRPC message: flag byte {flag:#04x} (0 for an uncompressed message)"
+                        )));
+                    }
+                }
                 let len = u32::from_be_bytes([
                     self.prefix[1],
                     self.prefix[2],

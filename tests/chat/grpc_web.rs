@@ -346,3 +346,70 @@ pub async fn unary_and_streaming_over_http1(backend: Backend) {
     }
     server.shutdown().await.unwrap();
 }
+
+/// A message marked compressed (chatd takes no compression) is the
+/// client's error, UNIMPLEMENTED, over grpc-web and gRPC alike, and an
+/// undefined flag byte INVALID_ARGUMENT: never INTERNAL, which the
+/// README's alert counts as the server's fault.
+pub async fn a_compressed_message_is_a_client_error(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let token = server.token("zip");
+    let list = proto::ListMembersRequest { room: "web".into() };
+    let flagged = |flag: u8| {
+        let mut body = BytesMut::from(&frame(&list)[..]);
+        body[0] = flag;
+        body.freeze()
+    };
+    for (flag, code, needle) in [(1u8, 12, "compressed"), (2, 3, "0x02")] {
+        // grpc-web, binary framing over HTTP/1.1.
+        let mut sender = connect(&server).await;
+        let response = roundtrip(
+            &mut sender,
+            request(
+                "ListMembers",
+                "application/grpc-web+proto",
+                &token,
+                flagged(flag),
+            ),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        let status = match response.headers().get("grpc-status") {
+            Some(s) => format!(
+                "grpc-status:{}\r\ngrpc-message:{}",
+                s.to_str().unwrap(),
+                response.headers()["grpc-message"].to_str().unwrap()
+            ),
+            None => {
+                let mut body = BytesMut::from(
+                    &within(response.into_body().collect())
+                        .await
+                        .unwrap()
+                        .to_bytes()[..],
+                );
+                let frames = take_frames(&mut body);
+                String::from_utf8(frames.last().unwrap().1.to_vec()).unwrap()
+            }
+        };
+        assert!(
+            status.contains(&format!("grpc-status:{code}")),
+            "flag {flag}: {status}"
+        );
+        assert!(status.contains(needle), "flag {flag}: {status}");
+
+        // gRPC over HTTP/2.
+        let mut h2 = helpers::connections::h2_connect(server.addr).await;
+        let (got, message) = helpers::connections::call(
+            &mut h2,
+            helpers::connections::request(
+                "/chat.v1.ChatService/ListMembers",
+                &token,
+                helpers::connections::whole_body(flagged(flag)),
+            ),
+        )
+        .await;
+        assert_eq!(got, code, "flag {flag}: {message}");
+    }
+    server.shutdown().await.unwrap();
+}

@@ -36,6 +36,7 @@ on_both_backends! {
     grpc_web_cors_preflight: crate::grpc_web::cors_preflight_allows_grpc_web_and_authorization,
     grpc_web_cors_origins: crate::grpc_web::cors_origins_can_be_restricted,
     grpc_web_unary_and_streaming_over_http1: crate::grpc_web::unary_and_streaming_over_http1,
+    grpc_web_compressed_message_is_a_client_error: crate::grpc_web::a_compressed_message_is_a_client_error,
     token_command_and_server_share_a_generated_secret:
         crate::binary::token_command_and_server_share_a_generated_secret,
     sigterm_ends_streams_and_exits_zero: crate::binary::sigterm_ends_streams_and_exits_zero,
