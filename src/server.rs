@@ -339,7 +339,7 @@ impl Application {
         tracing::info!(
             "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
         );
-        crate::web::log_page_address(addr, page_keys.as_deref());
+        crate::web::log_page_address(addr, page_keys.as_deref(), config.log_format);
         // One deadline for the whole shutdown: the grace from the signal.
         let grace = config.shutdown_grace;
         let mut signalled_copy = signalled.clone();

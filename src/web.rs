@@ -33,6 +33,7 @@ use http_body_util::Full;
 use tonic::body::Body;
 
 use crate::auth::Keys;
+use crate::logs::LogFormat;
 
 /// The user the loopback page address signs in as.
 pub const PAGE_USER: &str = "guest";
@@ -182,8 +183,16 @@ pub fn page_address(addr: SocketAddr, own_secret: Option<&Keys>) -> (String, boo
     }
 }
 
-/// Logs where the chat page is (see [`page_address`]).
-pub fn log_page_address(addr: SocketAddr, own_secret: Option<&Keys>) {
+/// Logs where the chat page is (see [`page_address`]). JSON logs go to log
+/// collectors, where a token must not end up: they get the bare address.
+pub fn log_page_address(addr: SocketAddr, own_secret: Option<&Keys>, format: LogFormat) {
+    if format == LogFormat::Json {
+        tracing::info!(
+            url = %format!("http://{addr}/"),
+            "chat page (paste a token from `chatd token <user-id> [--name NAME]`; JSON logs never carry one)"
+        );
+        return;
+    }
     match page_address(addr, own_secret) {
         (url, true) => tracing::info!(
             "chat page: open {url} (signed in as `{PAGE_USER}` for {}; the part after # never reaches a server)",

@@ -247,3 +247,67 @@ async fn grpc_grpc_web_cors_and_health_still_route_beside_the_page(backend: Back
     assert_eq!(response.status(), 200);
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// The start-up lines of the real binary in `format`, up to the chat
+/// page's line, on a loopback port with a data directory of its own (so
+/// its secret is chatd's own and the text log carries a page token).
+fn start_up_lines(format: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!(
+        "chatd-test-logs-{format}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["--addr", "127.0.0.1:0", "--log-format", format])
+        .env("CHAT_DATA_DIR", &dir)
+        .env_remove("CHAT_JWT_SECRET")
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chatd");
+    let stderr = child.stderr.take().expect("stderr");
+    // Read on a thread; the test's deadline kills the child if the page
+    // line never comes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let last = line.contains("chat page");
+            lines.push(line);
+            if last {
+                break;
+            }
+        }
+        let _ = tx.send(lines);
+    });
+    let lines = rx.recv_timeout(STEP);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    lines.expect("the chat page's start-up line")
+}
+
+/// JSON logs are for log collectors: no line carries the page's token
+/// (the text log, for a person at a terminal, does).
+#[test]
+fn json_logs_never_carry_the_page_token() {
+    let text = start_up_lines("text");
+    assert!(
+        text.iter().any(|l| l.contains("#token=ey")),
+        "the text log prints the page with its token: {text:?}"
+    );
+    let json = start_up_lines("json");
+    let page = json.last().expect("a page line");
+    assert!(page.contains("http://127.0.0.1:"), "{page}");
+    for line in &json {
+        assert!(!line.contains("token=") && !line.contains("eyJ"), "{line}");
+        serde_json::from_str::<serde_json::Value>(line).expect("one JSON object per line");
+    }
+}
