@@ -13,6 +13,18 @@ use crate::error::{Error, Result};
 pub const ROOM_NAME_MAX: usize = 64;
 /// The longest image or file URL, in bytes.
 pub const URL_MAX_BYTES: usize = 2048;
+/// What a message encodes to besides its content, at most: room, sender,
+/// display name, client_message_id, timestamp, tags and lengths.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 1024;
+/// The most bytes one ListHistory page may take (4 MiB), counting each
+/// message as its stored content plus [`MESSAGE_OVERHEAD_BYTES`]: 500
+/// messages of the default 4 KiB limit fit; larger ones make shorter pages
+/// (`has_more` says so). At least one message is returned.
+pub const HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The most bytes one read of the messages after a seq takes (JoinRoom
+/// catch-up pages, the cluster's storage poll and gap fills), counted the
+/// same way; at least one message is read.
+pub const READ_PAGE_BYTES: usize = 256 * 1024;
 /// The longest client_message_id, in characters.
 pub const CLIENT_MESSAGE_ID_MAX_CHARS: usize = 64;
 /// The default and the largest ListHistory page.
@@ -174,6 +186,9 @@ impl Visibility {
 /// The default and the largest ListRooms page.
 pub const ROOMS_PAGE_DEFAULT: u32 = 50;
 pub const ROOMS_PAGE_MAX: u32 = 200;
+/// The most bytes of last messages one ListRooms page carries (4 MiB, as
+/// a ListHistory page), counted as [`HISTORY_PAGE_BYTES`] counts them.
+pub const ROOMS_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Where unread counting stops: a count below it is exact, a count of it
 /// means that many or more.
 pub const UNREAD_CAP: u64 = 1000;

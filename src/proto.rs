@@ -119,7 +119,7 @@ where
 /// [`crate::domain::URL_MAX_BYTES`]) plus room, sender, display name,
 /// client_message_id, timestamp, tags and lengths (under 1 KiB together).
 pub fn message_size_bound(max_message_bytes: usize) -> usize {
-    max_message_bytes.max(crate::domain::URL_MAX_BYTES) + 1024
+    max_message_bytes.max(crate::domain::URL_MAX_BYTES) + crate::domain::MESSAGE_OVERHEAD_BYTES
 }
 
 impl From<&Identity> for Member {

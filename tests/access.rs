@@ -21,6 +21,10 @@ on_both_backends! {
         crate::create_private_racing_sends_keeps_no_unchecked_message,
     creating_a_room_private_ends_streams_opened_while_it_was_public:
         crate::creating_a_room_private_ends_streams_opened_while_it_was_public,
+    mark_read_of_invented_rooms_is_not_found_and_creates_nothing:
+        crate::mark_read_of_invented_rooms_is_not_found_and_creates_nothing,
+    only_the_backend_creates_rooms_when_configured:
+        crate::only_the_backend_creates_rooms_when_configured,
 }
 
 use chatd::proto::admin_service_client::AdminServiceClient;
@@ -554,4 +558,88 @@ async fn create_private_racing_sends_keeps_no_unchecked_message(backend: Backend
     let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     race_create_private_with_sends(&server, &server).await;
+}
+
+/// MarkRead on room names nobody created is NOT_FOUND naming the room, and
+/// stores nothing: the rooms never show up in ListRooms (the attack was
+/// 5,000 invented names listed afterwards).
+async fn mark_read_of_invented_rooms_is_not_found_and_creates_nothing(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut mallory = server.client("mallory").await;
+    for i in 0..50 {
+        assert_code(
+            mark_read(&mut mallory, &format!("invented.{i}"), 0).await,
+            Code::NotFound,
+            &format!("room invented.{i} does not exist"),
+        );
+    }
+    assert!(all_rooms(&mut mallory, 200).await.is_empty());
+    // A room that exists (sent to) is marked as before.
+    let mut bob = server.client("bob").await;
+    send(&mut bob, "real", "hello").await;
+    assert_eq!(mark_read(&mut mallory, "real", 1).await.unwrap(), 1);
+    assert_eq!(names(&all_rooms(&mut mallory, 200).await), ["real"]);
+    server.shutdown().await.unwrap();
+}
+
+/// With `CHAT_ROOM_CREATION=backend`, joins, sends and MarkRead to a room
+/// that does not exist are NOT_FOUND (for admin tokens too), so nobody can
+/// squat a name the backend means to create private; rooms the backend
+/// created work as usual.
+async fn only_the_backend_creates_rooms_when_configured(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(&db.url, &["--room-creation", "backend"])).await;
+    let mut mallory = server.client("mallory").await;
+    let squat = "dm:alice:bob.7";
+    let sent = send_request(
+        &mut mallory,
+        proto::SendMessageRequest {
+            room: squat.into(),
+            content: "mine now".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_code(sent, Code::NotFound, "CHAT_ROOM_CREATION=backend");
+    assert_code(
+        join_result(&mut mallory, squat).await,
+        Code::NotFound,
+        "room dm:alice:bob.7",
+    );
+    assert_code(
+        mark_read(&mut mallory, squat, 0).await,
+        Code::NotFound,
+        "room",
+    );
+    let mut backend_chat = admin_chat(&server).await;
+    assert_code(
+        join_result(&mut backend_chat, "lobby").await,
+        Code::NotFound,
+        "room lobby",
+    );
+    assert!(all_rooms(&mut mallory, 200).await.is_empty());
+
+    // The backend creates the private room: nobody squatted it.
+    let mut admin = admin(&server).await;
+    assert!(
+        create(&mut admin, squat, RoomVisibility::Private)
+            .await
+            .unwrap()
+    );
+    grant(&mut admin, squat, &["alice"]).await.unwrap();
+    let mut alice = server.client("alice").await;
+    let (_stream, joined) = join(&mut alice, squat, None).await;
+    assert_eq!(joined.last_seq, 0);
+    assert_eq!(send(&mut alice, squat, "hi bob").await.seq, 1);
+    // And a public room it created is open to everyone.
+    assert!(
+        create(&mut admin, "lobby", RoomVisibility::Public)
+            .await
+            .unwrap()
+    );
+    let (_lobby, _) = join(&mut mallory, "lobby", None).await;
+    assert_eq!(send(&mut mallory, "lobby", "hello").await.seq, 1);
+    assert_eq!(mark_read(&mut mallory, "lobby", 1).await.unwrap(), 1);
+    server.shutdown().await.unwrap();
 }

@@ -59,7 +59,7 @@ fn defaults_are_the_documented_limits() {
     assert_eq!(config.room_buffer_bytes, 1024 * 1024);
     assert_eq!(config.user_buffer_bytes, 64 * 1024 * 1024);
     // A history page always fits in a user's budget.
-    assert!(crate::service::HISTORY_PAGE_BYTES <= config.user_buffer_bytes as usize);
+    assert!(crate::domain::HISTORY_PAGE_BYTES <= config.user_buffer_bytes as usize);
 }
 
 #[test]

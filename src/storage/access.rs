@@ -8,10 +8,10 @@ use diesel::sql_types::{BigInt, Nullable, SmallInt, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::schema::{access_revision, room_users, rooms};
-use super::{Backend, Store, to_i64};
+use super::{Backend, Store, fitting, to_i64};
 use crate::domain::{
-    ContentKind, RoomName, RoomSummary, RoomsCursor, RoomsPage, RoomsQuery, StoredMessage,
-    UNREAD_CAP, Visibility,
+    ContentKind, ROOMS_PAGE_BYTES, RoomName, RoomSummary, RoomsCursor, RoomsPage, RoomsQuery,
+    StoredMessage, UNREAD_CAP, Visibility,
 };
 use crate::error::{Error, Result};
 
@@ -49,7 +49,8 @@ FROM (
         COALESCE(m.sent_at_micros, ru.since_micros) AS activity,
         m.seq AS m_seq, m.sender_id AS m_sender_id, m.sender_name AS m_sender_name,
         m.content_type AS m_content_type, m.content AS m_content,
-        m.client_message_id AS m_client_message_id
+        m.client_message_id AS m_client_message_id,
+        CAST(octet_length(m.content) AS BIGINT) AS m_bytes
     FROM room_users ru
     LEFT JOIN rooms r ON r.name = ru.room
     LEFT JOIN messages m ON m.room = ru.room AND m.seq = r.last_seq
@@ -85,6 +86,10 @@ struct RoomRow {
     m_content: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     m_client_message_id: Option<String>,
+    /// The last message's content length in bytes: pages are cut to
+    /// [`ROOMS_PAGE_BYTES`] by what is stored.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    m_bytes: Option<i64>,
     #[diesel(sql_type = BigInt)]
     unread: i64,
 }
@@ -303,7 +308,9 @@ impl Store {
     }
 
     /// Moves `user`'s read marker in `room` forward to `seq` (never back)
-    /// and returns it. `seq` beyond the room's last is OUT_OF_RANGE.
+    /// and returns it. A room that does not exist is NOT_FOUND (nothing is
+    /// written: inventing room names creates no rows); `seq` beyond the
+    /// room's last is OUT_OF_RANGE.
     pub async fn mark_read(
         &self,
         user: &str,
@@ -311,7 +318,12 @@ impl Store {
         seq: u64,
         now_micros: i64,
     ) -> Result<u64> {
-        let last = self.last_seq(room).await?;
+        let Some(last) = self.existing_last_seq(room).await? else {
+            return Err(Error::NotFound {
+                field: "room",
+                reason: format!("room {room} does not exist"),
+            });
+        };
         if seq > last {
             return Err(Error::OutOfRange {
                 field: "seq",
@@ -412,12 +424,18 @@ impl Store {
                 .load(conn)
                 .await?
         });
-        let mut rooms = rows
+        // At most ROOMS_PAGE_BYTES of last messages (at least one room):
+        // messages stored before the message limit was lowered can be
+        // larger than the page size assumed.
+        let costs = rows.iter().map(|r| r.m_bytes.unwrap_or(0));
+        let fit = fitting(costs, query.limit as usize, ROOMS_PAGE_BYTES);
+        let more = rows.len() > fit;
+        let rooms = rows
             .into_iter()
+            .take(fit)
             .map(RoomRow::into_summary)
             .collect::<Result<Vec<_>>>()?;
-        let next = if rooms.len() > query.limit as usize {
-            rooms.truncate(query.limit as usize);
+        let next = if more {
             rooms.last().map(|last| RoomsCursor {
                 activity_micros: last.activity_micros,
                 room: last.room.clone(),

@@ -44,7 +44,8 @@ use diesel_async::pooled_connection::deadpool::Pool;
 use self::models::MessageRow;
 use self::schema::{messages, rooms};
 use crate::domain::{
-    HistoryCursor, HistoryPage, HistoryQuery, NewMessage, RoomName, StoredMessage,
+    HISTORY_PAGE_BYTES, HistoryCursor, HistoryPage, HistoryQuery, MESSAGE_OVERHEAD_BYTES,
+    NewMessage, READ_PAGE_BYTES, RoomName, StoredMessage,
 };
 use crate::error::{Error, Failure, Result};
 
@@ -402,60 +403,104 @@ impl Store {
         }
     }
 
-    /// One page of a room's history, ascending.
+    /// One page of a room's history, ascending: at most `query.limit`
+    /// messages and [`HISTORY_PAGE_BYTES`] (each message counted as its
+    /// stored content plus [`MESSAGE_OVERHEAD_BYTES`]), at least one.
+    ///
+    /// Pages are sized by what is stored, not by the current message
+    /// limit: messages stored before the limit was lowered are larger than
+    /// it. A first query reads the seqs and content lengths of the
+    /// candidates, a second the messages that fit.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
         let limit = i64::from(query.limit);
         let room = query.room.as_str();
-        let (mut rows, descending): (Vec<MessageRow>, bool) = with_conn!(self, |conn| {
+        // In the page's reading order: newest first for the newest page and
+        // before_seq, oldest first for after_seq.
+        let sizes: Vec<(i64, i64)> = with_conn!(self, |conn| {
             let base = messages::table
                 .filter(messages::room.eq(room))
-                .select(MessageRow::as_select())
+                .select((messages::seq, content_bytes()))
                 .limit(limit + 1)
                 .into_boxed();
             match query.cursor {
-                HistoryCursor::Newest => (base.order(messages::seq.desc()).load(conn).await?, true),
-                HistoryCursor::Before(b) => (
+                HistoryCursor::Newest => base.order(messages::seq.desc()).load(conn).await?,
+                HistoryCursor::Before(b) => {
                     base.filter(messages::seq.lt(to_i64(b)?))
                         .order(messages::seq.desc())
                         .load(conn)
-                        .await?,
-                    true,
-                ),
-                HistoryCursor::After(a) => (
+                        .await?
+                }
+                HistoryCursor::After(a) => {
                     base.filter(messages::seq.gt(to_i64(a)?))
                         .order(messages::seq.asc())
                         .load(conn)
-                        .await?,
-                    false,
-                ),
+                        .await?
+                }
             }
         });
-        let has_more = rows.len() > query.limit as usize;
-        rows.truncate(query.limit as usize);
-        if descending {
-            rows.reverse();
-        }
-        let messages = rows
-            .into_iter()
-            .map(StoredMessage::try_from)
-            .collect::<Result<_>>()?;
+        let fit = fitting(
+            sizes.iter().map(|s| s.1),
+            query.limit as usize,
+            HISTORY_PAGE_BYTES,
+        );
+        let has_more = sizes.len() > fit;
+        let Some(range) = seq_range(&sizes[..fit]) else {
+            return Ok(HistoryPage::default());
+        };
+        let messages = self.read_range(&query.room, range).await?;
         Ok(HistoryPage { messages, has_more })
     }
 
-    /// Up to `limit` messages of `room` with seq > `after`, ascending.
+    /// Up to `limit` messages of `room` with seq > `after`, ascending, and
+    /// at most [`READ_PAGE_BYTES`] (counted as [`Self::history`] does; at
+    /// least one message).
     pub async fn read_after(
         &self,
         room: &RoomName,
         after: u64,
         limit: u32,
     ) -> Result<Vec<StoredMessage>> {
+        Ok(self.read_page(room, after, limit).await?.0)
+    }
+
+    /// [`Self::read_after`], and whether more messages followed the page
+    /// when it was read (it was cut by `limit` or by bytes).
+    pub async fn read_page(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool)> {
         let after = to_i64(after)?;
-        let rows: Vec<MessageRow> = with_conn!(self, |conn| {
+        let sizes: Vec<(i64, i64)> = with_conn!(self, |conn| {
             messages::table
                 .filter(messages::room.eq(room.as_str()))
                 .filter(messages::seq.gt(after))
                 .order(messages::seq.asc())
-                .limit(i64::from(limit))
+                .limit(i64::from(limit) + 1)
+                .select((messages::seq, content_bytes()))
+                .load(conn)
+                .await?
+        });
+        let fit = fitting(sizes.iter().map(|s| s.1), limit as usize, READ_PAGE_BYTES);
+        let more = sizes.len() > fit;
+        match seq_range(&sizes[..fit]) {
+            Some(range) => Ok((self.read_range(room, range).await?, more)),
+            None => Ok((Vec::new(), false)),
+        }
+    }
+
+    /// The messages of `room` with seqs in `range` (inclusive), ascending.
+    async fn read_range(
+        &self,
+        room: &RoomName,
+        (first, last): (i64, i64),
+    ) -> Result<Vec<StoredMessage>> {
+        let rows: Vec<MessageRow> = with_conn!(self, |conn| {
+            messages::table
+                .filter(messages::room.eq(room.as_str()))
+                .filter(messages::seq.between(first, last))
+                .order(messages::seq.asc())
                 .select(MessageRow::as_select())
                 .load(conn)
                 .await?
@@ -465,6 +510,12 @@ impl Store {
 
     /// The newest stored seq of `room`, 0 when it has none.
     pub async fn last_seq(&self, room: &RoomName) -> Result<u64> {
+        Ok(self.existing_last_seq(room).await?.unwrap_or(0))
+    }
+
+    /// The newest stored seq of `room`; `None` when the room does not
+    /// exist (never created by AdminService, never sent to).
+    pub async fn existing_last_seq(&self, room: &RoomName) -> Result<Option<u64>> {
         let last: Option<i64> = with_conn!(self, |conn| {
             rooms::table
                 .find(room.as_str())
@@ -473,8 +524,11 @@ impl Store {
                 .await
                 .optional()?
         });
-        let last = last.unwrap_or(0);
-        u64::try_from(last).map_err(|_| Error::Internal(format!("room {room} has last_seq {last}")))
+        last.map(|last| {
+            u64::try_from(last)
+                .map_err(|_| Error::Internal(format!("room {room} has last_seq {last}")))
+        })
+        .transpose()
     }
 
     /// The newest stored seq of each of `wanted` that has messages (rooms
@@ -522,6 +576,39 @@ where
         .map_err(|e| Error::Config(format!("DATABASE_URL: cannot build a pool: {e}")))
 }
 
+/// A message's content length in bytes (`octet_length` is standard SQL;
+/// SQLite has it since 3.43, and the bundled one is newer).
+fn content_bytes() -> diesel::expression::SqlLiteral<diesel::sql_types::BigInt> {
+    diesel::dsl::sql::<diesel::sql_types::BigInt>("CAST(octet_length(content) AS BIGINT)")
+}
+
+/// How many messages of `content_bytes` (their content lengths, in reading
+/// order) a page of at most `limit` messages and `max_bytes` takes: each
+/// message counts its content plus [`MESSAGE_OVERHEAD_BYTES`], and the
+/// first always fits.
+fn fitting(content_bytes: impl IntoIterator<Item = i64>, limit: usize, max_bytes: usize) -> usize {
+    let mut used = 0usize;
+    let mut n = 0;
+    for bytes in content_bytes.into_iter().take(limit) {
+        let cost = usize::try_from(bytes)
+            .unwrap_or(0)
+            .saturating_add(MESSAGE_OVERHEAD_BYTES);
+        if n > 0 && used.saturating_add(cost) > max_bytes {
+            break;
+        }
+        used = used.saturating_add(cost);
+        n += 1;
+    }
+    n
+}
+
+/// The lowest and highest seq of `sizes`, when there is one.
+fn seq_range(sizes: &[(i64, i64)]) -> Option<(i64, i64)> {
+    let low = sizes.iter().map(|s| s.0).min()?;
+    let high = sizes.iter().map(|s| s.0).max()?;
+    Some((low, high))
+}
+
 fn to_i64(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(|_| Error::Internal(format!("seq {seq} does not fit storage")))
 }
@@ -551,6 +638,18 @@ mod tests {
         ));
         assert!(Location::parse(Some("sqlite://"), dir).is_err());
         assert!(Location::parse(Some("mysql://h/db"), dir).is_err());
+    }
+
+    #[test]
+    fn pages_fit_their_bytes_and_take_at_least_one() {
+        assert_eq!(fitting([10, 10, 10], 2, 1 << 20), 2);
+        assert_eq!(fitting([10, 10, 10], 10, 1 << 20), 3);
+        assert_eq!(fitting([3_000_000, 3_000_000, 1], 10, 4 << 20), 1);
+        assert_eq!(fitting([3_000_000], 10, 1024), 1);
+        assert_eq!(fitting([], 10, 1024), 0);
+        let big = vec![(5, 3_000_000), (4, 3_000_000), (3, 1)];
+        assert_eq!(seq_range(&big), Some((3, 5)));
+        assert_eq!(seq_range(&[]), None);
     }
 
     #[test]

@@ -77,3 +77,85 @@ pub async fn restart_keeps_history_and_continues_seq(backend: Backend) {
     assert_eq!(page.messages[0].content, "m1");
     server.shutdown().await.unwrap();
 }
+
+/// Pages are sized by what is stored: messages stored under a 1 MiB limit
+/// still come in ListHistory pages (and ListRooms pages) of at most 4 MiB
+/// after the limit is lowered back to 4 KiB, and a stream resuming over
+/// them gets every one.
+pub async fn pages_are_sized_by_what_is_stored(backend: Backend) {
+    const BIG: usize = 1_000_000;
+    const COUNT: u64 = 12;
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(
+        &db.url,
+        &[
+            "--max-message-bytes",
+            "1048576",
+            "--max-request-bytes",
+            "1100000",
+        ],
+    ))
+    .await;
+    let mut c = server.client("alice").await;
+    for i in 0..COUNT {
+        let text = format!("{i}{}", "x".repeat(BIG));
+        send(&mut c, "big", &text).await;
+        send(&mut c, &format!("big{i}"), &text).await;
+    }
+    server.shutdown().await.unwrap();
+
+    // The default 4 KiB limit now: 500 messages per page would be 12 MB.
+    let server = TestServer::start(&db).await;
+    let mut c = server.client("alice").await;
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = within(c.list_history(proto::ListHistoryRequest {
+            room: "big".into(),
+            page_size: 500,
+            before_seq: before,
+            after_seq: None,
+        }))
+        .await
+        .expect("a page within the client's 4 MiB limit")
+        .into_inner();
+        let size = prost::Message::encoded_len(&page);
+        assert!(size <= 4 * 1024 * 1024, "a page of {size} bytes");
+        assert!(!page.messages.is_empty());
+        let mut got = seqs(&page.messages);
+        before = got.first().copied();
+        got.extend(seen);
+        seen = got;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(seen, (1..=COUNT).collect::<Vec<_>>());
+
+    // ListRooms: 12 rooms whose last message is 1 MB, 4 MiB per page.
+    let mut rooms = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = crate::helpers::access::list_rooms(&mut c, 200, &token)
+            .await
+            .expect("a rooms page within the client's 4 MiB limit");
+        let size = prost::Message::encoded_len(&page);
+        assert!(size <= 4 * 1024 * 1024, "a rooms page of {size} bytes");
+        rooms.extend(page.rooms.into_iter().map(|r| r.room));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(rooms.len() as u64, COUNT + 1, "{rooms:?}");
+
+    // A stream resuming from 0 is caught up over them, every one.
+    let (mut stream, _) = join(&mut c, "big", Some(0)).await;
+    for seq in 1..=COUNT {
+        let m = next_message(&mut stream).await;
+        let i = (seq - 1).to_string();
+        assert_eq!((m.seq, m.content.len()), (seq, BIG + i.len()));
+        assert!(m.content.starts_with(&i));
+    }
+    server.shutdown().await.unwrap();
+}

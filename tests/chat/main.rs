@@ -28,6 +28,7 @@ on_both_backends! {
         crate::send::concurrent_senders_every_subscriber_sees_one_to_n_in_order,
     resume_after_a_cut_has_no_gap_even_during_replay: crate::join::resume_after_a_cut_has_no_gap_even_during_replay,
     history_pages_both_ways: crate::history::history_pages_both_ways,
+    pages_are_sized_by_what_is_stored: crate::history::pages_are_sized_by_what_is_stored,
     presence_is_per_user_across_devices: crate::join::presence_is_per_user_across_devices,
     a_slow_subscriber_misses_nothing: crate::join::a_slow_subscriber_misses_nothing,
     restart_keeps_history_and_continues_seq: crate::history::restart_keeps_history_and_continues_seq,

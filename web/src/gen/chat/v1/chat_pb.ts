@@ -937,7 +937,8 @@ export const ChatService: GenService<{
   /**
    * MarkRead moves the caller's read marker in a room forward to `seq` and
    * returns the marker. It never moves back: an older seq returns the
-   * current marker. A seq beyond the room's last is OUT_OF_RANGE.
+   * current marker. A seq beyond the room's last is OUT_OF_RANGE; a room
+   * that does not exist (never created, never sent to) is NOT_FOUND.
    *
    * @generated from rpc chat.v1.ChatService.MarkRead
    */
