@@ -172,14 +172,14 @@ chatd_section() {
   local cluster=bench-$$-$(date +%s)
   fresh_db chatd_bench_single
   fresh_db chatd_bench_cluster
-  CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$single DATABASE_URL=$PG_BASE/chatd_bench_single \
+  CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$single DATABASE_URL=$PG_BASE/chatd_bench_single \
     CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn "$CHATD_BIN" & pids+=($!); local S=$!
   wait_port $single
   # Node A first, alone, so that it runs the migrations; then B on the same database.
-  CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$a DATABASE_URL=$PG_BASE/chatd_bench_cluster \
+  CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$a DATABASE_URL=$PG_BASE/chatd_bench_cluster \
     CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn "$CHATD_BIN" --nats-url "$NATS_URL" --cluster-name "$cluster" & pids+=($!); local A=$!
   wait_port $a
-  CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$b DATABASE_URL=$PG_BASE/chatd_bench_cluster \
+  CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$b DATABASE_URL=$PG_BASE/chatd_bench_cluster \
     CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn "$CHATD_BIN" --nats-url "$NATS_URL" --cluster-name "$cluster" & pids+=($!); local B=$!
   wait_port $b
 

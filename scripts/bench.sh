@@ -21,7 +21,7 @@ PEERS=${PEERS:-../shared/peers}
 OUT=${OUT:-docs/bench}
 SECRET=bench-secret-0123456789abcdef
 # The benchmark measures the service, not its per-user limits: every chatd below runs with the
-# send and join rate limits off (CHAT_USER_SEND_RATE=0, CHAT_USER_JOIN_RATE=0) and the per-user
+# send, join and read rate limits off (CHAT_USER_SEND_RATE=0, CHAT_USER_JOIN_RATE=0, CHAT_USER_READ_RATE=0) and the per-user
 # stream cap raised.
 CHATD_ADDR=127.0.0.1:50051
 SQLITE_ADDR=127.0.0.1:50052
@@ -51,12 +51,12 @@ done
 
 fresh_db chatd_bench
 fresh_db peer_bench
-env $(metrics_env 9091) CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$CHATD_ADDR DATABASE_URL=$PG_BASE/chatd_bench \
+env $(metrics_env 9091) CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$CHATD_ADDR DATABASE_URL=$PG_BASE/chatd_bench \
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD=$!
-env $(metrics_env 9092) CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$SQLITE_ADDR DATABASE_URL=sqlite://$(mktemp -d)/chat.db \
+env $(metrics_env 9092) CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$SQLITE_ADDR DATABASE_URL=sqlite://$(mktemp -d)/chat.db \
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD_SQLITE=$!
 fresh_db chatd_bench_one
-env $(metrics_env 9093) CHAT_WORKER_THREADS=1 CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$ONE_ADDR DATABASE_URL=$PG_BASE/chatd_bench_one \
+env $(metrics_env 9093) CHAT_WORKER_THREADS=1 CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$ONE_ADDR DATABASE_URL=$PG_BASE/chatd_bench_one \
   CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn ./target/release/chatd & pids+=($!); CHATD_ONE=$!
 PROTO=$PWD/proto/chat/v1/chat.proto ADDR=$NODE_ADDR node "$PEERS/grpc-node/server.js" >/dev/null & pids+=($!); NODE=$!
 PROTO=$PWD/proto/chat/v1/chat.proto ADDR=$NODE_DB_ADDR DATABASE_URL=$PG_BASE/peer_bench \

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::mpsc;
 
+use crate::config::RoomCreation;
 use crate::domain::{Identity, RoomName, Visibility};
 use crate::error::{Error, Result};
 use crate::rooms::Rooms;
@@ -105,6 +106,9 @@ pub struct Access {
     epoch: AtomicU64,
     /// Cluster only: where revocations go to be announced.
     announce: OnceLock<mpsc::Sender<Revocation>>,
+    /// Whether a user's send may bring a room into existence
+    /// (`CHAT_ROOM_CREATION`).
+    creation: RoomCreation,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,7 +127,7 @@ fn denied(room: &RoomName) -> Error {
 }
 
 impl Access {
-    pub fn new(store: Store, rooms: Arc<Rooms>) -> Self {
+    pub fn new(store: Store, rooms: Arc<Rooms>, creation: RoomCreation) -> Self {
         Access {
             store,
             rooms,
@@ -135,6 +139,7 @@ impl Access {
             theirs: Mutex::new(Bounded::new()),
             epoch: AtomicU64::new(0),
             announce: OnceLock::new(),
+            creation,
         }
     }
 
@@ -148,26 +153,62 @@ impl Access {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// The room's visibility, `None` while it does not exist: cached once
+    /// it exists (it never changes then), read from storage until then.
+    async fn lookup(&self, room: &RoomName) -> Result<Option<Visibility>> {
+        if let Some(v) = lock(&self.visibility).get(room) {
+            return Ok(Some(v));
+        }
+        let found = self.store.visibility(room).await?;
+        if let Some(v) = found {
+            lock(&self.visibility).insert(room.clone(), v);
+        }
+        Ok(found)
+    }
+
     /// The room's visibility: cached once the room exists, public (and not
     /// cached: it may still be created private) when it does not.
     pub async fn visibility(&self, room: &RoomName) -> Result<Visibility> {
-        if let Some(v) = lock(&self.visibility).get(room) {
-            return Ok(v);
-        }
-        match self.store.visibility(room).await? {
-            Some(v) => {
-                lock(&self.visibility).insert(room.clone(), v);
-                Ok(v)
-            }
-            None => Ok(Visibility::Public),
-        }
+        Ok(self.lookup(room).await?.unwrap_or(Visibility::Public))
     }
 
-    /// Whether `who` may use `room`: admin tokens and public rooms always,
-    /// private rooms with a grant; else PERMISSION_DENIED naming the room.
-    /// Returns the room's visibility.
+    /// Whether `who` may read `room` (ListHistory, ListMembers): admin
+    /// tokens and public rooms always, private rooms with a grant; else
+    /// PERMISSION_DENIED naming the room. A room that does not exist is
+    /// public with nothing in it. Returns the room's visibility.
     pub async fn check(&self, who: &Identity, room: &RoomName) -> Result<Visibility> {
         let visibility = self.visibility(room).await?;
+        self.admit(who, room, visibility).await
+    }
+
+    /// [`Self::check`] for a call that uses the room (JoinRoom,
+    /// SendMessage, MarkRead): with `CHAT_ROOM_CREATION=backend` a room
+    /// that does not exist is NOT_FOUND, whoever asks.
+    pub async fn check_use(&self, who: &Identity, room: &RoomName) -> Result<Visibility> {
+        let visibility = match self.lookup(room).await? {
+            Some(v) => v,
+            None if self.creation == RoomCreation::Backend => {
+                return Err(Error::NotFound {
+                    field: "room",
+                    reason: format!(
+                        "room {room} does not exist; rooms are created by the app's backend \
+                         (CHAT_ROOM_CREATION=backend)"
+                    ),
+                });
+            }
+            None => Visibility::Public,
+        };
+        self.admit(who, room, visibility).await
+    }
+
+    /// Admits `who` to `room` of `visibility`: admin tokens and public
+    /// rooms always, private rooms with a grant (cached once seen).
+    async fn admit(
+        &self,
+        who: &Identity,
+        room: &RoomName,
+        visibility: Visibility,
+    ) -> Result<Visibility> {
         if who.admin || visibility == Visibility::Public {
             return Ok(visibility);
         }

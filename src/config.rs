@@ -32,6 +32,19 @@ pub enum Command {
     Token(TokenArgs),
 }
 
+/// `CHAT_ROOM_CREATION`: who may bring a room into existence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoomCreation {
+    /// A user's first send to a room creates it (public), as does the
+    /// backend's CreateRoom.
+    #[default]
+    Anyone,
+    /// Only AdminService.CreateRoom creates rooms: an app whose backend
+    /// owns the rooms, so that no user can squat a name (say a private
+    /// room's) by sending to it first.
+    Backend,
+}
+
 /// Everything `chatd serve` reads.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -389,6 +402,41 @@ pub struct Config {
         default_value_t = 100
     )]
     pub user_join_burst: u32,
+
+    /// ListRooms, ListHistory, ListMembers and MarkRead calls per second
+    /// one user may make, together (a token bucket refilled at this rate);
+    /// a call over it gets RESOURCE_EXHAUSTED. 0 turns the limit off. Per
+    /// node.
+    #[arg(
+        long = "user-read-rate",
+        env = "CHAT_USER_READ_RATE",
+        value_name = "CHAT_USER_READ_RATE",
+        default_value_t = 50
+    )]
+    pub user_read_rate: u32,
+
+    /// Such calls one user may make at once before CHAT_USER_READ_RATE
+    /// applies (the bucket's size). 0 turns the limit off.
+    #[arg(
+        long = "user-read-burst",
+        env = "CHAT_USER_READ_BURST",
+        value_name = "CHAT_USER_READ_BURST",
+        default_value_t = 200
+    )]
+    pub user_read_burst: u32,
+
+    /// Who creates rooms: `anyone` (a room exists once a user sends to it
+    /// or the backend creates it) or `backend` (only AdminService.CreateRoom
+    /// creates rooms; joins, sends and MarkRead to any other room are
+    /// NOT_FOUND).
+    #[arg(
+        long = "room-creation",
+        env = "CHAT_ROOM_CREATION",
+        value_name = "CHAT_ROOM_CREATION",
+        value_enum,
+        default_value_t = RoomCreation::Anyone
+    )]
+    pub room_creation: RoomCreation,
 
     /// PEM file with the server's certificate chain; with CHAT_TLS_KEY the
     /// port speaks TLS only. Reloaded when the files change or on SIGHUP.

@@ -8,6 +8,12 @@
 //!   read and stays charged until it has left the server (for a unary call,
 //!   until its response body is dropped: see [`HoldUntilSentLayer`]).
 //!
+//! - [`Quotas::read_slot`] lets at most [`READS_PER_USER`] of a user's
+//!   storage reads (JoinRoom catch-up pages, ListHistory, ListRooms) run at
+//!   once: the database's connections are shared by everyone, so one user
+//!   resuming a hundred streams from the start of a long history takes
+//!   turns instead of holding the pool while other users' sends wait.
+//!
 //! A user's entry exists only while something of theirs is charged or
 //! open, so the map does not grow with every user ever seen.
 
@@ -39,12 +45,19 @@ struct Inner {
     max_bytes: u32,
 }
 
+/// How many storage reads of one user run at once; the others wait their
+/// turn (a user's 100 resuming streams read their catch-up pages two at a
+/// time, leaving the rest of the connection pool to other users).
+pub const READS_PER_USER: usize = 2;
+
 #[derive(Debug)]
 struct UserState {
     /// Permits are bytes of unsent responses.
     bytes: Arc<Semaphore>,
     /// Open JoinRoom streams.
     streams: AtomicUsize,
+    /// Permits are storage reads running now ([`READS_PER_USER`]).
+    reads: Arc<Semaphore>,
 }
 
 impl Quotas {
@@ -92,10 +105,7 @@ impl Quotas {
                 permit,
                 _user: user,
             }),
-            Err(_) => Err(Error::ResourceExhausted(format!(
-                "too many unread responses: this user's calls hold {} bytes the client has not read yet (CHAT_USER_BUFFER_BYTES); read them first",
-                self.inner.max_bytes
-            ))),
+            Err(_) => Err(over_budget(self.inner.max_bytes)),
         }
     }
 
@@ -111,6 +121,20 @@ impl Quotas {
             }),
             // The semaphore is never closed.
             Err(_) => Err(Error::Internal("a user's byte budget was closed".into())),
+        }
+    }
+
+    /// Waits until fewer than [`READS_PER_USER`] storage reads of `user`
+    /// run, and counts one more until the slot is dropped.
+    pub async fn read_slot(&self, user: &Arc<str>) -> Result<ReadSlot> {
+        let user = self.inner.user(user);
+        match user.state.reads.clone().acquire_owned().await {
+            Ok(permit) => Ok(ReadSlot {
+                _permit: permit,
+                _user: user,
+            }),
+            // The semaphore is never closed.
+            Err(_) => Err(Error::Internal("a user's read slots were closed".into())),
         }
     }
 
@@ -141,6 +165,7 @@ impl Inner {
                 Arc::new(UserState {
                     bytes: Arc::new(Semaphore::new(self.max_bytes as usize)),
                     streams: AtomicUsize::new(0),
+                    reads: Arc::new(Semaphore::new(READS_PER_USER)),
                 })
             })
             .clone();
@@ -231,6 +256,20 @@ fn trim_allocator() {
     }
 }
 
+/// The refusal of a charge over a user's budget, naming the limit.
+fn over_budget(max_bytes: u32) -> Error {
+    Error::ResourceExhausted(format!(
+        "CHAT_USER_BUFFER_BYTES: too many unread responses: this user's calls hold {max_bytes} bytes the client has not read yet; read them first"
+    ))
+}
+
+/// One storage read of a user running ([`Quotas::read_slot`]).
+#[derive(Debug)]
+pub struct ReadSlot {
+    _permit: OwnedSemaphorePermit,
+    _user: UserRef,
+}
+
 /// Bytes charged to a user's budget; dropping it gives them back.
 #[derive(Debug)]
 pub struct Charge {
@@ -252,6 +291,51 @@ impl Charge {
         let held = self.permit.num_permits();
         if held > keep {
             drop(self.permit.split(held - keep));
+        }
+    }
+
+    /// Charges more, waiting for the user's budget, when a page turned out
+    /// larger than charged (messages stored before the message limit was
+    /// lowered can be larger than the current bound).
+    pub async fn grow_to(&mut self, bytes: usize) -> Result<()> {
+        let held = self.permit.num_permits();
+        let max = self._user.quotas.max_bytes as usize;
+        let want = bytes.min(max);
+        if want <= held {
+            return Ok(());
+        }
+        let more = u32::try_from(want - held).unwrap_or(u32::MAX);
+        let extra = self
+            ._user
+            .state
+            .bytes
+            .clone()
+            .acquire_many_owned(more)
+            .await;
+        match extra {
+            Ok(extra) => {
+                self.permit.merge(extra);
+                Ok(())
+            }
+            // The semaphore is never closed.
+            Err(_) => Err(Error::Internal("a user's byte budget was closed".into())),
+        }
+    }
+
+    /// [`Self::grow_to`] without waiting: RESOURCE_EXHAUSTED naming the
+    /// limit when the user's budget does not have the difference now.
+    pub fn try_grow_to(&mut self, bytes: usize) -> Result<()> {
+        let held = self.permit.num_permits();
+        if bytes <= held {
+            return Ok(());
+        }
+        let more = u32::try_from(bytes - held).unwrap_or(u32::MAX);
+        match self._user.state.bytes.clone().try_acquire_many_owned(more) {
+            Ok(extra) => {
+                self.permit.merge(extra);
+                Ok(())
+            }
+            Err(_) => Err(over_budget(self._user.quotas.max_bytes)),
         }
     }
 
@@ -349,6 +433,30 @@ impl HttpBody for ChargedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_users_reads_take_turns_and_other_users_do_not_wait() {
+        let quotas = Quotas::new(10, 1000);
+        let alice: Arc<str> = "alice".into();
+        let bob: Arc<str> = "bob".into();
+        let mut held = Vec::new();
+        for _ in 0..READS_PER_USER {
+            held.push(quotas.read_slot(&alice).await.unwrap());
+        }
+        let waiting = quotas.read_slot(&alice);
+        tokio::pin!(waiting);
+        // Alice's next read waits while hers run; Bob's does not.
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        let _bob = tokio::time::timeout(std::time::Duration::from_secs(5), quotas.read_slot(&bob))
+            .await
+            .expect("bob's read does not wait for alice's")
+            .unwrap();
+        held.pop();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("alice's read runs once one of hers ended")
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn streams_and_bytes_are_per_user_and_entries_go_when_unused() {

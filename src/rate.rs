@@ -1,4 +1,4 @@
-//! Per-user rates: one token bucket per user for sends (`CHAT_USER_SEND_RATE`, `CHAT_USER_SEND_BURST`) and for joins (`CHAT_USER_JOIN_RATE`, `CHAT_USER_JOIN_BURST`).
+//! Per-user rates: one token bucket per user for sends (`CHAT_USER_SEND_RATE`, `CHAT_USER_SEND_BURST`), for joins (`CHAT_USER_JOIN_RATE`, `CHAT_USER_JOIN_BURST`) and for reads (`CHAT_USER_READ_RATE`, `CHAT_USER_READ_BURST`).
 //!
 //! Buckets are governor's keyed rate limiter (GCRA, the token bucket's
 //! exact equivalent: one timestamp per user). A user's entry is created by
@@ -47,6 +47,16 @@ pub const JOINS: Limited = Limited {
     burst_setting: "CHAT_USER_JOIN_BURST",
     verb: "opens",
     noun: "JoinRoom streams",
+};
+
+/// ListRooms, ListHistory, ListMembers and MarkRead calls, together: each
+/// reads storage (MarkRead writes a marker), so one user calling them in a
+/// loop would take database time from everyone else.
+pub const READS: Limited = Limited {
+    rate_setting: "CHAT_USER_READ_RATE",
+    burst_setting: "CHAT_USER_READ_BURST",
+    verb: "makes",
+    noun: "ListRooms, ListHistory, ListMembers and MarkRead calls",
 };
 
 /// One limit of every user; a no-op when turned off.
@@ -154,6 +164,21 @@ mod tests {
             Err(Error::ResourceExhausted(m)) => assert!(
                 m.starts_with("CHAT_USER_JOIN_RATE: this user opens more than 10 JoinRoom streams")
                     && m.contains("CHAT_USER_JOIN_BURST 1"),
+                "{m}"
+            ),
+            other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_read_refusal_names_the_read_settings() {
+        let rate = UserRate::new(READS, 50, 1);
+        let alice: Arc<str> = "alice".into();
+        rate.check(&alice).unwrap();
+        match rate.check(&alice) {
+            Err(Error::ResourceExhausted(m)) => assert!(
+                m.starts_with("CHAT_USER_READ_RATE: this user makes more than 50 ListRooms")
+                    && m.contains("CHAT_USER_READ_BURST 1"),
                 "{m}"
             ),
             other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),

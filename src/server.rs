@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
-use crate::rate::{JOINS, SENDS, UserRate};
+use crate::rate::{JOINS, READS, SENDS, UserRate};
 use crate::rooms::Rooms;
 use crate::service::ChatApi;
 use crate::shutdown::EndOnShutdown;
@@ -203,7 +203,11 @@ impl Application {
             }
             None => None,
         };
-        let access = Arc::new(Access::new(store.clone(), rooms.clone()));
+        let access = Arc::new(Access::new(
+            store.clone(),
+            rooms.clone(),
+            config.room_creation,
+        ));
         if let Some((cluster, _, _)) = &cluster {
             revocations::spawn(cluster, &access, &store, &tracker, &cluster_stop);
         }
@@ -250,6 +254,12 @@ impl Application {
             config.user_join_burst,
         ));
         tracker.spawn(crate::rate::prune(join_rate.clone(), streams_end.clone()));
+        let read_rate = Arc::new(UserRate::new(
+            READS,
+            config.user_read_rate,
+            config.user_read_burst,
+        ));
+        tracker.spawn(crate::rate::prune(read_rate.clone(), streams_end.clone()));
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -273,6 +283,7 @@ impl Application {
             access: access.clone(),
             send_rate: send_rate.clone(),
             join_rate,
+            read_rate,
         };
         let admin = tonic::service::interceptor::InterceptedService::new(
             AdminServiceServer::new(AdminApi { access }),

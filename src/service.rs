@@ -15,8 +15,8 @@ use crate::access::Access;
 use crate::admin::wire_visibility;
 use crate::cluster::presence::Presence;
 use crate::domain::{
-    ClientMessageId, Content, HistoryQuery, Identity, NewMessage, RoomName, RoomsQuery, Visibility,
-    parse_seq,
+    ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, NewMessage,
+    ROOMS_PAGE_BYTES, RoomName, RoomsQuery, Visibility, parse_seq,
 };
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
@@ -45,6 +45,9 @@ pub struct ChatApi {
     pub(crate) send_rate: Arc<UserRate>,
     /// Each user's JoinRoom rate (`CHAT_USER_JOIN_RATE`).
     pub(crate) join_rate: Arc<UserRate>,
+    /// Each user's rate of ListRooms, ListHistory, ListMembers and MarkRead
+    /// calls (`CHAT_USER_READ_RATE`).
+    pub(crate) read_rate: Arc<UserRate>,
 }
 
 /// The caller, as the auth interceptor found them.
@@ -55,10 +58,6 @@ fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
         .cloned()
         .ok_or_else(|| Status::unauthenticated("authorization: missing bearer token"))
 }
-
-/// The most bytes one ListHistory response may take (4 MiB): 500 messages
-/// of the default 4 KiB limit fit; with larger messages a page has fewer.
-pub const HISTORY_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
 
@@ -79,7 +78,7 @@ impl ChatService for ChatApi {
             .transpose()?;
         self.join_rate.check(&identity.user_id)?;
         let epoch = self.access.epoch();
-        let visibility = self.access.check(&identity, &room).await?;
+        let visibility = self.access.check_use(&identity, &room).await?;
         // A public room joined becomes the caller's (ListRooms), written
         // while the join reads the room.
         let theirs = async {
@@ -113,7 +112,7 @@ impl ChatService for ChatApi {
         let sender = identity(&request)?;
         let request = request.into_inner();
         let room = RoomName::parse(&request.room)?;
-        self.access.check(&sender, &room).await?;
+        self.access.check_use(&sender, &room).await?;
         let message = NewMessage {
             room,
             sender,
@@ -140,30 +139,36 @@ impl ChatService for ChatApi {
     ) -> Result<Response<proto::ListHistoryResponse>, Status> {
         let caller = identity(&request)?;
         let request = request.into_inner();
-        let mut query = HistoryQuery::parse(
+        let query = HistoryQuery::parse(
             &request.room,
             request.page_size,
             request.before_seq,
             request.after_seq,
         )?;
+        self.read_rate.check(&caller.user_id)?;
         self.access.check(&caller, &query.room).await?;
-        // A page is at most HISTORY_PAGE_BYTES (fewer messages when they can
-        // be large; `has_more` tells the client to go on), charged to the
-        // caller's budget at its largest before the read, at its real size
-        // after, until the client has taken the response.
+        // A page is at most HISTORY_PAGE_BYTES of what is stored (fewer
+        // messages when they are large; `has_more` tells the client to go
+        // on), charged to the caller's budget before the read (at the
+        // current message limit's bound) and at its real size after, until
+        // the client has taken the response.
         let bound = self.rooms.message_bound();
-        let fit = (HISTORY_PAGE_BYTES / bound).max(1);
-        query.limit = query.limit.min(u32::try_from(fit).unwrap_or(u32::MAX));
-        let mut charge = self
-            .rooms
-            .quotas()
-            .try_charge(&caller.user_id, query.limit as usize * bound)?;
-        let page = self.store.history(&query).await?;
+        let quotas = self.rooms.quotas();
+        let upfront = (query.limit as usize)
+            .saturating_mul(bound)
+            .min(HISTORY_PAGE_BYTES);
+        let mut charge = quotas.try_charge(&caller.user_id, upfront)?;
+        let page = {
+            let _turn = quotas.read_slot(&caller.user_id).await?;
+            self.store.history(&query).await?
+        };
         let response = proto::ListHistoryResponse {
             messages: page.messages.iter().map(proto::Message::from).collect(),
             has_more: page.has_more,
         };
-        charge.shrink_to(prost::Message::encoded_len(&response));
+        let size = prost::Message::encoded_len(&response);
+        charge.try_grow_to(size)?;
+        charge.shrink_to(size);
         let mut response = Response::new(response);
         response
             .extensions_mut()
@@ -177,6 +182,7 @@ impl ChatService for ChatApi {
     ) -> Result<Response<proto::ListMembersResponse>, Status> {
         let caller = identity(&request)?;
         let room = RoomName::parse(&request.into_inner().room)?;
+        self.read_rate.check(&caller.user_id)?;
         self.access.check(&caller, &room).await?;
         let members = match &self.presence {
             Some(presence) if !self.rooms.is_live(&room) => presence.ask(&room).await,
@@ -191,8 +197,17 @@ impl ChatService for ChatApi {
     ) -> Result<Response<proto::ListRoomsResponse>, Status> {
         let caller = identity(&request)?;
         let request = request.into_inner();
-        let query = RoomsQuery::parse(request.page_size, &request.page_token)?;
-        let page = self.store.list_rooms(&caller.user_id, &query).await?;
+        let mut query = RoomsQuery::parse(request.page_size, &request.page_token)?;
+        self.read_rate.check(&caller.user_id)?;
+        // Pages hold at most ROOMS_PAGE_BYTES of last messages: at the
+        // current message limit, this many always fit (storage cuts a page
+        // short when older, larger messages do not).
+        let fit = (ROOMS_PAGE_BYTES / self.rooms.message_bound()).max(1);
+        query.limit = query.limit.min(u32::try_from(fit).unwrap_or(u32::MAX));
+        let page = {
+            let _turn = self.rooms.quotas().read_slot(&caller.user_id).await?;
+            self.store.list_rooms(&caller.user_id, &query).await?
+        };
         Ok(Response::new(proto::ListRoomsResponse {
             rooms: page
                 .rooms
@@ -218,7 +233,8 @@ impl ChatService for ChatApi {
         let request = request.into_inner();
         let room = RoomName::parse(&request.room)?;
         let seq = parse_seq("seq", request.seq)?;
-        self.access.check(&caller, &room).await?;
+        self.read_rate.check(&caller.user_id)?;
+        self.access.check_use(&caller, &room).await?;
         let read_seq = self
             .store
             .mark_read(&caller.user_id, &room, seq, crate::writer::now_micros())

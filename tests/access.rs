@@ -526,10 +526,11 @@ async fn mark_read_is_monotonic_and_bounded(backend: Backend) {
         Code::OutOfRange,
         "seq",
     );
+    // A room that does not exist is not found (and nothing is created).
     assert_code(
         mark_read(&mut alice, "empty", 1).await,
-        Code::OutOfRange,
-        "seq",
+        Code::NotFound,
+        "room empty does not exist",
     );
     assert_code(
         mark_read(&mut alice, "news", u64::MAX).await,

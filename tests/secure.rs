@@ -16,6 +16,8 @@ on_both_backends! {
     a_send_over_the_rate_is_refused_and_not_stored: crate::limits::a_send_over_the_rate_is_refused_and_not_stored,
     the_stream_cap_names_its_limit: crate::limits::the_stream_cap_names_its_limit,
     a_join_over_the_rate_is_refused_and_leaves_no_trace: crate::limits::a_join_over_the_rate_is_refused_and_leaves_no_trace,
+    reads_over_the_rate_are_refused_and_others_unaffected: crate::limits::reads_over_the_rate_are_refused_and_others_unaffected,
+    many_resumes_of_one_user_all_complete: crate::limits::many_resumes_of_one_user_all_complete,
     provider_tokens_from_a_jwks_file: crate::provider_tokens_from_a_jwks_file,
     every_bad_provider_token_is_unauthenticated: crate::every_bad_provider_token_is_unauthenticated,
     provider_keys_from_a_url_rotate_in: crate::provider_keys_from_a_url_rotate_in,

@@ -1,13 +1,11 @@
 //! One JoinRoom stream's reader: the ring as a fast path, storage for everything else.
 
 use super::*;
+use crate::domain::READ_PAGE_BYTES;
 
-/// The most messages a catch-up reads from storage at a time.
-const REPLAY_PAGE_MAX: usize = 256;
-/// The most bytes a catch-up page may take, counting each message at its
-/// largest possible size ([`proto::message_size_bound`]); at least one
-/// message is read.
-const REPLAY_PAGE_BYTES: usize = 256 * 1024;
+/// The most messages a catch-up reads from storage at a time (and at most
+/// [`crate::domain::READ_PAGE_BYTES`] of them, by what is stored).
+const REPLAY_PAGE_MAX: u32 = 256;
 /// Bytes a stream moves from the ring to its own queue at a time (at least
 /// one event): what a stalled stream can pin after the ring dropped it.
 const TAKE_BYTES: usize = 64 * 1024;
@@ -156,28 +154,35 @@ impl Subscription {
     }
 
     /// Reads the next page of messages this stream owes from storage,
-    /// charging the page to the user's budget until it has been sent.
+    /// charging the page to the user's budget until it has been sent. The
+    /// read waits its turn among the user's others ([`Quotas::read_slot`]).
     async fn catch_up(&mut self) -> std::result::Result<(), Status> {
         let rooms = &self.guard.rooms;
-        let bound = rooms.message_bound;
-        let limit = (REPLAY_PAGE_BYTES / bound).clamp(1, REPLAY_PAGE_MAX);
         let user = &self.guard.identity.user_id;
+        // Charged at the page's largest size under the current message
+        // limit; a page of older, larger messages grows the charge below.
+        let upfront = READ_PAGE_BYTES.min(REPLAY_PAGE_MAX as usize * rooms.message_bound);
         let mut charge = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
             // Checked again at the top of the loop.
             () = self.revoked.cancelled() => return Ok(()),
-            charge = rooms.quotas.charge(user, limit * bound) => charge?,
+            charge = rooms.quotas.charge(user, upfront) => charge?,
         };
         let room = &self.guard.room.name;
         let page = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
-            page = self.store.read_after(room, self.next_seq - 1, limit as u32) => page?,
+            () = self.revoked.cancelled() => return Ok(()),
+            page = async {
+                let _turn = rooms.quotas.read_slot(user).await?;
+                self.store.read_page(room, self.next_seq - 1, REPLAY_PAGE_MAX).await
+            } => page?,
         };
+        let (page, more) = page;
         rooms.metrics.catchup_read(self.catchup_reason);
         rooms.metrics.deliveries(page.len());
-        if page.len() < limit {
+        if !more {
             // Everything committed before the read is in the page; anything
             // later comes through the ring, whose position we took first.
             self.catching_up = false;
@@ -192,6 +197,13 @@ impl Subscription {
             let event = EncodedEvent::encode(WireEvent::Message(proto::Message::from(m)));
             bytes += event.0.len();
             self.pending.push_back(event);
+        }
+        if bytes > charge.bytes() {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
+                grown = charge.grow_to(bytes) => grown?,
+            }
         }
         charge.shrink_to(bytes);
         self.page_charge = Some(charge);

@@ -148,6 +148,7 @@ impl Process {
             // Off unless `extra` sets it (a flag beats the variable).
             .env("CHAT_USER_SEND_RATE", "0")
             .env("CHAT_USER_JOIN_RATE", "0")
+            .env("CHAT_USER_READ_RATE", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(dir) = dir {

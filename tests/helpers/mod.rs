@@ -217,13 +217,16 @@ pub fn config(db_url: &str, extra: &[&str]) -> Config {
     if !extra.contains(&"--shutdown-grace") {
         args.extend_from_slice(&["--shutdown-grace", "3s"]);
     }
-    // Tests of other rules send and join in bursts: the per-user send and
-    // join rates are off unless a test sets them.
+    // Tests of other rules send, join and poll in bursts: the per-user
+    // send, join and read rates are off unless a test sets them.
     if !extra.contains(&"--user-send-rate") {
         args.extend_from_slice(&["--user-send-rate", "0"]);
     }
     if !extra.contains(&"--user-join-rate") {
         args.extend_from_slice(&["--user-join-rate", "0"]);
+    }
+    if !extra.contains(&"--user-read-rate") {
+        args.extend_from_slice(&["--user-read-rate", "0"]);
     }
     args.extend_from_slice(extra);
     Cli::try_parse_from(args)

@@ -127,5 +127,112 @@ fn the_limits_default_to_the_issue() {
         .config;
     assert_eq!((config.user_send_rate, config.user_send_burst), (20, 40));
     assert_eq!((config.user_join_rate, config.user_join_burst), (10, 100));
+    assert_eq!((config.user_read_rate, config.user_read_burst), (50, 200));
     assert_eq!(config.user_max_streams, 100);
+    assert_eq!(
+        config.room_creation,
+        chatd::config::RoomCreation::Anyone,
+        "today's behaviour by default"
+    );
+}
+
+/// ListRooms, ListHistory, ListMembers and MarkRead share one per-user
+/// bucket: a user calling them in a loop is refused with
+/// RESOURCE_EXHAUSTED naming CHAT_USER_READ_RATE; another user is not.
+pub async fn reads_over_the_rate_are_refused_and_others_unaffected(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(
+        &db.url,
+        &["--user-read-rate", "1", "--user-read-burst", "8"],
+    ))
+    .await;
+    let mut alice = server.client("alice").await;
+    send(&mut alice, "lobby", "hi").await;
+    let mut calls = 0;
+    let refused = loop {
+        let result = match calls % 4 {
+            0 => list_rooms(&mut alice, 10, "").await.map(|_| ()),
+            1 => within(alice.list_history(proto::ListHistoryRequest {
+                room: "lobby".into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ()),
+            2 => within(alice.list_members(proto::ListMembersRequest {
+                room: "lobby".into(),
+            }))
+            .await
+            .map(|_| ()),
+            _ => crate::helpers::access::mark_read(&mut alice, "lobby", 1)
+                .await
+                .map(|_| ()),
+        };
+        match result {
+            Ok(()) => calls += 1,
+            Err(status) => break status,
+        }
+        assert!(calls < 100, "no read was refused");
+    };
+    assert!(calls >= 8, "the burst of 8 was not allowed: {calls}");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().starts_with("CHAT_USER_READ_RATE"),
+        "{refused:?}"
+    );
+    // Sends have their own bucket, and other users theirs.
+    send(&mut alice, "lobby", "still sending").await;
+    let mut bob = server.client("bob").await;
+    let page = newest_page(&mut bob, "lobby").await;
+    assert_eq!(page.messages.len(), 2);
+    server.shutdown().await.unwrap();
+}
+
+/// One user resuming many streams from the start of a long history reads
+/// them a few at a time (CHAT_USER_BUFFER_BYTES and the per-user read
+/// slots), and every stream still gets every message once, in order, while
+/// another user's sends go through.
+pub async fn many_resumes_of_one_user_all_complete(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut writer = server.client("writer").await;
+    const STORED: u64 = 1200;
+    const STREAMS: usize = 24;
+    for chunk in 0..(STORED / 100) {
+        let mut sends = Vec::new();
+        for i in 0..100 {
+            let mut w = writer.clone();
+            sends.push(tokio::spawn(async move {
+                send(&mut w, "long", &format!("m{}", chunk * 100 + i)).await
+            }));
+        }
+        for s in sends {
+            within(s).await.expect("send");
+        }
+    }
+    let reader = server.client("reader").await;
+    let mut readers = Vec::new();
+    for _ in 0..STREAMS {
+        let mut r = reader.clone();
+        readers.push(tokio::spawn(async move {
+            let (mut stream, _) = join(&mut r, "long", Some(0)).await;
+            let mut seqs = Vec::with_capacity(STORED as usize);
+            while (seqs.len() as u64) < STORED {
+                if let chatd::proto::join_room_response::Event::Message(m) =
+                    next_event(&mut stream).await
+                {
+                    seqs.push(m.seq);
+                }
+            }
+            seqs
+        }));
+    }
+    // Another user's sends are answered meanwhile.
+    for i in 0..20 {
+        send(&mut writer, "elsewhere", &format!("e{i}")).await;
+    }
+    for r in readers {
+        let seqs = within(r).await.expect("reader");
+        assert_eq!(seqs, (1..=STORED).collect::<Vec<u64>>());
+    }
+    server.shutdown().await.unwrap();
 }
