@@ -513,6 +513,9 @@ impl HistoryQuery {
 pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     pub has_more: bool,
+    /// The room's newest seq, read before the page: a stream resuming
+    /// after it misses nothing that changed after the page was read.
+    pub last_seq: u64,
 }
 
 #[cfg(test)]

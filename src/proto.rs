@@ -148,6 +148,11 @@ impl From<&StoredMessage> for Message {
                 nanos: (m.sent_at_micros.rem_euclid(1_000_000) * 1_000) as i32,
             }),
             client_message_id: m.client_message_id.clone().unwrap_or_default(),
+            reply_to_seq: 0,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
+            updated_seq: m.seq,
         }
     }
 }

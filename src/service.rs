@@ -165,6 +165,7 @@ impl ChatService for ChatApi {
         let response = proto::ListHistoryResponse {
             messages: page.messages.iter().map(proto::Message::from).collect(),
             has_more: page.has_more,
+            last_seq: page.last_seq,
         };
         let size = prost::Message::encoded_len(&response);
         charge.try_grow_to(size)?;
@@ -188,7 +189,12 @@ impl ChatService for ChatApi {
             Some(presence) if !self.rooms.is_live(&room) => presence.ask(&room).await,
             _ => self.rooms.members(&room),
         };
-        Ok(Response::new(proto::ListMembersResponse { members }))
+        let member_count = u32::try_from(members.len()).unwrap_or(u32::MAX);
+        Ok(Response::new(proto::ListMembersResponse {
+            members,
+            next_page_token: String::new(),
+            member_count,
+        }))
     }
 
     async fn list_rooms(

@@ -73,6 +73,7 @@ async fn private_room_refuses_every_rpc_without_a_grant(backend: Backend) {
     assert_code(history, Code::PermissionDenied, "secret");
     let members = within(bob.list_members(proto::ListMembersRequest {
         room: "secret".into(),
+        ..Default::default()
     }))
     .await;
     assert_code(members, Code::PermissionDenied, "secret");

@@ -40,9 +40,12 @@ async fn every_room_call(
     }))
     .await
     .map(|_| ());
-    let members = within(client.list_members(proto::ListMembersRequest { room: room.into() }))
-        .await
-        .map(|_| ());
+    let members = within(client.list_members(proto::ListMembersRequest {
+        room: room.into(),
+        ..Default::default()
+    }))
+    .await
+    .map(|_| ());
     let marked = mark_read(client, room, 0).await.map(|_| ());
     vec![
         ("JoinRoom", joined),

@@ -18,8 +18,12 @@ async fn collect_seqs(stream: &mut Streaming<JoinRoomResponse>, count: usize) ->
     while seqs.len() < count {
         match next_event(stream).await {
             Event::Message(m) => seqs.push(m.seq),
-            Event::MemberJoined(_) | Event::MemberLeft(_) => {}
+            Event::MemberJoined(_)
+            | Event::MemberLeft(_)
+            | Event::Typing(_)
+            | Event::ReadMarker(_) => {}
             Event::Joined(_) => {}
+            other => panic!("unexpected event {other:?}"),
         }
     }
     seqs

@@ -36,7 +36,10 @@ const LIST_MEMBERS: &str = "/chat.v1.ChatService/ListMembers";
 const SEND_MESSAGE: &str = "/chat.v1.ChatService/SendMessage";
 
 fn list_members_request(server: &TestServer) -> hyper::Request<RawBody> {
-    let body = frame(&proto::ListMembersRequest { room: "r".into() });
+    let body = frame(&proto::ListMembersRequest {
+        room: "r".into(),
+        ..Default::default()
+    });
     request(LIST_MEMBERS, &server.token("u"), whole_body(body))
 }
 

@@ -325,7 +325,10 @@ async fn unknown_methods_share_one_fixed_label(backend: Backend) {
         let mut grpc = tonic::client::Grpc::new(server.channel().await);
         within(grpc.ready()).await.expect("ready");
         let status = within(grpc.unary::<_, proto::ListMembersResponse, _>(
-            tonic::Request::new(proto::ListMembersRequest { room: "r".into() }),
+            tonic::Request::new(proto::ListMembersRequest {
+                room: "r".into(),
+                ..Default::default()
+            }),
             http::uri::PathAndQuery::from_static(path),
             tonic_prost::ProstCodec::default(),
         ))

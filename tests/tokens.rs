@@ -56,6 +56,7 @@ async fn call(server: &TestServer, token: &str) -> Result<Vec<proto::Member>, to
     let mut client = client_with(server, token).await;
     let request = proto::ListMembersRequest {
         room: "lobby".into(),
+        ..Default::default()
     };
     within(client.list_members(request))
         .await

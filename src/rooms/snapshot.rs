@@ -122,6 +122,7 @@ mod tests {
             room: room.to_string(),
             members,
             last_seq,
+            ..Default::default()
         }))
     }
 

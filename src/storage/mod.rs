@@ -412,6 +412,9 @@ impl Store {
     /// it. A first query reads the seqs and content lengths of the
     /// candidates, a second the messages that fit.
     pub async fn history(&self, query: &HistoryQuery) -> Result<HistoryPage> {
+        // Before the page: what changes after this read is replayed to a
+        // stream resuming from it (twice at worst, never missed).
+        let last_seq = self.last_seq(&query.room).await?;
         let limit = i64::from(query.limit);
         let room = query.room.as_str();
         // In the page's reading order: newest first for the newest page and
@@ -444,11 +447,15 @@ impl Store {
             HISTORY_PAGE_BYTES,
         );
         let has_more = sizes.len() > fit;
-        let Some(range) = seq_range(&sizes[..fit]) else {
-            return Ok(HistoryPage::default());
+        let messages = match seq_range(&sizes[..fit]) {
+            Some(range) => self.read_range(&query.room, range).await?,
+            None => Vec::new(),
         };
-        let messages = self.read_range(&query.room, range).await?;
-        Ok(HistoryPage { messages, has_more })
+        Ok(HistoryPage {
+            messages,
+            has_more,
+            last_seq,
+        })
     }
 
     /// Up to `limit` messages of `room` with seq > `after`, ascending, and

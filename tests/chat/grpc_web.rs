@@ -236,7 +236,10 @@ pub async fn unary_and_streaming_over_http1(backend: Backend) {
     let mut text_sender = connect(&server).await;
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let list = proto::ListMembersRequest { room: "web".into() };
+    let list = proto::ListMembersRequest {
+        room: "web".into(),
+        ..Default::default()
+    };
     let response = roundtrip(
         &mut text_sender,
         request(
@@ -355,7 +358,10 @@ pub async fn a_compressed_message_is_a_client_error(backend: Backend) {
     let db = TestDb::create(backend).await;
     let server = TestServer::start(&db).await;
     let token = server.token("zip");
-    let list = proto::ListMembersRequest { room: "web".into() };
+    let list = proto::ListMembersRequest {
+        room: "web".into(),
+        ..Default::default()
+    };
     let flagged = |flag: u8| {
         let mut body = BytesMut::from(&frame(&list)[..]);
         body[0] = flag;

@@ -117,7 +117,12 @@ pub async fn resume_after_a_cut_has_no_gap_even_during_replay(backend: Backend) 
     while got.len() < 795 {
         match next_event(&mut stream).await {
             Event::Message(m) => got.push(m.seq),
-            Event::MemberJoined(_) | Event::MemberLeft(_) | Event::Joined(_) => {}
+            Event::MemberJoined(_)
+            | Event::MemberLeft(_)
+            | Event::Typing(_)
+            | Event::ReadMarker(_)
+            | Event::Joined(_) => {}
+            other => panic!("unexpected event {other:?}"),
         }
     }
     within(sender).await.unwrap();
@@ -161,7 +166,11 @@ pub async fn a_slow_subscriber_misses_nothing(backend: Backend) {
         match next_event(&mut slow_stream).await {
             Event::Message(m) => got.push(m.seq),
             Event::Joined(j) => resynced = Some(j),
-            Event::MemberJoined(_) | Event::MemberLeft(_) => {}
+            Event::MemberJoined(_)
+            | Event::MemberLeft(_)
+            | Event::Typing(_)
+            | Event::ReadMarker(_) => {}
+            other => panic!("unexpected event {other:?}"),
         }
     }
     assert_eq!(got, (1..=300).collect::<Vec<_>>());

@@ -130,8 +130,12 @@ pub async fn concurrent_senders_every_subscriber_sees_one_to_n_in_order(backend:
         while got.len() < total as usize {
             match next_event(stream).await {
                 Event::Message(m) => got.push(m.seq),
-                Event::MemberJoined(_) | Event::MemberLeft(_) => {}
+                Event::MemberJoined(_)
+                | Event::MemberLeft(_)
+                | Event::Typing(_)
+                | Event::ReadMarker(_) => {}
                 Event::Joined(j) => panic!("unexpected resync {j:?}"),
+                other => panic!("unexpected event {other:?}"),
             }
         }
         assert_eq!(got, (1..=total).collect::<Vec<_>>());

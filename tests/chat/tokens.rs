@@ -16,6 +16,7 @@ pub async fn tokens_are_required_and_checked(backend: Backend) {
     let server = TestServer::start(&db).await;
     let list = proto::ListMembersRequest {
         room: "lobby".into(),
+        ..Default::default()
     };
 
     // No token at all.

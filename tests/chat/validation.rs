@@ -16,6 +16,7 @@ pub async fn every_validation_rule_names_its_field(backend: Backend) {
             content_type: content_type as i32,
             content: content.into(),
             client_message_id: id.into(),
+            ..Default::default()
         }
     };
     use ContentType::*;
@@ -98,7 +99,11 @@ pub async fn every_validation_rule_names_its_field(backend: Backend) {
         );
     }
     assert_invalid(
-        within(c.list_members(proto::ListMembersRequest { room: "!".into() })).await,
+        within(c.list_members(proto::ListMembersRequest {
+            room: "!".into(),
+            ..Default::default()
+        }))
+        .await,
         Code::InvalidArgument,
         "room",
     );

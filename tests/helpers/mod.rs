@@ -449,7 +449,10 @@ pub async fn newest_page(client: &mut Client, room: &str) -> proto::ListHistoryR
 
 /// `room`'s current members.
 pub async fn list_members(client: &mut Client, room: &str) -> Vec<proto::Member> {
-    let request = proto::ListMembersRequest { room: room.into() };
+    let request = proto::ListMembersRequest {
+        room: room.into(),
+        ..Default::default()
+    };
     within(client.list_members(request))
         .await
         .expect("list members")

@@ -160,6 +160,7 @@ pub async fn reads_over_the_rate_are_refused_and_others_unaffected(backend: Back
             .map(|_| ()),
             2 => within(alice.list_members(proto::ListMembersRequest {
                 room: "lobby".into(),
+                ..Default::default()
             }))
             .await
             .map(|_| ()),

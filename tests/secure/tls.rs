@@ -344,6 +344,7 @@ pub async fn a_plaintext_or_silent_client_on_the_tls_port_fails(backend: Backend
         let mut client = client(channel, "alice");
         let request = proto::ListMembersRequest {
             room: "lobby".into(),
+            ..Default::default()
         };
         within(client.list_members(request)).await.unwrap_err();
     }

@@ -98,7 +98,8 @@ impl Watch {
                     self.users.entry(user).or_default().present = true;
                 }
             }
-            Event::Message(_) => {}
+            // Messages, their changes, typing and read markers: not presence.
+            _ => {}
         }
     }
 

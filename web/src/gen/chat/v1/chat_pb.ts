@@ -12,15 +12,15 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message as Message$1 } from "@bufbuild/protobuf";
 
 /**
  * Describes the file chat/v1/chat.proto.
  */
 export const file_chat_v1_chat: GenFile = /*@__PURE__*/
-  fileDesc("ChJjaGF0L3YxL2NoYXQucHJvdG8SB2NoYXQudjEiLwoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJIsoBCgdNZXNzYWdlEgwKBHJvb20YASABKAkSCwoDc2VxGAIgASgEEh8KBnNlbmRlchgDIAEoCzIPLmNoYXQudjEuTWVtYmVyEioKDGNvbnRlbnRfdHlwZRgEIAEoDjIULmNoYXQudjEuQ29udGVudFR5cGUSDwoHY29udGVudBgFIAEoCRIrCgdzZW50X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCSJTCg9Kb2luUm9vbVJlcXVlc3QSDAoEcm9vbRgBIAEoCRIdChByZXN1bWVfYWZ0ZXJfc2VxGAIgASgESACIAQFCEwoRX3Jlc3VtZV9hZnRlcl9zZXEivwEKEEpvaW5Sb29tUmVzcG9uc2USIQoGam9pbmVkGAEgASgLMg8uY2hhdC52MS5Kb2luZWRIABIjCgdtZXNzYWdlGAIgASgLMhAuY2hhdC52MS5NZXNzYWdlSAASLgoNbWVtYmVyX2pvaW5lZBgDIAEoCzIVLmNoYXQudjEuTWVtYmVySm9pbmVkSAASKgoLbWVtYmVyX2xlZnQYBCABKAsyEy5jaGF0LnYxLk1lbWJlckxlZnRIAEIHCgVldmVudCJKCgZKb2luZWQSDAoEcm9vbRgBIAEoCRIgCgdtZW1iZXJzGAIgAygLMg8uY2hhdC52MS5NZW1iZXISEAoIbGFzdF9zZXEYAyABKAQiLwoMTWVtYmVySm9pbmVkEh8KBm1lbWJlchgBIAEoCzIPLmNoYXQudjEuTWVtYmVyIi0KCk1lbWJlckxlZnQSHwoGbWVtYmVyGAEgASgLMg8uY2hhdC52MS5NZW1iZXIiegoSU2VuZE1lc3NhZ2VSZXF1ZXN0EgwKBHJvb20YASABKAkSKgoMY29udGVudF90eXBlGAIgASgOMhQuY2hhdC52MS5Db250ZW50VHlwZRIPCgdjb250ZW50GAMgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAQgASgJIjgKE1NlbmRNZXNzYWdlUmVzcG9uc2USIQoHbWVzc2FnZRgBIAEoCzIQLmNoYXQudjEuTWVzc2FnZSKDAQoSTGlzdEhpc3RvcnlSZXF1ZXN0EgwKBHJvb20YASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhcKCmJlZm9yZV9zZXEYAyABKARIAIgBARIWCglhZnRlcl9zZXEYBCABKARIAYgBAUINCgtfYmVmb3JlX3NlcUIMCgpfYWZ0ZXJfc2VxIksKE0xpc3RIaXN0b3J5UmVzcG9uc2USIgoIbWVzc2FnZXMYASADKAsyEC5jaGF0LnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAiABKAgiIgoSTGlzdE1lbWJlcnNSZXF1ZXN0EgwKBHJvb20YASABKAkiNwoTTGlzdE1lbWJlcnNSZXNwb25zZRIgCgdtZW1iZXJzGAEgAygLMg8uY2hhdC52MS5NZW1iZXIiOQoQTGlzdFJvb21zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJRChFMaXN0Um9vbXNSZXNwb25zZRIjCgVyb29tcxgBIAMoCzIULmNoYXQudjEuUm9vbVN1bW1hcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqoBCgtSb29tU3VtbWFyeRIMCgRyb29tGAEgASgJEisKCnZpc2liaWxpdHkYAiABKA4yFy5jaGF0LnYxLlJvb21WaXNpYmlsaXR5EhAKCGxhc3Rfc2VxGAMgASgEEiYKDGxhc3RfbWVzc2FnZRgEIAEoCzIQLmNoYXQudjEuTWVzc2FnZRIQCghyZWFkX3NlcRgFIAEoBBIUCgx1bnJlYWRfY291bnQYBiABKAQiLAoPTWFya1JlYWRSZXF1ZXN0EgwKBHJvb20YASABKAkSCwoDc2VxGAIgASgEIiQKEE1hcmtSZWFkUmVzcG9uc2USEAoIcmVhZF9zZXEYASABKAQiTgoRQ3JlYXRlUm9vbVJlcXVlc3QSDAoEcm9vbRgBIAEoCRIrCgp2aXNpYmlsaXR5GAIgASgOMhcuY2hhdC52MS5Sb29tVmlzaWJpbGl0eSJgChJDcmVhdGVSb29tUmVzcG9uc2USDAoEcm9vbRgBIAEoCRIrCgp2aXNpYmlsaXR5GAIgASgOMhcuY2hhdC52MS5Sb29tVmlzaWJpbGl0eRIPCgdjcmVhdGVkGAMgASgIIjQKEkdyYW50QWNjZXNzUmVxdWVzdBIMCgRyb29tGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIhUKE0dyYW50QWNjZXNzUmVzcG9uc2UiNQoTUmV2b2tlQWNjZXNzUmVxdWVzdBIMCgRyb29tGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIhYKFFJldm9rZUFjY2Vzc1Jlc3BvbnNlKmoKDlJvb21WaXNpYmlsaXR5Eh8KG1JPT01fVklTSUJJTElUWV9VTlNQRUNJRklFRBAAEhoKFlJPT01fVklTSUJJTElUWV9QVUJMSUMQARIbChdST09NX1ZJU0lCSUxJVFlfUFJJVkFURRACKnEKC0NvbnRlbnRUeXBlEhwKGENPTlRFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhUKEUNPTlRFTlRfVFlQRV9URVhUEAESFgoSQ09OVEVOVF9UWVBFX0lNQUdFEAISFQoRQ09OVEVOVF9UWVBFX0ZJTEUQAzKzAwoLQ2hhdFNlcnZpY2USQQoISm9pblJvb20SGC5jaGF0LnYxLkpvaW5Sb29tUmVxdWVzdBoZLmNoYXQudjEuSm9pblJvb21SZXNwb25zZTABEkgKC1NlbmRNZXNzYWdlEhsuY2hhdC52MS5TZW5kTWVzc2FnZVJlcXVlc3QaHC5jaGF0LnYxLlNlbmRNZXNzYWdlUmVzcG9uc2USSAoLTGlzdEhpc3RvcnkSGy5jaGF0LnYxLkxpc3RIaXN0b3J5UmVxdWVzdBocLmNoYXQudjEuTGlzdEhpc3RvcnlSZXNwb25zZRJICgtMaXN0TWVtYmVycxIbLmNoYXQudjEuTGlzdE1lbWJlcnNSZXF1ZXN0GhwuY2hhdC52MS5MaXN0TWVtYmVyc1Jlc3BvbnNlEkIKCUxpc3RSb29tcxIZLmNoYXQudjEuTGlzdFJvb21zUmVxdWVzdBoaLmNoYXQudjEuTGlzdFJvb21zUmVzcG9uc2USPwoITWFya1JlYWQSGC5jaGF0LnYxLk1hcmtSZWFkUmVxdWVzdBoZLmNoYXQudjEuTWFya1JlYWRSZXNwb25zZTLsAQoMQWRtaW5TZXJ2aWNlEkUKCkNyZWF0ZVJvb20SGi5jaGF0LnYxLkNyZWF0ZVJvb21SZXF1ZXN0GhsuY2hhdC52MS5DcmVhdGVSb29tUmVzcG9uc2USSAoLR3JhbnRBY2Nlc3MSGy5jaGF0LnYxLkdyYW50QWNjZXNzUmVxdWVzdBocLmNoYXQudjEuR3JhbnRBY2Nlc3NSZXNwb25zZRJLCgxSZXZva2VBY2Nlc3MSHC5jaGF0LnYxLlJldm9rZUFjY2Vzc1JlcXVlc3QaHS5jaGF0LnYxLlJldm9rZUFjY2Vzc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChJjaGF0L3YxL2NoYXQucHJvdG8SB2NoYXQudjEiLwoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJIuACCgdNZXNzYWdlEgwKBHJvb20YASABKAkSCwoDc2VxGAIgASgEEh8KBnNlbmRlchgDIAEoCzIPLmNoYXQudjEuTWVtYmVyEioKDGNvbnRlbnRfdHlwZRgEIAEoDjIULmNoYXQudjEuQ29udGVudFR5cGUSDwoHY29udGVudBgFIAEoCRIrCgdzZW50X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCRIUCgxyZXBseV90b19zZXEYCCABKAQSLQoJZWRpdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdkZWxldGVkGAogASgIEikKCXJlYWN0aW9ucxgLIAMoCzIWLmNoYXQudjEuUmVhY3Rpb25Db3VudBITCgt1cGRhdGVkX3NlcRgMIAEoBCI+Cg1SZWFjdGlvbkNvdW50EhAKCHJlYWN0aW9uGAEgASgJEg0KBWNvdW50GAIgASgNEgwKBG1pbmUYAyABKAgiUwoPSm9pblJvb21SZXF1ZXN0EgwKBHJvb20YASABKAkSHQoQcmVzdW1lX2FmdGVyX3NlcRgCIAEoBEgAiAEBQhMKEV9yZXN1bWVfYWZ0ZXJfc2VxIqoDChBKb2luUm9vbVJlc3BvbnNlEiEKBmpvaW5lZBgBIAEoCzIPLmNoYXQudjEuSm9pbmVkSAASIwoHbWVzc2FnZRgCIAEoCzIQLmNoYXQudjEuTWVzc2FnZUgAEi4KDW1lbWJlcl9qb2luZWQYAyABKAsyFS5jaGF0LnYxLk1lbWJlckpvaW5lZEgAEioKC21lbWJlcl9sZWZ0GAQgASgLMhMuY2hhdC52MS5NZW1iZXJMZWZ0SAASMAoObWVzc2FnZV9lZGl0ZWQYBSABKAsyFi5jaGF0LnYxLk1lc3NhZ2VFZGl0ZWRIABIyCg9tZXNzYWdlX2RlbGV0ZWQYBiABKAsyFy5jaGF0LnYxLk1lc3NhZ2VEZWxldGVkSAASNAoQcmVhY3Rpb25fY2hhbmdlZBgHIAEoCzIYLmNoYXQudjEuUmVhY3Rpb25DaGFuZ2VkSAASIQoGdHlwaW5nGAggASgLMg8uY2hhdC52MS5UeXBpbmdIABIqCgtyZWFkX21hcmtlchgJIAEoCzITLmNoYXQudjEuUmVhZE1hcmtlckgAQgcKBWV2ZW50IpIBCg1NZXNzYWdlRWRpdGVkEgsKA3NlcRgBIAEoBBITCgttZXNzYWdlX3NlcRgCIAEoBBIPCgdjb250ZW50GAMgASgJEh8KBmVkaXRvchgEIAEoCzIPLmNoYXQudjEuTWVtYmVyEi0KCWVkaXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKDk1lc3NhZ2VEZWxldGVkEgsKA3NlcRgBIAEoBBITCgttZXNzYWdlX3NlcRgCIAEoBBIjCgpkZWxldGVkX2J5GAMgASgLMg8uY2hhdC52MS5NZW1iZXISLgoKZGVsZXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKD1JlYWN0aW9uQ2hhbmdlZBILCgNzZXEYASABKAQSEwoLbWVzc2FnZV9zZXEYAiABKAQSEAoIcmVhY3Rpb24YAyABKAkSHwoGbWVtYmVyGAQgASgLMg8uY2hhdC52MS5NZW1iZXISDQoFYWRkZWQYBSABKAgSDQoFY291bnQYBiABKA0iOQoGVHlwaW5nEh8KBm1lbWJlchgBIAEoCzIPLmNoYXQudjEuTWVtYmVyEg4KBnR5cGluZxgCIAEoCCI6CgpSZWFkTWFya2VyEh8KBm1lbWJlchgBIAEoCzIPLmNoYXQudjEuTWVtYmVyEgsKA3NlcRgCIAEoBCJ7CgZKb2luZWQSDAoEcm9vbRgBIAEoCRIgCgdtZW1iZXJzGAIgAygLMg8uY2hhdC52MS5NZW1iZXISEAoIbGFzdF9zZXEYAyABKAQSFAoMbWVtYmVyX2NvdW50GAQgASgNEhkKEW1lbWJlcnNfdHJ1bmNhdGVkGAUgASgIIi8KDE1lbWJlckpvaW5lZBIfCgZtZW1iZXIYASABKAsyDy5jaGF0LnYxLk1lbWJlciItCgpNZW1iZXJMZWZ0Eh8KBm1lbWJlchgBIAEoCzIPLmNoYXQudjEuTWVtYmVyIpABChJTZW5kTWVzc2FnZVJlcXVlc3QSDAoEcm9vbRgBIAEoCRIqCgxjb250ZW50X3R5cGUYAiABKA4yFC5jaGF0LnYxLkNvbnRlbnRUeXBlEg8KB2NvbnRlbnQYAyABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYBCABKAkSFAoMcmVwbHlfdG9fc2VxGAUgASgEIjgKE1NlbmRNZXNzYWdlUmVzcG9uc2USIQoHbWVzc2FnZRgBIAEoCzIQLmNoYXQudjEuTWVzc2FnZSKDAQoSTGlzdEhpc3RvcnlSZXF1ZXN0EgwKBHJvb20YASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhcKCmJlZm9yZV9zZXEYAyABKARIAIgBARIWCglhZnRlcl9zZXEYBCABKARIAYgBAUINCgtfYmVmb3JlX3NlcUIMCgpfYWZ0ZXJfc2VxIl0KE0xpc3RIaXN0b3J5UmVzcG9uc2USIgoIbWVzc2FnZXMYASADKAsyEC5jaGF0LnYxLk1lc3NhZ2USEAoIaGFzX21vcmUYAiABKAgSEAoIbGFzdF9zZXEYAyABKAQiSQoSTGlzdE1lbWJlcnNSZXF1ZXN0EgwKBHJvb20YASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiZgoTTGlzdE1lbWJlcnNSZXNwb25zZRIgCgdtZW1iZXJzGAEgAygLMg8uY2hhdC52MS5NZW1iZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhQKDG1lbWJlcl9jb3VudBgDIAEoDSI5ChBMaXN0Um9vbXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIlEKEUxpc3RSb29tc1Jlc3BvbnNlEiMKBXJvb21zGAEgAygLMhQuY2hhdC52MS5Sb29tU3VtbWFyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiqgEKC1Jvb21TdW1tYXJ5EgwKBHJvb20YASABKAkSKwoKdmlzaWJpbGl0eRgCIAEoDjIXLmNoYXQudjEuUm9vbVZpc2liaWxpdHkSEAoIbGFzdF9zZXEYAyABKAQSJgoMbGFzdF9tZXNzYWdlGAQgASgLMhAuY2hhdC52MS5NZXNzYWdlEhAKCHJlYWRfc2VxGAUgASgEEhQKDHVucmVhZF9jb3VudBgGIAEoBCIsCg9NYXJrUmVhZFJlcXVlc3QSDAoEcm9vbRgBIAEoCRILCgNzZXEYAiABKAQiJAoQTWFya1JlYWRSZXNwb25zZRIQCghyZWFkX3NlcRgBIAEoBCJOChFDcmVhdGVSb29tUmVxdWVzdBIMCgRyb29tGAEgASgJEisKCnZpc2liaWxpdHkYAiABKA4yFy5jaGF0LnYxLlJvb21WaXNpYmlsaXR5ImAKEkNyZWF0ZVJvb21SZXNwb25zZRIMCgRyb29tGAEgASgJEisKCnZpc2liaWxpdHkYAiABKA4yFy5jaGF0LnYxLlJvb21WaXNpYmlsaXR5Eg8KB2NyZWF0ZWQYAyABKAgiNAoSR3JhbnRBY2Nlc3NSZXF1ZXN0EgwKBHJvb20YASABKAkSEAoIdXNlcl9pZHMYAiADKAkiFQoTR3JhbnRBY2Nlc3NSZXNwb25zZSI1ChNSZXZva2VBY2Nlc3NSZXF1ZXN0EgwKBHJvb20YASABKAkSEAoIdXNlcl9pZHMYAiADKAkiFgoUUmV2b2tlQWNjZXNzUmVzcG9uc2UiSAoSRWRpdE1lc3NhZ2VSZXF1ZXN0EgwKBHJvb20YASABKAkSEwoLbWVzc2FnZV9zZXEYAiABKAQSDwoHY29udGVudBgDIAEoCSI4ChNFZGl0TWVzc2FnZVJlc3BvbnNlEiEKB21lc3NhZ2UYASABKAsyEC5jaGF0LnYxLk1lc3NhZ2UiOQoURGVsZXRlTWVzc2FnZVJlcXVlc3QSDAoEcm9vbRgBIAEoCRITCgttZXNzYWdlX3NlcRgCIAEoBCI6ChVEZWxldGVNZXNzYWdlUmVzcG9uc2USIQoHbWVzc2FnZRgBIAEoCzIQLmNoYXQudjEuTWVzc2FnZSJQCgxSZWFjdFJlcXVlc3QSDAoEcm9vbRgBIAEoCRITCgttZXNzYWdlX3NlcRgCIAEoBBIQCghyZWFjdGlvbhgDIAEoCRILCgNhZGQYBCABKAgiMgoNUmVhY3RSZXNwb25zZRIhCgdtZXNzYWdlGAEgASgLMhAuY2hhdC52MS5NZXNzYWdlIjAKEFNldFR5cGluZ1JlcXVlc3QSDAoEcm9vbRgBIAEoCRIOCgZ0eXBpbmcYAiABKAgiEwoRU2V0VHlwaW5nUmVzcG9uc2UiTQoWTGlzdFJlYWRNYXJrZXJzUmVxdWVzdBIMCgRyb29tGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJIlgKF0xpc3RSZWFkTWFya2Vyc1Jlc3BvbnNlEiQKB21hcmtlcnMYASADKAsyEy5jaGF0LnYxLlJlYWRNYXJrZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIrcECgVFdmVudBIMCgRyb29tGAEgASgJEgsKA3NlcRgCIAEoBBIrCg9tZXNzYWdlX2NyZWF0ZWQYCiABKAsyEC5jaGF0LnYxLk1lc3NhZ2VIABIwCg5tZXNzYWdlX2VkaXRlZBgLIAEoCzIWLmNoYXQudjEuTWVzc2FnZUVkaXRlZEgAEjIKD21lc3NhZ2VfZGVsZXRlZBgMIAEoCzIXLmNoYXQudjEuTWVzc2FnZURlbGV0ZWRIABI0ChByZWFjdGlvbl9jaGFuZ2VkGA0gASgLMhguY2hhdC52MS5SZWFjdGlvbkNoYW5nZWRIABIzCgxyb29tX2NyZWF0ZWQYDiABKAsyGy5jaGF0LnYxLkNyZWF0ZVJvb21SZXNwb25zZUgAEjAKDmFjY2Vzc19ncmFudGVkGA8gASgLMhYuY2hhdC52MS5BY2Nlc3NDaGFuZ2VkSAASMAoOYWNjZXNzX3Jldm9rZWQYECABKAsyFi5jaGF0LnYxLkFjY2Vzc0NoYW5nZWRIABIoCgt1c2VyX2Jhbm5lZBgRIAEoCzIRLmNoYXQudjEuU2FuY3Rpb25IABIqCg11c2VyX3VuYmFubmVkGBIgASgLMhEuY2hhdC52MS5TYW5jdGlvbkgAEicKCnVzZXJfbXV0ZWQYEyABKAsyES5jaGF0LnYxLlNhbmN0aW9uSAASKQoMdXNlcl91bm11dGVkGBQgASgLMhEuY2hhdC52MS5TYW5jdGlvbkgAQgcKBWV2ZW50IiEKDUFjY2Vzc0NoYW5nZWQSEAoIdXNlcl9pZHMYASADKAkiuQEKCFNhbmN0aW9uEgwKBHJvb20YASABKAkSDwoHdXNlcl9pZBgCIAEoCRIjCgRraW5kGAMgASgOMhUuY2hhdC52MS5TYW5jdGlvbktpbmQSKQoFdW50aWwYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnJlYXNvbhgFIAEoCRIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJtCg9TYW5jdGlvblJlcXVlc3QSDAoEcm9vbRgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEisKCGR1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBnJlYXNvbhgEIAEoCSI3ChBTYW5jdGlvblJlc3BvbnNlEiMKCHNhbmN0aW9uGAEgASgLMhEuY2hhdC52MS5TYW5jdGlvbiI0ChNMaWZ0U2FuY3Rpb25SZXF1ZXN0EgwKBHJvb20YASABKAkSDwoHdXNlcl9pZBgCIAEoCSIWChRMaWZ0U2FuY3Rpb25SZXNwb25zZSJcChRMaXN0U2FuY3Rpb25zUmVxdWVzdBIMCgRyb29tGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJcGFnZV9zaXplGAMgASgNEhIKCnBhZ2VfdG9rZW4YBCABKAkiVgoVTGlzdFNhbmN0aW9uc1Jlc3BvbnNlEiQKCXNhbmN0aW9ucxgBIAMoCzIRLmNoYXQudjEuU2FuY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKmoKDlJvb21WaXNpYmlsaXR5Eh8KG1JPT01fVklTSUJJTElUWV9VTlNQRUNJRklFRBAAEhoKFlJPT01fVklTSUJJTElUWV9QVUJMSUMQARIbChdST09NX1ZJU0lCSUxJVFlfUFJJVkFURRACKnEKC0NvbnRlbnRUeXBlEhwKGENPTlRFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhUKEUNPTlRFTlRfVFlQRV9URVhUEAESFgoSQ09OVEVOVF9UWVBFX0lNQUdFEAISFQoRQ09OVEVOVF9UWVBFX0ZJTEUQAypcCgxTYW5jdGlvbktpbmQSHQoZU0FOQ1RJT05fS0lORF9VTlNQRUNJRklFRBAAEhUKEVNBTkNUSU9OX0tJTkRfQkFOEAESFgoSU0FOQ1RJT05fS0lORF9NVVRFEAIynwYKC0NoYXRTZXJ2aWNlEkEKCEpvaW5Sb29tEhguY2hhdC52MS5Kb2luUm9vbVJlcXVlc3QaGS5jaGF0LnYxLkpvaW5Sb29tUmVzcG9uc2UwARJICgtTZW5kTWVzc2FnZRIbLmNoYXQudjEuU2VuZE1lc3NhZ2VSZXF1ZXN0GhwuY2hhdC52MS5TZW5kTWVzc2FnZVJlc3BvbnNlEkgKC0xpc3RIaXN0b3J5EhsuY2hhdC52MS5MaXN0SGlzdG9yeVJlcXVlc3QaHC5jaGF0LnYxLkxpc3RIaXN0b3J5UmVzcG9uc2USSAoLTGlzdE1lbWJlcnMSGy5jaGF0LnYxLkxpc3RNZW1iZXJzUmVxdWVzdBocLmNoYXQudjEuTGlzdE1lbWJlcnNSZXNwb25zZRJCCglMaXN0Um9vbXMSGS5jaGF0LnYxLkxpc3RSb29tc1JlcXVlc3QaGi5jaGF0LnYxLkxpc3RSb29tc1Jlc3BvbnNlEj8KCE1hcmtSZWFkEhguY2hhdC52MS5NYXJrUmVhZFJlcXVlc3QaGS5jaGF0LnYxLk1hcmtSZWFkUmVzcG9uc2USSAoLRWRpdE1lc3NhZ2USGy5jaGF0LnYxLkVkaXRNZXNzYWdlUmVxdWVzdBocLmNoYXQudjEuRWRpdE1lc3NhZ2VSZXNwb25zZRJOCg1EZWxldGVNZXNzYWdlEh0uY2hhdC52MS5EZWxldGVNZXNzYWdlUmVxdWVzdBoeLmNoYXQudjEuRGVsZXRlTWVzc2FnZVJlc3BvbnNlEjYKBVJlYWN0EhUuY2hhdC52MS5SZWFjdFJlcXVlc3QaFi5jaGF0LnYxLlJlYWN0UmVzcG9uc2USQgoJU2V0VHlwaW5nEhkuY2hhdC52MS5TZXRUeXBpbmdSZXF1ZXN0GhouY2hhdC52MS5TZXRUeXBpbmdSZXNwb25zZRJUCg9MaXN0UmVhZE1hcmtlcnMSHy5jaGF0LnYxLkxpc3RSZWFkTWFya2Vyc1JlcXVlc3QaIC5jaGF0LnYxLkxpc3RSZWFkTWFya2Vyc1Jlc3BvbnNlMtIECgxBZG1pblNlcnZpY2USRQoKQ3JlYXRlUm9vbRIaLmNoYXQudjEuQ3JlYXRlUm9vbVJlcXVlc3QaGy5jaGF0LnYxLkNyZWF0ZVJvb21SZXNwb25zZRJICgtHcmFudEFjY2VzcxIbLmNoYXQudjEuR3JhbnRBY2Nlc3NSZXF1ZXN0GhwuY2hhdC52MS5HcmFudEFjY2Vzc1Jlc3BvbnNlEksKDFJldm9rZUFjY2VzcxIcLmNoYXQudjEuUmV2b2tlQWNjZXNzUmVxdWVzdBodLmNoYXQudjEuUmV2b2tlQWNjZXNzUmVzcG9uc2USPgoHQmFuVXNlchIYLmNoYXQudjEuU2FuY3Rpb25SZXF1ZXN0GhkuY2hhdC52MS5TYW5jdGlvblJlc3BvbnNlEkgKCVVuYmFuVXNlchIcLmNoYXQudjEuTGlmdFNhbmN0aW9uUmVxdWVzdBodLmNoYXQudjEuTGlmdFNhbmN0aW9uUmVzcG9uc2USPwoITXV0ZVVzZXISGC5jaGF0LnYxLlNhbmN0aW9uUmVxdWVzdBoZLmNoYXQudjEuU2FuY3Rpb25SZXNwb25zZRJJCgpVbm11dGVVc2VyEhwuY2hhdC52MS5MaWZ0U2FuY3Rpb25SZXF1ZXN0Gh0uY2hhdC52MS5MaWZ0U2FuY3Rpb25SZXNwb25zZRJOCg1MaXN0U2FuY3Rpb25zEh0uY2hhdC52MS5MaXN0U2FuY3Rpb25zUmVxdWVzdBoeLmNoYXQudjEuTGlzdFNhbmN0aW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Member is a user present in a room, as named by their token.
@@ -51,7 +51,9 @@ export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
   messageDesc(file_chat_v1_chat, 0);
 
 /**
- * Message is one stored chat message.
+ * Message is one stored chat message, in its current state (its edits,
+ * deletion and reactions folded in) wherever it is read: ListHistory,
+ * RoomSummary.last_message, SendMessage's answer and a stream's replay.
  *
  * @generated from message chat.v1.Message
  */
@@ -106,6 +108,45 @@ export type Message = Message$1<"chat.v1.Message"> & {
    * @generated from field: string client_message_id = 7;
    */
   clientMessageId: string;
+
+  /**
+   * The seq of the message this one replies to (a message of the same room,
+   * possibly deleted); 0 when it is not a reply.
+   *
+   * @generated from field: uint64 reply_to_seq = 8;
+   */
+  replyToSeq: bigint;
+
+  /**
+   * When the message was last edited; unset when it never was.
+   *
+   * @generated from field: google.protobuf.Timestamp edited_at = 9;
+   */
+  editedAt?: Timestamp | undefined;
+
+  /**
+   * Whether the message was deleted: content is then empty, and it has no
+   * reactions.
+   *
+   * @generated from field: bool deleted = 10;
+   */
+  deleted: boolean;
+
+  /**
+   * Its reactions, by reaction, in the order they were first added; empty
+   * on a live `message` event (a fresh message has none).
+   *
+   * @generated from field: repeated chat.v1.ReactionCount reactions = 11;
+   */
+  reactions: ReactionCount[];
+
+  /**
+   * The seq of the newest event that changed the message (an edit, its
+   * deletion, a reaction change); equal to `seq` when none did.
+   *
+   * @generated from field: uint64 updated_seq = 12;
+   */
+  updatedSeq: bigint;
 };
 
 /**
@@ -114,6 +155,42 @@ export type Message = Message$1<"chat.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_chat_v1_chat, 1);
+
+/**
+ * ReactionCount is one reaction on a message and how many users hold it.
+ *
+ * @generated from message chat.v1.ReactionCount
+ */
+export type ReactionCount = Message$1<"chat.v1.ReactionCount"> & {
+  /**
+   * The reaction: 1 to 64 bytes of UTF-8 without whitespace or control
+   * characters (an emoji, or a short name like `:thumbsup:`).
+   *
+   * @generated from field: string reaction = 1;
+   */
+  reaction: string;
+
+  /**
+   * How many users hold it (at least 1).
+   *
+   * @generated from field: uint32 count = 2;
+   */
+  count: number;
+
+  /**
+   * Whether the caller holds it.
+   *
+   * @generated from field: bool mine = 3;
+   */
+  mine: boolean;
+};
+
+/**
+ * Describes the message chat.v1.ReactionCount.
+ * Use `create(ReactionCountSchema)` to create a new message.
+ */
+export const ReactionCountSchema: GenMessage<ReactionCount> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 2);
 
 /**
  * JoinRoomRequest opens a subscription to one room.
@@ -130,11 +207,12 @@ export type JoinRoomRequest = Message$1<"chat.v1.JoinRoomRequest"> & {
   room: string;
 
   /**
-   * When set to N, the stream first replays every stored message with
-   * seq > N, in order, then continues live: use the last seq you received to
-   * resume after a disconnect without gaps. N = 0 replays the whole history.
-   * N beyond the room's last seq is OUT_OF_RANGE. When unset, the stream
-   * carries live messages with seq > `joined.last_seq`.
+   * When set to N, the stream first replays every durable event with
+   * seq > N (messages in their current state, edits of old messages
+   * included), in order, then continues live: use the last seq you received
+   * to resume after a disconnect without gaps. N = 0 replays the whole
+   * history. N beyond the room's last seq is OUT_OF_RANGE. When unset, the
+   * stream carries live events with seq > `joined.last_seq`.
    *
    * @generated from field: optional uint64 resume_after_seq = 2;
    */
@@ -146,7 +224,7 @@ export type JoinRoomRequest = Message$1<"chat.v1.JoinRoomRequest"> & {
  * Use `create(JoinRoomRequestSchema)` to create a new message.
  */
 export const JoinRoomRequestSchema: GenMessage<JoinRoomRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 2);
+  messageDesc(file_chat_v1_chat, 3);
 
 /**
  * JoinRoomResponse is one event of a JoinRoom stream.
@@ -163,7 +241,7 @@ export type JoinRoomResponse = Message$1<"chat.v1.JoinRoomResponse"> & {
     /**
      * Always the first event. It may come again later in a stream whose
      * reader fell too far behind for the server's buffer: the server then
-     * replays the missed messages from history (none is lost) and sends a
+     * replays the missed events from history (none is lost) and sends a
      * fresh `joined` so the member list is exact again.
      *
      * @generated from field: chat.v1.Joined joined = 1;
@@ -172,7 +250,9 @@ export type JoinRoomResponse = Message$1<"chat.v1.JoinRoomResponse"> & {
     case: "joined";
   } | {
     /**
-     * A stored message, in seq order, each exactly once.
+     * A message (durable, with its seq), each exactly once, in seq order
+     * with the other durable events. Live, it is as sent (no reactions); in
+     * a replay, in its current state.
      *
      * @generated from field: chat.v1.Message message = 2;
      */
@@ -195,6 +275,48 @@ export type JoinRoomResponse = Message$1<"chat.v1.JoinRoomResponse"> & {
      */
     value: MemberLeft;
     case: "memberLeft";
+  } | {
+    /**
+     * A message was edited (durable, with its seq).
+     *
+     * @generated from field: chat.v1.MessageEdited message_edited = 5;
+     */
+    value: MessageEdited;
+    case: "messageEdited";
+  } | {
+    /**
+     * A message was deleted (durable, with its seq).
+     *
+     * @generated from field: chat.v1.MessageDeleted message_deleted = 6;
+     */
+    value: MessageDeleted;
+    case: "messageDeleted";
+  } | {
+    /**
+     * A reaction was added or removed (durable, with its seq).
+     *
+     * @generated from field: chat.v1.ReactionChanged reaction_changed = 7;
+     */
+    value: ReactionChanged;
+    case: "reactionChanged";
+  } | {
+    /**
+     * Someone else started or stopped typing (ephemeral: live only, never
+     * replayed; not sent to the typist's own streams).
+     *
+     * @generated from field: chat.v1.Typing typing = 8;
+     */
+    value: Typing;
+    case: "typing";
+  } | {
+    /**
+     * Someone's read marker moved (ephemeral: live only, never replayed; at
+     * most one per user per room per second, with the newest seq).
+     *
+     * @generated from field: chat.v1.ReadMarker read_marker = 9;
+     */
+    value: ReadMarker;
+    case: "readMarker";
   } | { case: undefined; value?: undefined };
 };
 
@@ -203,7 +325,213 @@ export type JoinRoomResponse = Message$1<"chat.v1.JoinRoomResponse"> & {
  * Use `create(JoinRoomResponseSchema)` to create a new message.
  */
 export const JoinRoomResponseSchema: GenMessage<JoinRoomResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 3);
+  messageDesc(file_chat_v1_chat, 4);
+
+/**
+ * MessageEdited is a durable event: a message's content was replaced.
+ *
+ * @generated from message chat.v1.MessageEdited
+ */
+export type MessageEdited = Message$1<"chat.v1.MessageEdited"> & {
+  /**
+   * This event's seq in the room.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * The seq of the message edited.
+   *
+   * @generated from field: uint64 message_seq = 2;
+   */
+  messageSeq: bigint;
+
+  /**
+   * The new content; empty once the message is deleted (a replay of an edit
+   * of a deleted message carries no content).
+   *
+   * @generated from field: string content = 3;
+   */
+  content: string;
+
+  /**
+   * Who edited it (its sender).
+   *
+   * @generated from field: chat.v1.Member editor = 4;
+   */
+  editor?: Member | undefined;
+
+  /**
+   * When.
+   *
+   * @generated from field: google.protobuf.Timestamp edited_at = 5;
+   */
+  editedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chat.v1.MessageEdited.
+ * Use `create(MessageEditedSchema)` to create a new message.
+ */
+export const MessageEditedSchema: GenMessage<MessageEdited> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 5);
+
+/**
+ * MessageDeleted is a durable event: a message became a tombstone.
+ *
+ * @generated from message chat.v1.MessageDeleted
+ */
+export type MessageDeleted = Message$1<"chat.v1.MessageDeleted"> & {
+  /**
+   * This event's seq in the room.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * The seq of the message deleted.
+   *
+   * @generated from field: uint64 message_seq = 2;
+   */
+  messageSeq: bigint;
+
+  /**
+   * Who deleted it: its sender, or an admin token's user.
+   *
+   * @generated from field: chat.v1.Member deleted_by = 3;
+   */
+  deletedBy?: Member | undefined;
+
+  /**
+   * When.
+   *
+   * @generated from field: google.protobuf.Timestamp deleted_at = 4;
+   */
+  deletedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chat.v1.MessageDeleted.
+ * Use `create(MessageDeletedSchema)` to create a new message.
+ */
+export const MessageDeletedSchema: GenMessage<MessageDeleted> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 6);
+
+/**
+ * ReactionChanged is a durable event: a user added or removed a reaction.
+ *
+ * @generated from message chat.v1.ReactionChanged
+ */
+export type ReactionChanged = Message$1<"chat.v1.ReactionChanged"> & {
+  /**
+   * This event's seq in the room.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * The seq of the message reacted to.
+   *
+   * @generated from field: uint64 message_seq = 2;
+   */
+  messageSeq: bigint;
+
+  /**
+   * The reaction.
+   *
+   * @generated from field: string reaction = 3;
+   */
+  reaction: string;
+
+  /**
+   * Who added or removed it.
+   *
+   * @generated from field: chat.v1.Member member = 4;
+   */
+  member?: Member | undefined;
+
+  /**
+   * True when added, false when removed.
+   *
+   * @generated from field: bool added = 5;
+   */
+  added: boolean;
+
+  /**
+   * How many users hold the reaction after the change (applying an event
+   * twice is harmless).
+   *
+   * @generated from field: uint32 count = 6;
+   */
+  count: number;
+};
+
+/**
+ * Describes the message chat.v1.ReactionChanged.
+ * Use `create(ReactionChangedSchema)` to create a new message.
+ */
+export const ReactionChangedSchema: GenMessage<ReactionChanged> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 7);
+
+/**
+ * Typing says that a user is typing in the room, or stopped.
+ *
+ * @generated from message chat.v1.Typing
+ */
+export type Typing = Message$1<"chat.v1.Typing"> & {
+  /**
+   * Who.
+   *
+   * @generated from field: chat.v1.Member member = 1;
+   */
+  member?: Member | undefined;
+
+  /**
+   * True while typing; false when they stopped, sent a message, or the flag
+   * expired (6 s after their last SetTyping).
+   *
+   * @generated from field: bool typing = 2;
+   */
+  typing: boolean;
+};
+
+/**
+ * Describes the message chat.v1.Typing.
+ * Use `create(TypingSchema)` to create a new message.
+ */
+export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 8);
+
+/**
+ * ReadMarker is a user's read marker in a room.
+ *
+ * @generated from message chat.v1.ReadMarker
+ */
+export type ReadMarker = Message$1<"chat.v1.ReadMarker"> & {
+  /**
+   * Whose marker.
+   *
+   * @generated from field: chat.v1.Member member = 1;
+   */
+  member?: Member | undefined;
+
+  /**
+   * The seq they have read up to.
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message chat.v1.ReadMarker.
+ * Use `create(ReadMarkerSchema)` to create a new message.
+ */
+export const ReadMarkerSchema: GenMessage<ReadMarker> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 9);
 
 /**
  * Joined describes the room at the moment the stream joined it.
@@ -219,7 +547,8 @@ export type Joined = Message$1<"chat.v1.Joined"> & {
   room: string;
 
   /**
-   * The room's members, the caller included.
+   * The room's members, the caller first, at most 500 (ListMembers pages
+   * through all of them).
    *
    * @generated from field: repeated chat.v1.Member members = 2;
    */
@@ -231,6 +560,20 @@ export type Joined = Message$1<"chat.v1.Joined"> & {
    * @generated from field: uint64 last_seq = 3;
    */
   lastSeq: bigint;
+
+  /**
+   * How many members the room has.
+   *
+   * @generated from field: uint32 member_count = 4;
+   */
+  memberCount: number;
+
+  /**
+   * Whether `members` lists fewer than `member_count`.
+   *
+   * @generated from field: bool members_truncated = 5;
+   */
+  membersTruncated: boolean;
 };
 
 /**
@@ -238,7 +581,7 @@ export type Joined = Message$1<"chat.v1.Joined"> & {
  * Use `create(JoinedSchema)` to create a new message.
  */
 export const JoinedSchema: GenMessage<Joined> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 4);
+  messageDesc(file_chat_v1_chat, 10);
 
 /**
  * MemberJoined tells the room that a user arrived.
@@ -259,7 +602,7 @@ export type MemberJoined = Message$1<"chat.v1.MemberJoined"> & {
  * Use `create(MemberJoinedSchema)` to create a new message.
  */
 export const MemberJoinedSchema: GenMessage<MemberJoined> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 5);
+  messageDesc(file_chat_v1_chat, 11);
 
 /**
  * MemberLeft tells the room that a user left.
@@ -280,7 +623,7 @@ export type MemberLeft = Message$1<"chat.v1.MemberLeft"> & {
  * Use `create(MemberLeftSchema)` to create a new message.
  */
 export const MemberLeftSchema: GenMessage<MemberLeft> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 6);
+  messageDesc(file_chat_v1_chat, 12);
 
 /**
  * SendMessageRequest sends one message to a room as the token's user.
@@ -320,6 +663,14 @@ export type SendMessageRequest = Message$1<"chat.v1.SendMessageRequest"> & {
    * @generated from field: string client_message_id = 4;
    */
   clientMessageId: string;
+
+  /**
+   * The seq of the message this one replies to: a message of the same room
+   * (a deleted one is fine), else NOT_FOUND. 0: not a reply.
+   *
+   * @generated from field: uint64 reply_to_seq = 5;
+   */
+  replyToSeq: bigint;
 };
 
 /**
@@ -327,7 +678,7 @@ export type SendMessageRequest = Message$1<"chat.v1.SendMessageRequest"> & {
  * Use `create(SendMessageRequestSchema)` to create a new message.
  */
 export const SendMessageRequestSchema: GenMessage<SendMessageRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 7);
+  messageDesc(file_chat_v1_chat, 13);
 
 /**
  * SendMessageResponse carries the stored message.
@@ -348,7 +699,7 @@ export type SendMessageResponse = Message$1<"chat.v1.SendMessageResponse"> & {
  * Use `create(SendMessageResponseSchema)` to create a new message.
  */
 export const SendMessageResponseSchema: GenMessage<SendMessageResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 8);
+  messageDesc(file_chat_v1_chat, 14);
 
 /**
  * ListHistoryRequest asks for one page of a room's history.
@@ -393,7 +744,7 @@ export type ListHistoryRequest = Message$1<"chat.v1.ListHistoryRequest"> & {
  * Use `create(ListHistoryRequestSchema)` to create a new message.
  */
 export const ListHistoryRequestSchema: GenMessage<ListHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 9);
+  messageDesc(file_chat_v1_chat, 15);
 
 /**
  * ListHistoryResponse is one page of history.
@@ -415,6 +766,15 @@ export type ListHistoryResponse = Message$1<"chat.v1.ListHistoryResponse"> & {
    * @generated from field: bool has_more = 2;
    */
   hasMore: boolean;
+
+  /**
+   * The room's newest event seq when the page was read: JoinRoom with
+   * `resume_after_seq = last_seq` misses nothing that changed after the
+   * page was read.
+   *
+   * @generated from field: uint64 last_seq = 3;
+   */
+  lastSeq: bigint;
 };
 
 /**
@@ -422,7 +782,7 @@ export type ListHistoryResponse = Message$1<"chat.v1.ListHistoryResponse"> & {
  * Use `create(ListHistoryResponseSchema)` to create a new message.
  */
 export const ListHistoryResponseSchema: GenMessage<ListHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 10);
+  messageDesc(file_chat_v1_chat, 16);
 
 /**
  * ListMembersRequest asks who is in a room.
@@ -436,6 +796,21 @@ export type ListMembersRequest = Message$1<"chat.v1.ListMembersRequest"> & {
    * @generated from field: string room = 1;
    */
   room: string;
+
+  /**
+   * Members per page: 0 means 100; larger than 1000 is capped at 1000.
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Empty for the first page, else a `next_page_token` from an earlier
+   * answer; anything else is INVALID_ARGUMENT.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -443,10 +818,10 @@ export type ListMembersRequest = Message$1<"chat.v1.ListMembersRequest"> & {
  * Use `create(ListMembersRequestSchema)` to create a new message.
  */
 export const ListMembersRequestSchema: GenMessage<ListMembersRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 11);
+  messageDesc(file_chat_v1_chat, 17);
 
 /**
- * ListMembersResponse lists a room's current members.
+ * ListMembersResponse is one page of a room's current members, by user id.
  *
  * @generated from message chat.v1.ListMembersResponse
  */
@@ -457,6 +832,20 @@ export type ListMembersResponse = Message$1<"chat.v1.ListMembersResponse"> & {
    * @generated from field: repeated chat.v1.Member members = 1;
    */
   members: Member[];
+
+  /**
+   * The token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * How many members the room has.
+   *
+   * @generated from field: uint32 member_count = 3;
+   */
+  memberCount: number;
 };
 
 /**
@@ -464,7 +853,7 @@ export type ListMembersResponse = Message$1<"chat.v1.ListMembersResponse"> & {
  * Use `create(ListMembersResponseSchema)` to create a new message.
  */
 export const ListMembersResponseSchema: GenMessage<ListMembersResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 12);
+  messageDesc(file_chat_v1_chat, 18);
 
 /**
  * ListRoomsRequest asks for one page of the caller's rooms.
@@ -495,7 +884,7 @@ export type ListRoomsRequest = Message$1<"chat.v1.ListRoomsRequest"> & {
  * Use `create(ListRoomsRequestSchema)` to create a new message.
  */
 export const ListRoomsRequestSchema: GenMessage<ListRoomsRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 13);
+  messageDesc(file_chat_v1_chat, 19);
 
 /**
  * ListRoomsResponse is one page of the caller's rooms.
@@ -523,7 +912,7 @@ export type ListRoomsResponse = Message$1<"chat.v1.ListRoomsResponse"> & {
  * Use `create(ListRoomsResponseSchema)` to create a new message.
  */
 export const ListRoomsResponseSchema: GenMessage<ListRoomsResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 14);
+  messageDesc(file_chat_v1_chat, 20);
 
 /**
  * RoomSummary is one of the caller's rooms as they see it.
@@ -581,7 +970,7 @@ export type RoomSummary = Message$1<"chat.v1.RoomSummary"> & {
  * Use `create(RoomSummarySchema)` to create a new message.
  */
 export const RoomSummarySchema: GenMessage<RoomSummary> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 15);
+  messageDesc(file_chat_v1_chat, 21);
 
 /**
  * MarkReadRequest moves the caller's read marker in a room.
@@ -610,7 +999,7 @@ export type MarkReadRequest = Message$1<"chat.v1.MarkReadRequest"> & {
  * Use `create(MarkReadRequestSchema)` to create a new message.
  */
 export const MarkReadRequestSchema: GenMessage<MarkReadRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 16);
+  messageDesc(file_chat_v1_chat, 22);
 
 /**
  * MarkReadResponse carries the caller's marker after the call.
@@ -631,7 +1020,7 @@ export type MarkReadResponse = Message$1<"chat.v1.MarkReadResponse"> & {
  * Use `create(MarkReadResponseSchema)` to create a new message.
  */
 export const MarkReadResponseSchema: GenMessage<MarkReadResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 17);
+  messageDesc(file_chat_v1_chat, 23);
 
 /**
  * CreateRoomRequest creates a room.
@@ -659,7 +1048,7 @@ export type CreateRoomRequest = Message$1<"chat.v1.CreateRoomRequest"> & {
  * Use `create(CreateRoomRequestSchema)` to create a new message.
  */
 export const CreateRoomRequestSchema: GenMessage<CreateRoomRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 18);
+  messageDesc(file_chat_v1_chat, 24);
 
 /**
  * CreateRoomResponse describes the room.
@@ -695,7 +1084,7 @@ export type CreateRoomResponse = Message$1<"chat.v1.CreateRoomResponse"> & {
  * Use `create(CreateRoomResponseSchema)` to create a new message.
  */
 export const CreateRoomResponseSchema: GenMessage<CreateRoomResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 19);
+  messageDesc(file_chat_v1_chat, 25);
 
 /**
  * GrantAccessRequest lets users into a private room.
@@ -724,7 +1113,7 @@ export type GrantAccessRequest = Message$1<"chat.v1.GrantAccessRequest"> & {
  * Use `create(GrantAccessRequestSchema)` to create a new message.
  */
 export const GrantAccessRequestSchema: GenMessage<GrantAccessRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 20);
+  messageDesc(file_chat_v1_chat, 26);
 
 /**
  * GrantAccessResponse is empty: the grants are stored.
@@ -739,7 +1128,7 @@ export type GrantAccessResponse = Message$1<"chat.v1.GrantAccessResponse"> & {
  * Use `create(GrantAccessResponseSchema)` to create a new message.
  */
 export const GrantAccessResponseSchema: GenMessage<GrantAccessResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 21);
+  messageDesc(file_chat_v1_chat, 27);
 
 /**
  * RevokeAccessRequest takes users' grants to a private room away.
@@ -768,7 +1157,7 @@ export type RevokeAccessRequest = Message$1<"chat.v1.RevokeAccessRequest"> & {
  * Use `create(RevokeAccessRequestSchema)` to create a new message.
  */
 export const RevokeAccessRequestSchema: GenMessage<RevokeAccessRequest> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 22);
+  messageDesc(file_chat_v1_chat, 28);
 
 /**
  * RevokeAccessResponse is empty: the grants are gone, and the users'
@@ -784,7 +1173,665 @@ export type RevokeAccessResponse = Message$1<"chat.v1.RevokeAccessResponse"> & {
  * Use `create(RevokeAccessResponseSchema)` to create a new message.
  */
 export const RevokeAccessResponseSchema: GenMessage<RevokeAccessResponse> = /*@__PURE__*/
-  messageDesc(file_chat_v1_chat, 23);
+  messageDesc(file_chat_v1_chat, 29);
+
+/**
+ * EditMessageRequest edits one of the caller's messages.
+ *
+ * @generated from message chat.v1.EditMessageRequest
+ */
+export type EditMessageRequest = Message$1<"chat.v1.EditMessageRequest"> & {
+  /**
+   * The room (same rules as JoinRoomRequest.room).
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * The seq of the message (a message of this room, not another event).
+   *
+   * @generated from field: uint64 message_seq = 2;
+   */
+  messageSeq: bigint;
+
+  /**
+   * The new content, by SendMessage's rules for the message's content type.
+   *
+   * @generated from field: string content = 3;
+   */
+  content: string;
+};
+
+/**
+ * Describes the message chat.v1.EditMessageRequest.
+ * Use `create(EditMessageRequestSchema)` to create a new message.
+ */
+export const EditMessageRequestSchema: GenMessage<EditMessageRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 30);
+
+/**
+ * EditMessageResponse carries the message after the edit.
+ *
+ * @generated from message chat.v1.EditMessageResponse
+ */
+export type EditMessageResponse = Message$1<"chat.v1.EditMessageResponse"> & {
+  /**
+   * The message in its current state.
+   *
+   * @generated from field: chat.v1.Message message = 1;
+   */
+  message?: Message | undefined;
+};
+
+/**
+ * Describes the message chat.v1.EditMessageResponse.
+ * Use `create(EditMessageResponseSchema)` to create a new message.
+ */
+export const EditMessageResponseSchema: GenMessage<EditMessageResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 31);
+
+/**
+ * DeleteMessageRequest deletes a message.
+ *
+ * @generated from message chat.v1.DeleteMessageRequest
+ */
+export type DeleteMessageRequest = Message$1<"chat.v1.DeleteMessageRequest"> & {
+  /**
+   * The room (same rules as JoinRoomRequest.room).
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * The seq of the message (a message of this room, not another event).
+   *
+   * @generated from field: uint64 message_seq = 2;
+   */
+  messageSeq: bigint;
+};
+
+/**
+ * Describes the message chat.v1.DeleteMessageRequest.
+ * Use `create(DeleteMessageRequestSchema)` to create a new message.
+ */
+export const DeleteMessageRequestSchema: GenMessage<DeleteMessageRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 32);
+
+/**
+ * DeleteMessageResponse carries the tombstone.
+ *
+ * @generated from message chat.v1.DeleteMessageResponse
+ */
+export type DeleteMessageResponse = Message$1<"chat.v1.DeleteMessageResponse"> & {
+  /**
+   * The message, deleted: no content, no reactions.
+   *
+   * @generated from field: chat.v1.Message message = 1;
+   */
+  message?: Message | undefined;
+};
+
+/**
+ * Describes the message chat.v1.DeleteMessageResponse.
+ * Use `create(DeleteMessageResponseSchema)` to create a new message.
+ */
+export const DeleteMessageResponseSchema: GenMessage<DeleteMessageResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 33);
+
+/**
+ * ReactRequest adds or removes the caller's reaction to a message.
+ *
+ * @generated from message chat.v1.ReactRequest
+ */
+export type ReactRequest = Message$1<"chat.v1.ReactRequest"> & {
+  /**
+   * The room (same rules as JoinRoomRequest.room).
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * The seq of the message (a message of this room, not another event).
+   *
+   * @generated from field: uint64 message_seq = 2;
+   */
+  messageSeq: bigint;
+
+  /**
+   * The reaction: 1 to 64 bytes of UTF-8 without whitespace or control
+   * characters.
+   *
+   * @generated from field: string reaction = 3;
+   */
+  reaction: string;
+
+  /**
+   * True to add it, false to remove it.
+   *
+   * @generated from field: bool add = 4;
+   */
+  add: boolean;
+};
+
+/**
+ * Describes the message chat.v1.ReactRequest.
+ * Use `create(ReactRequestSchema)` to create a new message.
+ */
+export const ReactRequestSchema: GenMessage<ReactRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 34);
+
+/**
+ * ReactResponse carries the message with its reactions after the change.
+ *
+ * @generated from message chat.v1.ReactResponse
+ */
+export type ReactResponse = Message$1<"chat.v1.ReactResponse"> & {
+  /**
+   * The message in its current state.
+   *
+   * @generated from field: chat.v1.Message message = 1;
+   */
+  message?: Message | undefined;
+};
+
+/**
+ * Describes the message chat.v1.ReactResponse.
+ * Use `create(ReactResponseSchema)` to create a new message.
+ */
+export const ReactResponseSchema: GenMessage<ReactResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 35);
+
+/**
+ * SetTypingRequest sets or clears the caller's typing flag in a room.
+ *
+ * @generated from message chat.v1.SetTypingRequest
+ */
+export type SetTypingRequest = Message$1<"chat.v1.SetTypingRequest"> & {
+  /**
+   * The room (same rules as JoinRoomRequest.room).
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * True: typing (expires 6 s after the last call); false: stopped.
+   *
+   * @generated from field: bool typing = 2;
+   */
+  typing: boolean;
+};
+
+/**
+ * Describes the message chat.v1.SetTypingRequest.
+ * Use `create(SetTypingRequestSchema)` to create a new message.
+ */
+export const SetTypingRequestSchema: GenMessage<SetTypingRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 36);
+
+/**
+ * SetTypingResponse is empty.
+ *
+ * @generated from message chat.v1.SetTypingResponse
+ */
+export type SetTypingResponse = Message$1<"chat.v1.SetTypingResponse"> & {
+};
+
+/**
+ * Describes the message chat.v1.SetTypingResponse.
+ * Use `create(SetTypingResponseSchema)` to create a new message.
+ */
+export const SetTypingResponseSchema: GenMessage<SetTypingResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 37);
+
+/**
+ * ListReadMarkersRequest asks for one page of a room's read markers.
+ *
+ * @generated from message chat.v1.ListReadMarkersRequest
+ */
+export type ListReadMarkersRequest = Message$1<"chat.v1.ListReadMarkersRequest"> & {
+  /**
+   * The room (same rules as JoinRoomRequest.room).
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * Markers per page: 0 means 50; larger than 200 is capped at 200.
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Empty for the first page, else a `next_page_token` from an earlier
+   * answer; anything else is INVALID_ARGUMENT.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message chat.v1.ListReadMarkersRequest.
+ * Use `create(ListReadMarkersRequestSchema)` to create a new message.
+ */
+export const ListReadMarkersRequestSchema: GenMessage<ListReadMarkersRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 38);
+
+/**
+ * ListReadMarkersResponse is one page of read markers, highest seq first.
+ *
+ * @generated from message chat.v1.ListReadMarkersResponse
+ */
+export type ListReadMarkersResponse = Message$1<"chat.v1.ListReadMarkersResponse"> & {
+  /**
+   * Each user's marker (users who have read nothing are left out).
+   *
+   * @generated from field: repeated chat.v1.ReadMarker markers = 1;
+   */
+  markers: ReadMarker[];
+
+  /**
+   * The token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message chat.v1.ListReadMarkersResponse.
+ * Use `create(ListReadMarkersResponseSchema)` to create a new message.
+ */
+export const ListReadMarkersResponseSchema: GenMessage<ListReadMarkersResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 39);
+
+/**
+ * Event is the `data` of a webhook: one durable change of a room, or an
+ * access or moderation change.
+ *
+ * @generated from message chat.v1.Event
+ */
+export type Event = Message$1<"chat.v1.Event"> & {
+  /**
+   * The room; "" only for a sanction on every room.
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * The room's seq for messages, edits, deletions and reaction changes; 0
+   * otherwise. With `room` it orders and deduplicates a room's events.
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * What happened; exactly one is set.
+   *
+   * @generated from oneof chat.v1.Event.event
+   */
+  event: {
+    /**
+     * A message was sent (as stored).
+     *
+     * @generated from field: chat.v1.Message message_created = 10;
+     */
+    value: Message;
+    case: "messageCreated";
+  } | {
+    /**
+     * A message was edited.
+     *
+     * @generated from field: chat.v1.MessageEdited message_edited = 11;
+     */
+    value: MessageEdited;
+    case: "messageEdited";
+  } | {
+    /**
+     * A message was deleted.
+     *
+     * @generated from field: chat.v1.MessageDeleted message_deleted = 12;
+     */
+    value: MessageDeleted;
+    case: "messageDeleted";
+  } | {
+    /**
+     * A reaction was added or removed.
+     *
+     * @generated from field: chat.v1.ReactionChanged reaction_changed = 13;
+     */
+    value: ReactionChanged;
+    case: "reactionChanged";
+  } | {
+    /**
+     * AdminService.CreateRoom created a room.
+     *
+     * @generated from field: chat.v1.CreateRoomResponse room_created = 14;
+     */
+    value: CreateRoomResponse;
+    case: "roomCreated";
+  } | {
+    /**
+     * AdminService.GrantAccess let users into a private room.
+     *
+     * @generated from field: chat.v1.AccessChanged access_granted = 15;
+     */
+    value: AccessChanged;
+    case: "accessGranted";
+  } | {
+    /**
+     * AdminService.RevokeAccess took users' grants away.
+     *
+     * @generated from field: chat.v1.AccessChanged access_revoked = 16;
+     */
+    value: AccessChanged;
+    case: "accessRevoked";
+  } | {
+    /**
+     * A user was banned.
+     *
+     * @generated from field: chat.v1.Sanction user_banned = 17;
+     */
+    value: Sanction;
+    case: "userBanned";
+  } | {
+    /**
+     * A ban was lifted.
+     *
+     * @generated from field: chat.v1.Sanction user_unbanned = 18;
+     */
+    value: Sanction;
+    case: "userUnbanned";
+  } | {
+    /**
+     * A user was muted.
+     *
+     * @generated from field: chat.v1.Sanction user_muted = 19;
+     */
+    value: Sanction;
+    case: "userMuted";
+  } | {
+    /**
+     * A mute was lifted.
+     *
+     * @generated from field: chat.v1.Sanction user_unmuted = 20;
+     */
+    value: Sanction;
+    case: "userUnmuted";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chat.v1.Event.
+ * Use `create(EventSchema)` to create a new message.
+ */
+export const EventSchema: GenMessage<Event> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 40);
+
+/**
+ * AccessChanged names the users whose access to a private room changed.
+ *
+ * @generated from message chat.v1.AccessChanged
+ */
+export type AccessChanged = Message$1<"chat.v1.AccessChanged"> & {
+  /**
+   * Their user ids (token `sub` values).
+   *
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message chat.v1.AccessChanged.
+ * Use `create(AccessChangedSchema)` to create a new message.
+ */
+export const AccessChangedSchema: GenMessage<AccessChanged> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 41);
+
+/**
+ * Sanction is a ban or a mute of one user, in one room or in every room.
+ *
+ * @generated from message chat.v1.Sanction
+ */
+export type Sanction = Message$1<"chat.v1.Sanction"> & {
+  /**
+   * The room; "" for every room.
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * The user (a token `sub`).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * A ban or a mute.
+   *
+   * @generated from field: chat.v1.SanctionKind kind = 3;
+   */
+  kind: SanctionKind;
+
+  /**
+   * When it stops applying by itself; unset: until lifted.
+   *
+   * @generated from field: google.protobuf.Timestamp until = 4;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * Why, as the backend said (at most 256 characters).
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * When it was imposed.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 6;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chat.v1.Sanction.
+ * Use `create(SanctionSchema)` to create a new message.
+ */
+export const SanctionSchema: GenMessage<Sanction> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 42);
+
+/**
+ * SanctionRequest bans or mutes a user.
+ *
+ * @generated from message chat.v1.SanctionRequest
+ */
+export type SanctionRequest = Message$1<"chat.v1.SanctionRequest"> & {
+  /**
+   * The room (same rules as JoinRoomRequest.room), or "" for every room.
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * The user (a token `sub`: 1 to 128 bytes, no control or format
+   * characters).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * How long; unset or zero: until lifted. At most 366 days; negative is
+   * INVALID_ARGUMENT.
+   *
+   * @generated from field: google.protobuf.Duration duration = 3;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * Why (at most 256 characters), kept with the sanction and shown to the
+   * user in the refusals.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message chat.v1.SanctionRequest.
+ * Use `create(SanctionRequestSchema)` to create a new message.
+ */
+export const SanctionRequestSchema: GenMessage<SanctionRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 43);
+
+/**
+ * SanctionResponse carries the sanction in force.
+ *
+ * @generated from message chat.v1.SanctionResponse
+ */
+export type SanctionResponse = Message$1<"chat.v1.SanctionResponse"> & {
+  /**
+   * The sanction as stored.
+   *
+   * @generated from field: chat.v1.Sanction sanction = 1;
+   */
+  sanction?: Sanction | undefined;
+};
+
+/**
+ * Describes the message chat.v1.SanctionResponse.
+ * Use `create(SanctionResponseSchema)` to create a new message.
+ */
+export const SanctionResponseSchema: GenMessage<SanctionResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 44);
+
+/**
+ * LiftSanctionRequest lifts a ban or a mute.
+ *
+ * @generated from message chat.v1.LiftSanctionRequest
+ */
+export type LiftSanctionRequest = Message$1<"chat.v1.LiftSanctionRequest"> & {
+  /**
+   * The room, or "" for a sanction on every room.
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * The user.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message chat.v1.LiftSanctionRequest.
+ * Use `create(LiftSanctionRequestSchema)` to create a new message.
+ */
+export const LiftSanctionRequestSchema: GenMessage<LiftSanctionRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 45);
+
+/**
+ * LiftSanctionResponse is empty.
+ *
+ * @generated from message chat.v1.LiftSanctionResponse
+ */
+export type LiftSanctionResponse = Message$1<"chat.v1.LiftSanctionResponse"> & {
+};
+
+/**
+ * Describes the message chat.v1.LiftSanctionResponse.
+ * Use `create(LiftSanctionResponseSchema)` to create a new message.
+ */
+export const LiftSanctionResponseSchema: GenMessage<LiftSanctionResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 46);
+
+/**
+ * ListSanctionsRequest asks for one page of the sanctions in force.
+ *
+ * @generated from message chat.v1.ListSanctionsRequest
+ */
+export type ListSanctionsRequest = Message$1<"chat.v1.ListSanctionsRequest"> & {
+  /**
+   * Only this room's ("" : any room, sanctions on every room included).
+   *
+   * @generated from field: string room = 1;
+   */
+  room: string;
+
+  /**
+   * Only this user's ("" : any user).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * Sanctions per page: 0 means 50; larger than 200 is capped at 200.
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * Empty for the first page, else a `next_page_token` from an earlier
+   * answer; anything else is INVALID_ARGUMENT.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message chat.v1.ListSanctionsRequest.
+ * Use `create(ListSanctionsRequestSchema)` to create a new message.
+ */
+export const ListSanctionsRequestSchema: GenMessage<ListSanctionsRequest> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 47);
+
+/**
+ * ListSanctionsResponse is one page of sanctions in force, newest first.
+ *
+ * @generated from message chat.v1.ListSanctionsResponse
+ */
+export type ListSanctionsResponse = Message$1<"chat.v1.ListSanctionsResponse"> & {
+  /**
+   * The sanctions.
+   *
+   * @generated from field: repeated chat.v1.Sanction sanctions = 1;
+   */
+  sanctions: Sanction[];
+
+  /**
+   * The token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message chat.v1.ListSanctionsResponse.
+ * Use `create(ListSanctionsResponseSchema)` to create a new message.
+ */
+export const ListSanctionsResponseSchema: GenMessage<ListSanctionsResponse> = /*@__PURE__*/
+  messageDesc(file_chat_v1_chat, 48);
 
 /**
  * RoomVisibility says who may use a room.
@@ -863,9 +1910,48 @@ export const ContentTypeSchema: GenEnum<ContentType> = /*@__PURE__*/
   enumDesc(file_chat_v1_chat, 1);
 
 /**
- * ChatService gives apps chat rooms: join a room to receive its messages and
- * presence live, send messages, page through durable history and list who is
- * in a room. Rooms exist once used: a room never created is public. A private
+ * SanctionKind says what a sanction forbids.
+ *
+ * @generated from enum chat.v1.SanctionKind
+ */
+export enum SanctionKind {
+  /**
+   * Never in an answer.
+   *
+   * @generated from enum value: SANCTION_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The user may not use the room (or any room) at all.
+   *
+   * @generated from enum value: SANCTION_KIND_BAN = 1;
+   */
+  BAN = 1,
+
+  /**
+   * The user may read but not send, edit, react or type.
+   *
+   * @generated from enum value: SANCTION_KIND_MUTE = 2;
+   */
+  MUTE = 2,
+}
+
+/**
+ * Describes the enum chat.v1.SanctionKind.
+ */
+export const SanctionKindSchema: GenEnum<SanctionKind> = /*@__PURE__*/
+  enumDesc(file_chat_v1_chat, 2);
+
+/**
+ * ChatService gives apps chat rooms: join a room to receive its events and
+ * presence live, send, edit, delete and react to messages, page through
+ * durable history and list who is in a room.
+ *
+ * Every durable change of a room is an event with the room's next `seq`
+ * (1, 2, 3, ... with no gaps, across nodes and restarts): a message, an edit,
+ * a deletion, a reaction change. Typing flags and read receipts are
+ * ephemeral: live only, no seq, never stored or replayed. Rooms exist once used: a room never created is public. A private
  * room (AdminService.CreateRoom) admits only users with a grant: for anyone
  * else JoinRoom, SendMessage, ListHistory, ListMembers and MarkRead answer
  * PERMISSION_DENIED naming the room.
@@ -875,10 +1961,11 @@ export const ContentTypeSchema: GenEnum<ContentType> = /*@__PURE__*/
 export const ChatService: GenService<{
   /**
    * JoinRoom opens a live subscription to a room. The first event is always
-   * `joined`. After it the stream carries every message after its starting
-   * point exactly once, in seq order, with no gap, plus presence events. The
-   * caller is a member of the room while at least one of their JoinRoom
-   * streams is open.
+   * `joined`. After it the stream carries every durable event (message,
+   * edit, deletion, reaction change) after its starting point exactly once,
+   * in seq order, with no gap, plus ephemeral ones (presence, typing, read
+   * markers). The caller is a member of the room while at least one of their
+   * JoinRoom streams is open.
    *
    * @generated from rpc chat.v1.ChatService.JoinRoom
    */
@@ -938,7 +2025,9 @@ export const ChatService: GenService<{
    * MarkRead moves the caller's read marker in a room forward to `seq` and
    * returns the marker. It never moves back: an older seq returns the
    * current marker. A seq beyond the room's last is OUT_OF_RANGE; a room
-   * that does not exist (never created, never sent to) is NOT_FOUND.
+   * that does not exist (never created, never sent to) is NOT_FOUND. When
+   * the marker moves, the room's streams get a `read_marker` (at most one
+   * per user per room per second, the newest seq).
    *
    * @generated from rpc chat.v1.ChatService.MarkRead
    */
@@ -946,6 +2035,76 @@ export const ChatService: GenService<{
     methodKind: "unary";
     input: typeof MarkReadRequestSchema;
     output: typeof MarkReadResponseSchema;
+  },
+  /**
+   * EditMessage replaces the content of one of the caller's messages (only
+   * its sender may: PERMISSION_DENIED otherwise). The content follows
+   * SendMessage's rules for the message's content type, which does not
+   * change. The edit is a durable event (`message_edited`, the room's next
+   * seq). Editing to the current content stores and sends nothing and
+   * answers the message. A deleted message is FAILED_PRECONDITION.
+   *
+   * @generated from rpc chat.v1.ChatService.EditMessage
+   */
+  editMessage: {
+    methodKind: "unary";
+    input: typeof EditMessageRequestSchema;
+    output: typeof EditMessageResponseSchema;
+  },
+  /**
+   * DeleteMessage turns a message into a tombstone (its sender or an admin
+   * token may): seq, sender, sent_at and reply_to_seq stay, its content
+   * (also in its earlier edit events) is erased and its reactions go. The
+   * deletion is a durable event (`message_deleted`). Deleting a tombstone
+   * stores nothing and answers it.
+   *
+   * @generated from rpc chat.v1.ChatService.DeleteMessage
+   */
+  deleteMessage: {
+    methodKind: "unary";
+    input: typeof DeleteMessageRequestSchema;
+    output: typeof DeleteMessageResponseSchema;
+  },
+  /**
+   * React adds or removes the caller's reaction to a message (anyone who may
+   * send in the room). A user holds a reaction once per message: adding it
+   * again or removing one not held stores nothing. At most 20 distinct
+   * reactions per message (the 21st is FAILED_PRECONDITION). A change is a
+   * durable event (`reaction_changed`). A deleted message is
+   * FAILED_PRECONDITION.
+   *
+   * @generated from rpc chat.v1.ChatService.React
+   */
+  react: {
+    methodKind: "unary";
+    input: typeof ReactRequestSchema;
+    output: typeof ReactResponseSchema;
+  },
+  /**
+   * SetTyping tells the room's other streams that the caller is typing (or
+   * stopped). It expires by itself 6 s after the last call (the room then
+   * gets `typing = false`), and a message the caller sends to the room ends
+   * it at once. Renewals within 2 s send nothing new. Ephemeral: no seq,
+   * never stored. Needs no open stream. Broadcast only in rooms with at most
+   * 200 members present; it answers OK anyway.
+   *
+   * @generated from rpc chat.v1.ChatService.SetTyping
+   */
+  setTyping: {
+    methodKind: "unary";
+    input: typeof SetTypingRequestSchema;
+    output: typeof SetTypingResponseSchema;
+  },
+  /**
+   * ListReadMarkers pages every user's read marker in a room, highest seq
+   * first.
+   *
+   * @generated from rpc chat.v1.ChatService.ListReadMarkers
+   */
+  listReadMarkers: {
+    methodKind: "unary";
+    input: typeof ListReadMarkersRequestSchema;
+    output: typeof ListReadMarkersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chat_v1_chat, 0);
@@ -997,6 +2156,77 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeAccessRequestSchema;
     output: typeof RevokeAccessResponseSchema;
+  },
+  /**
+   * BanUser bans a user from a room (or from every room, with an empty
+   * `room`), at once on every node: their JoinRoom streams there end with
+   * PERMISSION_DENIED saying banned and until when, the room sees one
+   * `member_left`, and every ChatService call of theirs there answers the
+   * same. Works on public and private rooms. Banning again replaces the ban.
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc chat.v1.AdminService.BanUser
+   */
+  banUser: {
+    methodKind: "unary";
+    input: typeof SanctionRequestSchema;
+    output: typeof SanctionResponseSchema;
+  },
+  /**
+   * UnbanUser lifts a ban at once on every node. Lifting a ban that does not
+   * exist is fine.
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc chat.v1.AdminService.UnbanUser
+   */
+  unbanUser: {
+    methodKind: "unary";
+    input: typeof LiftSanctionRequestSchema;
+    output: typeof LiftSanctionResponseSchema;
+  },
+  /**
+   * MuteUser mutes a user in a room (or in every room): SendMessage,
+   * EditMessage, React and SetTyping answer PERMISSION_DENIED saying muted
+   * and until when; joining, reading, MarkRead and deleting their own
+   * messages still work. Muting again replaces the mute.
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc chat.v1.AdminService.MuteUser
+   */
+  muteUser: {
+    methodKind: "unary";
+    input: typeof SanctionRequestSchema;
+    output: typeof SanctionResponseSchema;
+  },
+  /**
+   * UnmuteUser lifts a mute. Lifting a mute that does not exist is fine.
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc chat.v1.AdminService.UnmuteUser
+   */
+  unmuteUser: {
+    methodKind: "unary";
+    input: typeof LiftSanctionRequestSchema;
+    output: typeof LiftSanctionResponseSchema;
+  },
+  /**
+   * ListSanctions pages the bans and mutes in force, newest first, filtered
+   * by room and/or user (empty: any).
+   *
+   * @generated from rpc chat.v1.AdminService.ListSanctions
+   */
+  listSanctions: {
+    methodKind: "unary";
+    input: typeof ListSanctionsRequestSchema;
+    output: typeof ListSanctionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chat_v1_chat, 1);
