@@ -34,10 +34,20 @@ use tonic_health::pb::health_client::HealthClient;
 
 const LIST_MEMBERS: &str = "/chat.v1.ChatService/ListMembers";
 const SEND_MESSAGE: &str = "/chat.v1.ChatService/SendMessage";
+const JOIN_ROOM: &str = "/chat.v1.ChatService/JoinRoom";
 
 fn list_members_request(server: &TestServer) -> hyper::Request<RawBody> {
     let body = frame(&proto::ListMembersRequest { room: "r".into() });
     request(LIST_MEMBERS, &server.token("u"), whole_body(body))
+}
+
+/// A JoinRoom call on `room` as `user`, whose stream stays open.
+fn join_request(server: &TestServer, user: &str, room: &str) -> hyper::Request<RawBody> {
+    let body = frame(&proto::JoinRoomRequest {
+        room: room.into(),
+        resume_after_seq: None,
+    });
+    request(JOIN_ROOM, &server.token(user), whole_body(body))
 }
 
 /// Waits until the server closes `socket` (end of file or an error), by
@@ -123,13 +133,15 @@ async fn a_slow_http1_head_is_closed_at_the_deadline(backend: Backend) {
     server.shutdown().await.unwrap();
 }
 
-/// Slots still bound handshaken connections: with one slot, a second
-/// client waits until the first leaves, then is served.
+/// Slots still bound handshaken connections: with one slot, held by a
+/// connection with a call in flight (an idle one would give it up), a
+/// second client waits until the first leaves, then is served.
 async fn slots_are_held_by_handshaken_connections(backend: Backend) {
     let db = TestDb::create(backend).await;
     let server = TestServer::start_with(config(&db.url, &["--max-connections", "1"])).await;
     let mut first = h2_connect(server.addr).await;
     assert_eq!(call(&mut first, list_members_request(&server)).await.0, 0);
+    let _stream = open_stream(&mut first, join_request(&server, "u", "r")).await;
 
     let mut second = h2_connect(server.addr).await;
     let waiting = tokio::spawn({
@@ -140,7 +152,7 @@ async fn slots_are_held_by_handshaken_connections(backend: Backend) {
     // taken. A short bounded look is enough to catch it being served.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "a second connection got in");
-    drop(first);
+    drop((first, _stream));
     assert_eq!(within(waiting).await.unwrap().0, 0);
     server.shutdown().await.unwrap();
 }

@@ -11,18 +11,27 @@
 //!   of `max_pending` permits, taken at accept, so that file descriptors
 //!   stay bounded; accepting waits while all are taken.
 //! - A handshaken connection takes one of `max_connections` slots before
-//!   any further bytes are read, waiting while all are taken, and keeps it
-//!   until it closes. (An HTTP/2 handshake is read no further than its
-//!   end, so no request gets in without a slot; an HTTP/1.1 head is the
-//!   first request itself, so its handler may start, but its body waits.) Only handshaken connections hold slots, so sockets
-//!   that never finish their handshake cannot fill them.
+//!   any further bytes are read, and keeps it until it closes. (An HTTP/2
+//!   handshake is read no further than its end, so no request gets in
+//!   without a slot; an HTTP/1.1 head is the first request itself, so its
+//!   handler may start, but its body waits.) Only handshaken connections
+//!   hold slots, so sockets that never finish their handshake cannot fill
+//!   them.
+//! - When every slot is taken, the handshaken connection first asks the
+//!   idlest connection with no call in flight to go away ([`slots`]: one
+//!   eviction per waiting connection), then waits for the first freed slot.
+//!   Connections whose calls are all in flight are never evicted.
 //! - With a per-IP limit, a connection from an address that already has
 //!   that many open is closed at once.
 //! - With TLS ([`crate::tls`]), the TLS handshake comes first and counts
 //!   against the same deadline; the HTTP handshake is followed in the
 //!   decrypted bytes.
+//!
+//! Every connection carries a [`Connection`] handle, which the serve loop
+//! ([`crate::serve`]) watches and puts into its requests.
 
 mod handshake;
+mod slots;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,11 +48,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::sync::PollSemaphore;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::metrics::Metrics;
 use crate::tls::{Io, Tls};
 use handshake::Handshake;
 pub use handshake::MAX_HTTP1_HEAD;
+pub(crate) use slots::Connection;
+use slots::{Slot, Slots};
 
 /// The limits [`incoming`] enforces.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +71,7 @@ pub struct ConnLimits {
 
 /// What every accepted connection shares.
 struct Shared {
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     pending: Arc<Semaphore>,
     per_ip: Option<PerIp>,
     handshake_timeout: Duration,
@@ -71,13 +82,15 @@ struct Shared {
 /// events are small and latency matters). Accept errors (such as running
 /// out of file descriptors) are logged and retried after a pause rather
 /// than ending the server. With `tls`, connections speak TLS only.
-pub fn incoming(
+/// `metrics` counts the connections holding a slot and those evicted.
+pub(crate) fn incoming(
     listener: TcpListener,
     limits: ConnLimits,
     tls: Option<Tls>,
-) -> impl Stream<Item = io::Result<Conn>> {
+    metrics: Metrics,
+) -> impl Stream<Item = Conn> {
     let shared = Arc::new(Shared {
-        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        slots: Arc::new(Slots::new(limits.max_connections, metrics)),
         pending: Arc::new(Semaphore::new(limits.max_pending)),
         per_ip: (limits.max_per_ip > 0).then(|| PerIp::new(limits.max_per_ip)),
         handshake_timeout: limits.handshake_timeout,
@@ -87,7 +100,7 @@ pub fn incoming(
         // The semaphore is never closed; end the stream if it were.
         let pending = shared.pending.clone().acquire_owned().await.ok()?;
         let conn = accept(&listener, &shared, pending).await;
-        Some((Ok(conn), (listener, shared)))
+        Some((conn, (listener, shared)))
     })
 }
 
@@ -115,14 +128,13 @@ async fn accept(listener: &TcpListener, shared: &Shared, pending: OwnedSemaphore
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let info = stream.connect_info();
         let stream = match &shared.tls {
             Some(tls) => tls.accept(stream),
             None => Io::Plain(stream),
         };
         return Conn {
             stream,
-            info,
+            connection: shared.slots.connection(Some(peer)),
             state: State::Handshaking {
                 progress: Handshake::Preface(0),
                 deadline: Box::pin(tokio::time::sleep(shared.handshake_timeout)),
@@ -188,13 +200,14 @@ impl Drop for IpGuard {
 /// An accepted connection; see the module documentation.
 pub struct Conn {
     stream: Io,
-    /// The addresses, taken at accept (a TLS stream hides its socket).
-    info: TcpConnectInfo,
+    /// What the serve loop and the calls know of this connection (its
+    /// client's address is taken at accept: a TLS stream hides its socket).
+    connection: Arc<Connection>,
     state: State,
     /// Bounds the connections not yet holding a slot; released once this
     /// one holds a slot.
     pending: Option<OwnedSemaphorePermit>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     /// Counts this connection against its address while it is open.
     _ip: Option<IpGuard>,
 }
@@ -206,9 +219,9 @@ enum State {
         deadline: Pin<Box<Sleep>>,
     },
     /// Handshaken, waiting for a free slot before reading on.
-    Waiting { slots: PollSemaphore },
+    Waiting { permits: PollSemaphore },
     /// Handshaken and holding a slot until the connection closes.
-    Established { _slot: OwnedSemaphorePermit },
+    Established { _slot: Slot },
 }
 
 impl std::fmt::Debug for Conn {
@@ -225,17 +238,15 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
-}
-
 impl Conn {
+    /// This connection's handle, for the serve loop and its requests.
+    pub(crate) fn connection(&self) -> &Arc<Connection> {
+        &self.connection
+    }
+
     /// Called with the bytes of one read while handshaking: takes a slot
-    /// (or starts waiting for one) once the handshake is complete.
+    /// once the handshake is complete, or, when every slot is taken, asks
+    /// the idlest connection to give its slot up and waits for one.
     fn handshake_read(&mut self, data: &[u8]) -> io::Result<()> {
         let State::Handshaking { progress, .. } = &mut self.state else {
             return Ok(());
@@ -243,14 +254,17 @@ impl Conn {
         if !progress.feed(data)? {
             return Ok(());
         }
-        self.state = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => {
+        self.state = match self.slots.try_take(&self.connection) {
+            Some(slot) => {
                 self.pending = None;
                 State::Established { _slot: slot }
             }
-            Err(_) => State::Waiting {
-                slots: PollSemaphore::new(self.slots.clone()),
-            },
+            None => {
+                self.slots.evict_idlest();
+                State::Waiting {
+                    permits: self.slots.waiter(),
+                }
+            }
         };
         Ok(())
     }
@@ -265,12 +279,14 @@ impl AsyncRead for Conn {
         let this = &mut *self;
         match &mut this.state {
             State::Established { .. } => {}
-            State::Waiting { slots, .. } => {
-                let Some(slot) = ready!(slots.poll_acquire(cx)) else {
+            State::Waiting { permits } => {
+                let Some(permit) = ready!(permits.poll_acquire(cx)) else {
                     return Poll::Ready(Err(io::Error::other("connection limit closed")));
                 };
                 this.pending = None;
-                this.state = State::Established { _slot: slot };
+                this.state = State::Established {
+                    _slot: this.slots.hold(permit, &this.connection),
+                };
             }
             State::Handshaking { progress, deadline } => {
                 if deadline.as_mut().poll(cx).is_ready() {

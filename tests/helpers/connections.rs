@@ -30,6 +30,20 @@ pub async fn h2_connect(addr: SocketAddr) -> H2 {
     sender
 }
 
+/// Sends `request` and returns its response head, leaving its body (a
+/// server stream) open.
+pub async fn open_stream(
+    sender: &mut H2,
+    request: hyper::Request<RawBody>,
+) -> hyper::Response<hyper::body::Incoming> {
+    within(sender.ready()).await.expect("connection ready");
+    let response = within(sender.send_request(request))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    response
+}
+
 /// A gRPC message frame: flag, big-endian length, payload.
 pub fn frame(message: &impl prost::Message) -> Bytes {
     let body = message.encode_to_vec();
