@@ -186,3 +186,33 @@ pub async fn bind(
     let metrics = Metrics::new(config.nats_url.is_some());
     Ok((metrics, Some((listener, bound))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn past_the_bound_the_oldest_silent_connections_are_closed() {
+        let mut tasks = JoinSet::new();
+        let mut open = VecDeque::new();
+        for i in 0..MAX_CONNECTIONS + 3 {
+            let task = tasks.spawn(std::future::pending::<()>());
+            // The first two are being answered: they stay.
+            let spoke = Arc::new(AtomicBool::new(i < 2));
+            open.push_back(Open { task, spoke });
+        }
+        let ids: Vec<tokio::task::Id> = open.iter().map(|o| o.task.id()).collect();
+        make_room(&mut open);
+        assert_eq!(open.len(), MAX_CONNECTIONS);
+        // Only the closed ones ever finish.
+        let mut closed = Vec::new();
+        for _ in 0..3 {
+            let Some(Err(e)) = tasks.join_next_with_id().await else {
+                panic!("a task ended without being closed");
+            };
+            closed.push(ids.iter().position(|&id| id == e.id()).unwrap());
+        }
+        closed.sort();
+        assert_eq!(closed, [2, 3, 4]);
+    }
+}

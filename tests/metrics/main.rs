@@ -1,12 +1,14 @@
 //! Prometheus metrics and JSON logs (issue 10): `/metrics` scraped from a
 //! real chatd over loopback after real calls (gRPC and grpc-web) and a
-//! cluster's NATS metrics here; the metrics port itself and the binary's
-//! JSON log lines and listening sockets in `port`.
+//! cluster's NATS metrics here; the connection metrics in `connections`;
+//! the metrics port itself and the binary's JSON log lines and listening
+//! sockets in `port`.
 
 #[macro_use]
 #[path = "../helpers/mod.rs"]
 mod helpers;
 
+mod connections;
 mod port;
 
 use std::collections::HashSet;

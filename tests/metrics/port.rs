@@ -1,8 +1,13 @@
-//! The metrics port itself: only `GET /metrics` answers, and the binary's
-//! JSON log lines and listening sockets with metrics on and off.
+//! The metrics port itself: only `GET /metrics` answers, connections that
+//! say nothing cannot keep a scraper out, and the binary's JSON log lines
+//! and listening sockets with metrics on and off.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 use crate::helpers::metrics::{Binary, http_get, metered_server, metrics_of, scrape};
 use crate::helpers::{Backend, SECRET, TestDb, within};
@@ -33,6 +38,38 @@ async fn the_metrics_port_serves_only_get_metrics() {
     ] {
         let (status, _, _) = http_get(metrics, verb, path).await;
         assert_eq!(status, 404, "{verb} {path}");
+    }
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// The finding: 64 connections that connected and sent nothing stopped
+/// scrapes (16 at once, 5 s each). With 64, then 300, open, a scrape is
+/// answered at once: the port always accepts, past 256 open it closes the
+/// oldest silent one, and the others are closed after 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_answer_under_half_open_connections() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let server = metered_server(&db).await;
+    let metrics = metrics_of(&server);
+    let mut silent = Vec::new();
+    for count in [64, 300] {
+        while silent.len() < count {
+            silent.push(within(TcpStream::connect(metrics)).await.expect("connect"));
+        }
+        let text = tokio::time::timeout(Duration::from_secs(2), scrape(metrics))
+            .await
+            .unwrap_or_else(|_| panic!("no scrape answered with {count} silent connections"));
+        assert!(text.contains("chatd_connections_open"), "{text}");
+    }
+    // Each is closed: as the oldest silent one, or at its 2 s deadline.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    for (i, socket) in silent.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout_at(deadline.into(), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("silent connection {i} got {n} bytes"),
+            Err(_) => panic!("silent connection {i} was not closed"),
+        }
     }
     server.shutdown().await.expect("clean shutdown");
 }
