@@ -260,20 +260,7 @@ impl Application {
         let routes = routes(&config, api, AdminApi { access }, &keys, health_service)?;
         let service = http_service(routes, &config, &metrics);
 
-        // First end the streams, so that the connections' graceful shutdown
-        // has only short calls to wait for. The grace counts from the signal.
-        let signal = {
-            let streams_end = streams_end.clone();
-            async move {
-                shutdown.await;
-                let at = Instant::now();
-                tracing::info!("shutting down");
-                set_health(&health, ServingStatus::NotServing).await;
-                streams_end.cancel();
-                rooms.close();
-                at
-            }
-        };
+        let signal = shutdown_begins(shutdown, health, streams_end.clone(), rooms);
         let incoming = incoming(listener, conn_limits(&config), tls, metrics.clone());
         log_serving(
             addr,
@@ -289,20 +276,44 @@ impl Application {
         // every connection has closed, so the writers drain and end.
         streams_end.cancel();
         cluster_stop.cancel();
-        tracker.close();
-        if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
-            tracing::warn!("background tasks still running after the grace period");
-        }
-        if let Some((cluster, _, _)) = cluster {
-            // Still within the grace: shutdown never takes longer.
-            if tokio::time::timeout_at(end, cluster.close()).await.is_err() {
-                tracing::warn!("NATS connection not drained within the grace period");
-            }
-        }
+        wind_down(end, tracker, cluster.map(|(cluster, _, _)| cluster)).await;
         // Another chatd may serve this database from now on.
         drop(serve_lock);
         tracing::info!("chatd stopped");
         Ok(())
+    }
+}
+
+/// Resolves when `shutdown` does, with when, once health says NOT_SERVING
+/// and every JoinRoom stream and health watch is ending: the connections'
+/// graceful shutdown then has only short calls to wait for.
+async fn shutdown_begins(
+    shutdown: impl Future<Output = ()>,
+    health: HealthReporter,
+    streams_end: CancellationToken,
+    rooms: Arc<Rooms>,
+) -> Instant {
+    shutdown.await;
+    let at = Instant::now();
+    tracing::info!("shutting down");
+    set_health(&health, ServingStatus::NotServing).await;
+    streams_end.cancel();
+    rooms.close();
+    at
+}
+
+/// Waits, until `end`, for the background tasks (the writers drain) and
+/// then for the NATS connection to drain.
+async fn wind_down(end: Instant, tracker: TaskTracker, cluster: Option<Cluster>) {
+    tracker.close();
+    if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
+        tracing::warn!("background tasks still running after the grace period");
+    }
+    if let Some(cluster) = cluster {
+        // Still within the grace: shutdown never takes longer.
+        if tokio::time::timeout_at(end, cluster.close()).await.is_err() {
+            tracing::warn!("NATS connection not drained within the grace period");
+        }
     }
 }
 
