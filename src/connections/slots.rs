@@ -214,7 +214,11 @@ impl Slots {
             .min_by_key(|c| (c.is_authenticated(), c.last_active.load(Ordering::Relaxed)));
         match idlest {
             Some(conn) => {
-                tracing::debug!(id = conn.id, peer = ?conn.peer, "every slot taken: evicting the idlest connection");
+                tracing::debug!(
+                    id = conn.id,
+                    peer = ?conn.peer,
+                    "every slot taken: evicting the idlest connection"
+                );
                 conn.close(ConnClosed::Evicted)
             }
             None => false,

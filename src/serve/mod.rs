@@ -47,7 +47,7 @@ use calls::Calls;
 
 /// How long a connection chatd asked to go away may take to close before
 /// it is closed (unless an authenticated call of its is in flight).
-pub(crate) const FORCE_CLOSE_AFTER: Duration = Duration::from_secs(1);
+const FORCE_CLOSE_AFTER: Duration = Duration::from_secs(1);
 /// How long an HTTP/1.1 connection may take to send a request head after
 /// its first (the first is bounded by `CHAT_HANDSHAKE_TIMEOUT`): hyper's
 /// default, which tonic's server used.
@@ -71,9 +71,10 @@ pub(crate) struct ServeOptions {
     pub grace: Duration,
 }
 
-/// What tells every connection task to stop.
-#[derive(Clone, Default)]
-struct Stop {
+/// What every connection task shares.
+struct Shared {
+    http: auto::Builder<Spawner>,
+    first_call_timeout: Duration,
     /// Shutdown began: go away gracefully.
     drain: CancellationToken,
     /// The grace is over: close now.
@@ -97,8 +98,12 @@ where
     B::Error: Into<StdError>,
 {
     let tracker = TaskTracker::new();
-    let stop = Stop::default();
-    let http = Arc::new(http_builder(&options, &tracker));
+    let shared = Arc::new(Shared {
+        http: http_builder(&options, &tracker),
+        first_call_timeout: options.first_call_timeout,
+        drain: CancellationToken::new(),
+        kill: CancellationToken::new(),
+    });
     let signalled = {
         tokio::pin!(incoming);
         tokio::pin!(signal);
@@ -107,8 +112,7 @@ where
                 at = &mut signal => break Some(at),
                 conn = incoming.next() => match conn {
                     Some(conn) => {
-                        let task = connection(conn, service.clone(), http.clone(), stop.clone(), options.first_call_timeout);
-                        tracker.spawn(task);
+                        tracker.spawn(connection(conn, service.clone(), shared.clone()));
                     }
                     None => break None,
                 },
@@ -117,15 +121,18 @@ where
         // Dropping `incoming` here closes the listener.
     };
     drop(service);
-    stop.drain.cancel();
+    shared.drain.cancel();
     tracker.close();
     let deadline = signalled.unwrap_or_else(Instant::now) + options.grace;
     if tokio::time::timeout_at(deadline, tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?options.grace, "calls still open after the grace period; closing them");
-        stop.kill.cancel();
+        tracing::warn!(
+            grace = ?options.grace,
+            "calls still open after the grace period; closing them"
+        );
+        shared.kill.cancel();
         if tokio::time::timeout(CLOSE_WAIT, tracker.wait())
             .await
             .is_err()
@@ -172,36 +179,32 @@ where
 }
 
 /// Serves one connection until it closes, closing it when [`Watch`] says.
-async fn connection<S, B>(
-    conn: Conn,
-    service: S,
-    http: Arc<auto::Builder<Spawner>>,
-    stop: Stop,
-    first_call_timeout: Duration,
-) where
+async fn connection<S, B>(conn: Conn, service: S, shared: Arc<Shared>)
+where
     S: tower::Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<StdError>,
     B: HttpBody<Data = Bytes> + Default + Send + 'static,
     B::Error: Into<StdError>,
 {
-    let mut watch = Watch::new(conn.connection().clone(), first_call_timeout);
+    let mut watch = Watch::new(conn.connection().clone(), shared.first_call_timeout);
     let service = TowerToHyperService::new(Calls::new(service, watch.connection.clone()));
-    let served = http.serve_connection(TokioIo::new(conn), service);
+    let served = shared.http.serve_connection(TokioIo::new(conn), service);
     tokio::pin!(served);
     loop {
         let step = tokio::select! {
             result = served.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(error = %e, peer = ?watch.connection.peer(), "connection failed");
+                    let peer = watch.connection.peer();
+                    tracing::debug!(error = %e, ?peer, "connection failed");
                 }
                 return;
             }
             () = watch.connection.woken() => watch.woken(),
             () = at(watch.first_call_due()) => watch.first_call_passed(),
             () = at(watch.force_at) => watch.force_due(),
-            () = stop.drain.cancelled(), if !watch.draining => watch.drain(),
-            () = stop.kill.cancelled() => Step::Close,
+            () = shared.drain.cancelled(), if !watch.draining => watch.drain(),
+            () = shared.kill.cancelled() => Step::Close,
         };
         match step {
             Step::Wait => {}
