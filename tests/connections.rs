@@ -22,6 +22,8 @@ on_both_backends! {
         crate::the_idlest_connection_gives_its_slot_up_and_busy_ones_never,
     only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadline:
         crate::only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadline,
+    the_clients_grpc_timeout_ends_a_call_not_yet_answered:
+        crate::the_clients_grpc_timeout_ends_a_call_not_yet_answered,
 }
 
 use std::time::{Duration, Instant};
@@ -537,5 +539,29 @@ async fn only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadl
             .0,
         0
     );
+    server.shutdown().await.unwrap();
+}
+
+/// A client's `grpc-timeout` bounds the wait for its answer, as tonic's
+/// server made it: a send whose body never ends is answered
+/// DEADLINE_EXCEEDED at the client's 500 ms, long before the body deadline,
+/// and the connection goes on serving.
+async fn the_clients_grpc_timeout_ends_a_call_not_yet_answered(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(&db.url, &["--request-body-timeout", "60s"])).await;
+    let mut sender = h2_connect(server.addr).await;
+    let body = hanging_body(Bytes::from_static(&[0, 0, 0, 0xEA, 0x60, 0x0A]));
+    let mut hanging = request(SEND_MESSAGE, &server.token("u"), body);
+    hanging
+        .headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("500m"));
+    let started = Instant::now();
+    let (code, message) = tokio::time::timeout(Duration::from_secs(5), call(&mut sender, hanging))
+        .await
+        .expect("the call outlived its grpc-timeout");
+    assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    assert!(message.contains("grpc-timeout"), "{message}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(call(&mut sender, list_members_request(&server)).await.0, 0);
     server.shutdown().await.unwrap();
 }
