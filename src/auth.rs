@@ -336,7 +336,7 @@ fn identity_from_claims(sub: Option<&str>, name: Option<&str>) -> Result<Identit
 /// A tonic interceptor that verifies the bearer token and leaves the
 /// caller's [`Identity`] in the request extensions. A verified token also
 /// marks the request's connection as authenticated, which lets it keep its
-/// slot past `CHAT_FIRST_CALL_TIMEOUT` ([`crate::serve`]).
+/// slot past `CHAT_FIRST_CALL_TIMEOUT` (see the serve loop, `serve/mod.rs`).
 #[derive(Clone, Debug)]
 pub struct Authenticator(pub Arc<Keys>);
 

@@ -13,7 +13,7 @@
 //!    `CHAT_SHUTDOWN_GRACE` after the signal, bounds all of shutdown.
 //!
 //! Connections are accepted by [`crate::connections`] and served by
-//! [`crate::serve`], chatd's own serve loop.
+//! chatd's own serve loop (`serve/mod.rs`).
 
 use std::convert::Infallible;
 use std::future::Future;

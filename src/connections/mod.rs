@@ -18,7 +18,7 @@
 //!   hold slots, so sockets that never finish their handshake cannot fill
 //!   them.
 //! - When every slot is taken, the handshaken connection first asks the
-//!   idlest connection with no call in flight to go away ([`slots`]: one
+//!   idlest connection with no call in flight to go away (`slots.rs`: one
 //!   eviction per waiting connection), then waits for the first freed slot.
 //!   Connections whose calls are all in flight are never evicted.
 //! - With a per-IP limit, a connection from an address that already has
@@ -27,8 +27,8 @@
 //!   against the same deadline; the HTTP handshake is followed in the
 //!   decrypted bytes.
 //!
-//! Every connection carries a [`Connection`] handle, which the serve loop
-//! ([`crate::serve`]) watches and puts into its requests.
+//! Every connection carries a `Connection` handle, which the serve loop
+//! (`serve/mod.rs`) watches and puts into its requests.
 
 mod handshake;
 mod slots;
@@ -83,7 +83,7 @@ struct Shared {
 /// out of file descriptors) are logged and retried after a pause rather
 /// than ending the server. With `tls`, connections speak TLS only.
 /// `metrics` counts the connections holding a slot and those evicted.
-pub(crate) fn incoming(
+pub fn incoming(
     listener: TcpListener,
     limits: ConnLimits,
     tls: Option<Tls>,

@@ -3,12 +3,11 @@
 //! One HTTP/1.1 request per connection (no keep-alive). The listener always
 //! accepts, so connections that say nothing cannot keep a scraper out:
 //!
-//! - a connection has [`HEADER_TIMEOUT`] to send its request head and
-//!   [`CONNECTION_DEADLINE`] in all;
-//! - at most [`MAX_CONNECTIONS`] are open at once: past that, the oldest
-//!   that has not sent its request head yet is closed;
-//! - at most [`MAX_RENDERING`] scrapes are rendered at once, the others
-//!   wait for their turn (within their deadline).
+//! - a connection has 2 s to send its request head and 30 s in all;
+//! - at most 256 are open at once: past that, the oldest that has not sent
+//!   its request head yet is closed;
+//! - at most 16 scrapes are rendered at once, the others wait for their
+//!   turn (within their deadline).
 //!
 //! The task and its connections end at shutdown.
 
