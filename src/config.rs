@@ -166,6 +166,19 @@ pub struct Config {
     )]
     pub max_connections: u32,
 
+    /// How long a handshaken connection has to make its first
+    /// authenticated call (one whose bearer token verified); then it is
+    /// closed (GOAWAY). Health checks and reflection need no token and do
+    /// not count, so a connection used only for them is closed too.
+    #[arg(
+        long = "first-call-timeout",
+        env = "CHAT_FIRST_CALL_TIMEOUT",
+        value_name = "CHAT_FIRST_CALL_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_first_call_timeout
+    )]
+    pub first_call_timeout: Duration,
+
     /// Most concurrent calls (HTTP/2 streams) on one connection.
     #[arg(
         long = "max-streams-per-connection",
@@ -594,6 +607,16 @@ fn parse_cluster_name(s: &str) -> Result<String, String> {
 /// A presence timeout: at least 1 s (nodes announce themselves every third
 /// of it), at most 10 minutes.
 fn parse_presence_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+        return Err(format!("{s} is outside 1s..=10m"));
+    }
+    Ok(d)
+}
+
+/// A first-call deadline: at least 1 s (a client needs a round trip or
+/// two after its handshake), at most 10 minutes.
+fn parse_first_call_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
         return Err(format!("{s} is outside 1s..=10m"));

@@ -48,6 +48,11 @@ pub enum Error {
     #[error("{0}")]
     ResourceExhausted(String),
 
+    /// The client's own deadline (its `grpc-timeout`) passed before the
+    /// call was answered; the call was dropped.
+    #[error("the call's deadline (grpc-timeout) passed before it was answered")]
+    ClientDeadline,
+
     /// The server is shutting down and takes no new work.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -327,6 +332,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition { .. } => Status::failed_precondition(err.to_string()),
             Error::ResourceExhausted(msg) => Status::resource_exhausted(msg),
             Error::ShuttingDown => Status::unavailable("server is shutting down; retry shortly"),
+            Error::ClientDeadline => Status::deadline_exceeded(err.to_string()),
             Error::Config(_) => {
                 tracing::error!(error = %err, "internal error");
                 Status::internal("internal error")

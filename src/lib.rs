@@ -3,13 +3,16 @@
 //! A request flows through these modules:
 //!
 //! - [`config`]: flags with environment fallbacks (clap).
-//! - [`server`]: [`server::Application`] builds the tonic server (gRPC and
-//!   grpc-web on one port, CORS, reflection, health), runs it, and shuts it
-//!   down in order.
+//! - [`server`]: [`server::Application`] builds the services and layers
+//!   (gRPC and grpc-web on one port, CORS, reflection, health), runs them,
+//!   and shuts down in order.
 //! - [`web`]: the chat page (built from `web/`, embedded), served by GET
 //!   on the same port, and its address in the start-up log.
 //! - [`connections`]: accepting connections: the handshake deadline, slots
-//!   only handshaken connections hold, and the per-IP limit.
+//!   only handshaken connections hold (the idlest one gives its slot up
+//!   when all are taken), and the per-IP limit.
+//! - `serve`: chatd's own serve loop: hyper's HTTP/1.1 and HTTP/2 per
+//!   connection, the first-call deadline, GOAWAY, shutdown.
 //! - [`limits`]: the request body limits (size and deadline).
 //! - [`shutdown`]: ending never-ending response streams at shutdown.
 //! - [`auth`]: bearer tokens (HS256, or the identity provider's keys), the
@@ -68,6 +71,7 @@ pub mod quota;
 pub mod rate;
 pub mod rooms;
 pub mod secure;
+pub(crate) mod serve;
 pub mod server;
 pub mod service;
 pub mod shutdown;

@@ -227,8 +227,9 @@ static TRIMMING: AtomicBool = AtomicBool::new(false);
 /// Notes that about `bytes` were freed. glibc's malloc keeps freed memory
 /// in its arenas (10,000 closed streams left their ~35 MB resident), so
 /// after every [`TRIM_AFTER_BYTES`] freed, one `malloc_trim` runs on the
-/// blocking pool (never two at once) and returns the free pages.
-fn note_freed(bytes: usize) {
+/// blocking pool (never two at once) and returns the free pages. Closed
+/// connections count here too ([`crate::connections`]).
+pub(crate) fn note_freed(bytes: usize) {
     let total = FREED.fetch_add(bytes, Ordering::Relaxed) + bytes;
     if total < TRIM_AFTER_BYTES || TRIMMING.swap(true, Ordering::AcqRel) {
         return;

@@ -6,12 +6,16 @@
 //! resolves, then shuts down in order:
 //!
 //! 1. health turns NOT_SERVING and no new connection is accepted;
-//! 2. every JoinRoom stream ends with UNAVAILABLE (tonic's own graceful
-//!    shutdown would wait for them forever);
+//! 2. every JoinRoom stream ends with UNAVAILABLE (a graceful shutdown of
+//!    the connections would wait for them forever);
 //! 3. in-flight calls finish, the writers drain their queues, and every task
 //!    chatd spawned has ended, or the grace period is over: one deadline,
 //!    `CHAT_SHUTDOWN_GRACE` after the signal, bounds all of shutdown.
+//!
+//! Connections are accepted by [`crate::connections`] and served by
+//! chatd's own serve loop (`serve/mod.rs`).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +25,11 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Server;
+use tonic::body::Body;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -45,6 +52,7 @@ use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rate::{JOINS, READS, SENDS, UserRate};
 use crate::rooms::Rooms;
+use crate::serve::{ServeOptions, serve};
 use crate::service::ChatApi;
 use crate::shutdown::EndOnShutdown;
 use crate::storage::{Location, ServeLock, Store};
@@ -218,7 +226,6 @@ impl Application {
             cluster.as_ref().map(|(_, publisher, _)| publisher.clone()),
             &tracker,
         );
-
         let metrics_url = metrics_listener.map(|(listener, at)| {
             let sources = crate::metrics::Sources {
                 store: store.clone(),
@@ -240,39 +247,8 @@ impl Application {
             health.clone(),
             streams_end.clone(),
         ));
-
         let tls = secure.spawn(&tracker, &streams_end);
-        let send_rate = Arc::new(UserRate::new(
-            SENDS,
-            config.user_send_rate,
-            config.user_send_burst,
-        ));
-        tracker.spawn(crate::rate::prune(send_rate.clone(), streams_end.clone()));
-        let join_rate = Arc::new(UserRate::new(
-            JOINS,
-            config.user_join_rate,
-            config.user_join_burst,
-        ));
-        tracker.spawn(crate::rate::prune(join_rate.clone(), streams_end.clone()));
-        let read_rate = Arc::new(UserRate::new(
-            READS,
-            config.user_read_rate,
-            config.user_read_burst,
-        ));
-        tracker.spawn(crate::rate::prune(read_rate.clone(), streams_end.clone()));
-
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-
+        let rates = user_rates(&config, &tracker, &streams_end);
         let api = ChatApi {
             rooms: rooms.clone(),
             writer,
@@ -281,119 +257,198 @@ impl Application {
             shutdown: streams_end.clone(),
             presence: cluster.as_ref().map(|(_, _, presence)| presence.clone()),
             access: access.clone(),
-            send_rate: send_rate.clone(),
-            join_rate,
-            read_rate,
+            send_rate: rates.send,
+            join_rate: rates.join,
+            read_rate: rates.read,
         };
-        let admin = tonic::service::interceptor::InterceptedService::new(
-            AdminServiceServer::new(AdminApi { access }),
-            Authenticator(keys.clone()),
-        );
-        let max_request = config.max_request_bytes as usize;
-        // The body limit layer answers first; tonic's own limit stays as a
-        // second guard (it reserves what a message announces).
-        let page_keys = own_secret.then(|| keys.clone());
-        let chat = tonic::service::interceptor::InterceptedService::new(
-            ChatServiceServer::new(api).max_decoding_message_size(max_request + 5),
-            Authenticator(keys),
-        );
+        let health_service = EndOnShutdown::new(health_service, streams_end.clone());
+        let routes = routes(&config, api, AdminApi { access }, &keys, health_service)?;
+        let service = http_service(routes, &config, &metrics);
 
-        // The shutdown signal as tonic sees it: first end the streams, so
-        // that tonic's graceful shutdown has only short calls to wait for.
-        // `signalled` carries when shutdown began: the grace counts from it.
-        let (signalled_tx, signalled) = tokio::sync::watch::channel(None::<Instant>);
-        let signal = {
-            let health = health.clone();
-            let streams_end = streams_end.clone();
-            async move {
-                shutdown.await;
-                signalled_tx.send_replace(Some(Instant::now()));
-                tracing::info!("shutting down");
-                set_health(&health, ServingStatus::NotServing).await;
-                streams_end.cancel();
-                rooms.close();
-            }
-        };
-
-        let limits = ConnLimits {
-            max_connections: config.max_connections as usize,
-            max_pending: config.max_pending_connections as usize,
-            max_per_ip: config.max_connections_per_ip as usize,
-            handshake_timeout: config.handshake_timeout,
-        };
-        let server = Server::builder()
-            .accept_http1(true)
-            .http2_keepalive_interval(Some(config.keepalive_interval))
-            .http2_keepalive_timeout(Some(config.keepalive_timeout))
-            .max_concurrent_streams(Some(config.max_streams_per_connection))
-            .layer(crate::web::PageLayer)
-            .layer(cors(&config.cors_origins))
-            .layer(tonic_web::GrpcWebLayer::new())
-            .layer(GrpcMetricsLayer::new(&metrics))
-            .layer(BodyLimitLayer {
-                max_bytes: max_request,
-                timeout: config.request_body_timeout,
-            })
-            .layer(crate::quota::HoldUntilSentLayer)
-            .add_service(EndOnShutdown::new(health_service, streams_end.clone()))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(chat)
-            .add_service(admin)
-            .serve_with_incoming_shutdown(incoming(listener, limits, tls), signal);
-
-        tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
-        tracing::info!("history is stored in {backend} at {data}");
-        if let Some(url) = metrics_url {
-            tracing::info!(%url, "Prometheus metrics (CHAT_METRICS_ADDR)");
-        }
-        tracing::info!(
-            "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
+        let signal = shutdown_begins(shutdown, health, streams_end.clone(), rooms);
+        let incoming = incoming(listener, conn_limits(&config), tls, metrics.clone());
+        log_serving(
+            addr,
+            backend,
+            &data,
+            metrics_url,
+            own_secret.then_some(&*keys),
+            config.log_format,
         );
-        crate::web::log_page_address(addr, page_keys.as_deref(), config.log_format);
-        // One deadline for the whole shutdown: the grace from the signal.
-        let grace = config.shutdown_grace;
-        let mut signalled_copy = signalled.clone();
-        let deadline = async move {
-            let signalled = signalled_copy
-                .wait_for(Option::is_some)
-                .await
-                .map(|at| at.unwrap_or_else(Instant::now));
-            match signalled {
-                Ok(at) => tokio::time::sleep_until(at + grace).await,
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        let mut served = Ok(());
-        tokio::select! {
-            result = server => {
-                served = result.map_err(|e| Error::Internal(format!("server: {e}")));
-            }
-            () = deadline => tracing::warn!(?grace, "calls still open after the grace period; closing them"),
-        }
-        // When the server stopped without a signal (it failed), the grace
-        // counts from now.
-        let end = signalled.borrow().unwrap_or_else(Instant::now) + grace;
+        let signalled = serve(incoming, service, serve_options(&config), signal).await;
+        // When the server stopped without a signal, the grace counts from now.
+        let end = signalled.unwrap_or_else(Instant::now) + config.shutdown_grace;
         // Every ChatApi clone (and with it every writer handle) is gone once
         // every connection has closed, so the writers drain and end.
         streams_end.cancel();
         cluster_stop.cancel();
-        tracker.close();
-        if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
-            tracing::warn!("background tasks still running after the grace period");
-        }
-        if let Some((cluster, _, _)) = cluster {
-            // Still within the grace: shutdown never takes longer.
-            if tokio::time::timeout_at(end, cluster.close()).await.is_err() {
-                tracing::warn!("NATS connection not drained within the grace period");
-            }
-        }
+        wind_down(end, tracker, cluster.map(|(cluster, _, _)| cluster)).await;
         // Another chatd may serve this database from now on.
         drop(serve_lock);
-        served?;
         tracing::info!("chatd stopped");
         Ok(())
     }
+}
+
+/// Resolves when `shutdown` does, with when, once health says NOT_SERVING
+/// and every JoinRoom stream and health watch is ending: the connections'
+/// graceful shutdown then has only short calls to wait for.
+async fn shutdown_begins(
+    shutdown: impl Future<Output = ()>,
+    health: HealthReporter,
+    streams_end: CancellationToken,
+    rooms: Arc<Rooms>,
+) -> Instant {
+    shutdown.await;
+    let at = Instant::now();
+    tracing::info!("shutting down");
+    set_health(&health, ServingStatus::NotServing).await;
+    streams_end.cancel();
+    rooms.close();
+    at
+}
+
+/// Waits, until `end`, for the background tasks (the writers drain) and
+/// then for the NATS connection to drain.
+async fn wind_down(end: Instant, tracker: TaskTracker, cluster: Option<Cluster>) {
+    tracker.close();
+    if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
+        tracing::warn!("background tasks still running after the grace period");
+    }
+    if let Some(cluster) = cluster {
+        // Still within the grace: shutdown never takes longer.
+        if tokio::time::timeout_at(end, cluster.close()).await.is_err() {
+            tracing::warn!("NATS connection not drained within the grace period");
+        }
+    }
+}
+
+/// The gRPC services by path: health (its watches end at shutdown),
+/// reflection v1 and v1alpha, and ChatService and AdminService behind the
+/// token check.
+fn routes(
+    config: &Config,
+    api: ChatApi,
+    admin: AdminApi,
+    keys: &Arc<Keys>,
+    health: EndOnShutdown<HealthServer<impl Health>>,
+) -> Result<Routes> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let admin =
+        InterceptedService::new(AdminServiceServer::new(admin), Authenticator(keys.clone()));
+    // The body limit layer answers first; tonic's own limit stays as a
+    // second guard (it reserves what a message announces).
+    let max_request = config.max_request_bytes as usize;
+    let chat = InterceptedService::new(
+        ChatServiceServer::new(api).max_decoding_message_size(max_request + 5),
+        Authenticator(keys.clone()),
+    );
+    Ok(Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(chat)
+        .add_service(admin)
+        .prepare())
+}
+
+/// What every connection serves: `routes` inside, outermost first, the
+/// chat page, CORS, grpc-web, the gRPC metrics, the request body limits and
+/// the per-user response budget.
+fn http_service(
+    routes: Routes,
+    config: &Config,
+    metrics: &Metrics,
+) -> impl tower::Service<
+    http::Request<Body>,
+    Response = http::Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    tower::ServiceBuilder::new()
+        .layer(crate::web::PageLayer)
+        .layer(cors(&config.cors_origins))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(GrpcMetricsLayer::new(metrics))
+        .layer(BodyLimitLayer {
+            max_bytes: config.max_request_bytes as usize,
+            timeout: config.request_body_timeout,
+        })
+        .layer(crate::quota::HoldUntilSentLayer)
+        .service(routes)
+}
+
+/// The per-user send and join rates, each pruned by a task until `stop`.
+/// Each user's rates, one token bucket per user and limit.
+struct UserRates {
+    send: Arc<UserRate>,
+    join: Arc<UserRate>,
+    read: Arc<UserRate>,
+}
+
+/// The per-user rates of `config`, with their pruning tasks on `tracker`
+/// (ending at `stop`).
+fn user_rates(config: &Config, tracker: &TaskTracker, stop: &CancellationToken) -> UserRates {
+    let rate = |what, rate, burst| {
+        let limit = Arc::new(UserRate::new(what, rate, burst));
+        tracker.spawn(crate::rate::prune(limit.clone(), stop.clone()));
+        limit
+    };
+    UserRates {
+        send: rate(SENDS, config.user_send_rate, config.user_send_burst),
+        join: rate(JOINS, config.user_join_rate, config.user_join_burst),
+        read: rate(READS, config.user_read_rate, config.user_read_burst),
+    }
+}
+
+fn conn_limits(config: &Config) -> ConnLimits {
+    ConnLimits {
+        max_connections: config.max_connections as usize,
+        max_pending: config.max_pending_connections as usize,
+        max_per_ip: config.max_connections_per_ip as usize,
+        handshake_timeout: config.handshake_timeout,
+    }
+}
+
+fn serve_options(config: &Config) -> ServeOptions {
+    ServeOptions {
+        keepalive_interval: config.keepalive_interval,
+        keepalive_timeout: config.keepalive_timeout,
+        max_streams: config.max_streams_per_connection,
+        first_call_timeout: config.first_call_timeout,
+        grace: config.shutdown_grace,
+    }
+}
+
+/// The start-up lines that say where everything is.
+fn log_serving(
+    addr: SocketAddr,
+    backend: &str,
+    data: &str,
+    metrics_url: Option<String>,
+    page_keys: Option<&Keys>,
+    log_format: crate::logs::LogFormat,
+) {
+    tracing::info!(%addr, "chatd is serving gRPC and grpc-web");
+    tracing::info!("history is stored in {backend} at {data}");
+    if let Some(url) = metrics_url {
+        tracing::info!(%url, "Prometheus metrics (CHAT_METRICS_ADDR)");
+    }
+    tracing::info!(
+        "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
+    );
+    crate::web::log_page_address(addr, page_keys, log_format);
 }
 
 /// Connects to NATS and starts the cluster tasks on `tracker`: the

@@ -11,9 +11,9 @@ use tonic::body::Body;
 
 /// Wraps a service whose response streams never end on their own (the
 /// health service's `Watch`), ending each one with UNAVAILABLE when `token`
-/// is cancelled. tonic's graceful shutdown waits for every open stream, so
-/// without this one health watcher would hold shutdown for the whole grace
-/// period.
+/// is cancelled. A connection's graceful shutdown waits for every open
+/// stream, so without this one health watcher would hold shutdown for the
+/// whole grace period.
 #[derive(Debug, Clone)]
 pub struct EndOnShutdown<S> {
     inner: S,

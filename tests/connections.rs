@@ -17,6 +17,13 @@ on_both_backends! {
         crate::a_grpc_web_text_body_that_never_finishes_is_ended,
     the_body_deadline_never_cuts_a_stream: crate::the_body_deadline_never_cuts_a_stream,
     shutdown_takes_at_most_the_grace: crate::shutdown_takes_at_most_the_grace,
+    idle_connections_cannot_hold_every_slot: crate::idle_connections_cannot_hold_every_slot,
+    the_idlest_connection_gives_its_slot_up_and_busy_ones_never:
+        crate::the_idlest_connection_gives_its_slot_up_and_busy_ones_never,
+    only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadline:
+        crate::only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadline,
+    the_clients_grpc_timeout_ends_a_call_not_yet_answered:
+        crate::the_clients_grpc_timeout_ends_a_call_not_yet_answered,
 }
 
 use std::time::{Duration, Instant};
@@ -34,6 +41,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 const LIST_MEMBERS: &str = "/chat.v1.ChatService/ListMembers";
 const SEND_MESSAGE: &str = "/chat.v1.ChatService/SendMessage";
+const JOIN_ROOM: &str = "/chat.v1.ChatService/JoinRoom";
 
 fn list_members_request(server: &TestServer) -> hyper::Request<RawBody> {
     let body = frame(&proto::ListMembersRequest {
@@ -41,6 +49,26 @@ fn list_members_request(server: &TestServer) -> hyper::Request<RawBody> {
         ..Default::default()
     });
     request(LIST_MEMBERS, &server.token("u"), whole_body(body))
+}
+
+/// A JoinRoom call on `room` as `user`, whose stream stays open.
+fn join_request(server: &TestServer, user: &str, room: &str) -> hyper::Request<RawBody> {
+    let body = frame(&proto::JoinRoomRequest {
+        room: room.into(),
+        resume_after_seq: None,
+    });
+    request(JOIN_ROOM, &server.token(user), whole_body(body))
+}
+
+/// A health call (`Check` or `Watch`) without a token.
+fn health_request(method: &str) -> hyper::Request<RawBody> {
+    let body = frame(&HealthCheckRequest {
+        service: String::new(),
+    });
+    untokened_request(
+        &format!("/grpc.health.v1.Health/{method}"),
+        whole_body(body),
+    )
 }
 
 /// Waits until the server closes `socket` (end of file or an error), by
@@ -126,13 +154,15 @@ async fn a_slow_http1_head_is_closed_at_the_deadline(backend: Backend) {
     server.shutdown().await.unwrap();
 }
 
-/// Slots still bound handshaken connections: with one slot, a second
-/// client waits until the first leaves, then is served.
+/// Slots still bound handshaken connections: with one slot, held by a
+/// connection with a call in flight (an idle one would give it up), a
+/// second client waits until the first leaves, then is served.
 async fn slots_are_held_by_handshaken_connections(backend: Backend) {
     let db = TestDb::create(backend).await;
     let server = TestServer::start_with(config(&db.url, &["--max-connections", "1"])).await;
     let mut first = h2_connect(server.addr).await;
     assert_eq!(call(&mut first, list_members_request(&server)).await.0, 0);
+    let _stream = open_stream(&mut first, join_request(&server, "u", "r")).await;
 
     let mut second = h2_connect(server.addr).await;
     let waiting = tokio::spawn({
@@ -143,7 +173,7 @@ async fn slots_are_held_by_handshaken_connections(backend: Backend) {
     // taken. A short bounded look is enough to catch it being served.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "a second connection got in");
-    drop(first);
+    drop((first, _stream));
     assert_eq!(within(waiting).await.unwrap().0, 0);
     server.shutdown().await.unwrap();
 }
@@ -338,4 +368,203 @@ async fn shutdown_takes_at_most_the_grace(backend: Backend) {
         took < grace + Duration::from_millis(1500),
         "shutdown took {took:?} with a grace of {grace:?}"
     );
+}
+
+/// The finding: idle HTTP/2 connections (handshake done, PINGs answered,
+/// never a call) held every slot, and a real client waited 20 s and got
+/// UNAVAILABLE. At 40 slots, 60 of them: an authenticated ListRooms is
+/// answered within seconds, and every idle one is closed by its first-call
+/// deadline (a waiting one evicts another and then gets its own two
+/// seconds).
+async fn idle_connections_cannot_hold_every_slot(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let first_call = Duration::from_secs(2);
+    let server = TestServer::start_with(config(
+        &db.url,
+        // A long handshake deadline: only the new rules close them.
+        &[
+            "--max-connections",
+            "40",
+            "--first-call-timeout",
+            "2s",
+            "--handshake-timeout",
+            "60s",
+        ],
+    ))
+    .await;
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(Watched::connect(server.addr).await);
+    }
+
+    let started = Instant::now();
+    let rooms = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut alice = server.client("alice").await;
+        alice.list_rooms(proto::ListRoomsRequest::default()).await
+    })
+    .await
+    .unwrap_or_else(|_| panic!("ListRooms not answered ({:?})", started.elapsed()))
+    .expect("ListRooms");
+    assert!(rooms.into_inner().rooms.is_empty());
+
+    // The last to get a slot got it at once (an eviction freed one): all
+    // are closed by two first-call deadlines, plus the forced-close bound
+    // and a margin for a loaded machine.
+    let deadline = opened + first_call * 2 + Duration::from_secs(4);
+    for (i, conn) in idle.iter_mut().enumerate() {
+        conn.closed_by(deadline, &format!("idle connection {i}"))
+            .await;
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// When every slot is taken, the new client's call is answered promptly:
+/// the connection idle longest gives its slot up (GOAWAY), not one with a
+/// call in flight (an older JoinRoom stream) nor a more recent idle one.
+/// Once every connection has a call in flight, nobody is evicted and the
+/// new client waits for a slot, as before.
+async fn the_idlest_connection_gives_its_slot_up_and_busy_ones_never(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(&db.url, &["--max-connections", "3"])).await;
+    let mut busy = server.client("busy").await;
+    let (mut stream, _) = join(&mut busy, "room", None).await;
+    let mut oldest = Watched::connect(server.addr).await;
+    assert_eq!(
+        call(&mut oldest.sender, list_members_request(&server))
+            .await
+            .0,
+        0
+    );
+    let mut newer = Watched::connect(server.addr).await;
+    assert_eq!(
+        call(&mut newer.sender, list_members_request(&server))
+            .await
+            .0,
+        0
+    );
+
+    let mut newcomer = h2_connect(server.addr).await;
+    let answered = tokio::time::timeout(
+        Duration::from_secs(3),
+        call(&mut newcomer, list_members_request(&server)),
+    )
+    .await
+    .expect("the new client waited for a slot although idle connections held them");
+    assert_eq!(answered.0, 0);
+    oldest
+        .closed_by(Instant::now() + STEP, "the idlest connection")
+        .await;
+    assert!(
+        !newer.is_closed(),
+        "a more recently active connection was evicted"
+    );
+    let sent = send(&mut busy, "room", "still here").await;
+    assert_eq!(next_message(&mut stream).await, sent);
+
+    // Now every slot has a call in flight.
+    let _newer_stream = open_stream(&mut newer.sender, join_request(&server, "n", "a")).await;
+    let newcomer_stream = open_stream(&mut newcomer, join_request(&server, "c", "b")).await;
+    let mut late = h2_connect(server.addr).await;
+    let waiting = tokio::spawn({
+        let request = list_members_request(&server);
+        async move { call(&mut late, request).await }
+    });
+    // Nothing to wait for: a bounded look catches an eviction.
+    assert!(!newer.closes_within(Duration::from_millis(500)).await);
+    assert!(
+        !waiting.is_finished(),
+        "a connection with a call in flight was evicted"
+    );
+    assert!(!newcomer.is_closed());
+    let sent = send(&mut busy, "room", "and still here").await;
+    assert_eq!(next_message(&mut stream).await, sent);
+    drop((newcomer, newcomer_stream));
+    assert_eq!(within(waiting).await.unwrap().0, 0);
+    server.shutdown().await.unwrap();
+}
+
+/// Within CHAT_FIRST_CALL_TIMEOUT a connection must make a call whose
+/// token verifies, or it is closed: a health check, a refused token, a
+/// health Watch stream (closed one second after its GOAWAY) and an HTTP/1.1
+/// page fetch do not count; one ListMembers with a good token does, for
+/// good.
+async fn only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadline(
+    backend: Backend,
+) {
+    use http_body_util::BodyExt;
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(&db.url, &["--first-call-timeout", "1s"])).await;
+    let opened = Instant::now();
+    let mut authenticated = Watched::connect(server.addr).await;
+    assert_eq!(
+        call(&mut authenticated.sender, list_members_request(&server))
+            .await
+            .0,
+        0
+    );
+    let mut health = Watched::connect(server.addr).await;
+    assert_eq!(call(&mut health.sender, health_request("Check")).await.0, 0);
+    let mut refused = Watched::connect(server.addr).await;
+    let bad = request(LIST_MEMBERS, "not-a-token", whole_body(Bytes::new()));
+    assert_eq!(
+        call(&mut refused.sender, bad).await.0,
+        Code::Unauthenticated as i32
+    );
+    let mut watcher = Watched::connect(server.addr).await;
+    let _watch = open_stream(&mut watcher.sender, health_request("Watch")).await;
+
+    let tcp = within(TcpStream::connect(server.addr)).await.unwrap();
+    let (mut page, page_conn) = within(hyper::client::conn::http1::handshake::<_, RawBody>(
+        hyper_util::rt::TokioIo::new(tcp),
+    ))
+    .await
+    .unwrap();
+    let page_closed = tokio::spawn(page_conn);
+    let get = hyper::Request::get("/")
+        .header("host", "chatd")
+        .body(whole_body(Bytes::new()));
+    let response = within(page.send_request(get.unwrap())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    within(response.into_body().collect()).await.unwrap();
+
+    // The deadline, the forced close a second later, and a margin.
+    let deadline = opened + Duration::from_secs(2) + Duration::from_secs(3);
+    health.closed_by(deadline, "health check only").await;
+    refused.closed_by(deadline, "refused token").await;
+    watcher.closed_by(deadline, "health Watch").await;
+    within(page_closed).await.unwrap().unwrap();
+    // Its deadline came first (it connected first): it is still served.
+    assert!(!authenticated.is_closed());
+    assert_eq!(
+        call(&mut authenticated.sender, list_members_request(&server))
+            .await
+            .0,
+        0
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A client's `grpc-timeout` bounds the wait for its answer, as tonic's
+/// server made it: a send whose body never ends is answered
+/// DEADLINE_EXCEEDED at the client's 500 ms, long before the body deadline,
+/// and the connection goes on serving.
+async fn the_clients_grpc_timeout_ends_a_call_not_yet_answered(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(&db.url, &["--request-body-timeout", "60s"])).await;
+    let mut sender = h2_connect(server.addr).await;
+    let body = hanging_body(Bytes::from_static(&[0, 0, 0, 0xEA, 0x60, 0x0A]));
+    let mut hanging = request(SEND_MESSAGE, &server.token("u"), body);
+    hanging
+        .headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("500m"));
+    let started = Instant::now();
+    let (code, message) = tokio::time::timeout(Duration::from_secs(5), call(&mut sender, hanging))
+        .await
+        .expect("the call outlived its grpc-timeout");
+    assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    assert!(message.contains("grpc-timeout"), "{message}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(call(&mut sender, list_members_request(&server)).await.0, 0);
+    server.shutdown().await.unwrap();
 }

@@ -24,6 +24,11 @@ const FAIL_WITHIN: Duration = Duration::from_secs(10);
 
 type HealthWatch = tonic::Streaming<HealthCheckResponse>;
 
+/// For the tests that watch health: the watch has a connection of its own,
+/// which makes no authenticated call, and must outlive the first-call
+/// deadline (CHAT_FIRST_CALL_TIMEOUT, 10 s by default) while the test runs.
+const WATCHER: [&str; 2] = ["--first-call-timeout", "10m"];
+
 async fn watch_health(channel: tonic::transport::Channel) -> HealthWatch {
     let mut health = HealthClient::new(channel);
     within(health.watch(HealthCheckRequest {
@@ -77,7 +82,7 @@ async fn unavailable_within<T: std::fmt::Debug>(
 async fn hung_postgres_is_unavailable_within_10s_then_recovers() {
     let db = TestDb::postgres().await;
     let proxy = FaultProxy::start().await;
-    let server = TestServer::start_with(config(&proxy.url_for(&db), &[])).await;
+    let server = TestServer::start_with(config(&proxy.url_for(&db), &WATCHER)).await;
     let mut c = server.client("alice").await;
     assert_eq!(send(&mut c, "h", "before").await.seq, 1);
     let mut watch = watch_health(server.channel().await).await;
@@ -285,7 +290,7 @@ async fn sqlite_locked_by_another_connection_is_unavailable() {
     use diesel::Connection;
     use diesel::connection::SimpleConnection;
     let db = TestDb::create(Backend::Sqlite).await;
-    let server = TestServer::start(&db).await;
+    let server = TestServer::start_with(config(&db.url, &WATCHER)).await;
     let mut c = server.client("alice").await;
     assert_eq!(send(&mut c, "l", "before").await.seq, 1);
     let mut watch = watch_health(server.channel().await).await;
@@ -355,7 +360,7 @@ async fn full_disk_is_unavailable_not_serving_and_logged_once_per_batch() {
     let data = fs.0.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let url = format!("sqlite://{}", data.join("chat.db").display());
-    let chatd = Process::start(&url, &data).await;
+    let chatd = Process::spawn(&url, &WATCHER, Some(&data)).await;
     let mut c = chatd.client("alice").await;
     assert_eq!(send(&mut c, "f", "before").await.seq, 1);
     let mut watch = watch_health(chatd.channel().await).await;

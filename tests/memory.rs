@@ -3,9 +3,9 @@
 //!
 //! The RSS tests run the real chatd binary with default settings and read
 //! its VmRSS. They run on PostgreSQL only: what they measure (rings,
-//! streams, unread responses) does not depend on the backend, and a
-//! PostgreSQL server answers the many concurrent reads faster than one
-//! SQLite file.
+//! streams, unread responses, idle connections) does not depend on the
+//! backend, and a PostgreSQL server answers the many concurrent reads
+//! faster than one SQLite file.
 
 #[macro_use]
 mod helpers;
@@ -234,7 +234,7 @@ async fn a_client_that_never_reads_raises_rss_by_at_most_256_mb() {
     // Once the client goes, so does the memory.
     drop(responses);
     drop(senders);
-    let after = settled_rss(&chatd, before).await;
+    let after = settled_rss(&chatd, before, 64 * MIB).await;
     eprintln!("RSS after the client left {:.1} MiB", mib(after));
     assert!(
         after <= before + 64 * MIB,
@@ -244,12 +244,12 @@ async fn a_client_that_never_reads_raises_rss_by_at_most_256_mb() {
     );
 }
 
-/// The RSS once it is back within 64 MiB of `start`, or after [`STEP`]
+/// The RSS once it is back within `margin` of `start`, or after [`STEP`]
 /// (no event tells when the server has freed everything: this polls).
-async fn settled_rss(chatd: &Chatd, start: u64) -> u64 {
+async fn settled_rss(chatd: &Chatd, start: u64, margin: u64) -> u64 {
     let deadline = Instant::now() + STEP;
     let mut now = chatd.rss();
-    while now > start + 64 * MIB && Instant::now() < deadline {
+    while now > start + margin && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         now = chatd.rss();
     }
@@ -328,12 +328,76 @@ async fn ten_thousand_rooms_cost_at_most_16_kb_each_and_memory_comes_back() {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let now = settled_rss(&chatd, start).await;
+    let now = settled_rss(&chatd, start, 64 * MIB).await;
     eprintln!("RSS after they closed {:.1} MiB", mib(now));
     assert!(
         now <= start + 64 * MIB,
         "RSS stayed at {:.1} MiB, {:.1} MiB above the start",
         mib(now),
         mib(now - start)
+    );
+}
+
+/// The finding: idle connections (handshake done, never a call) left
+/// 200 MB resident after they closed. 10,000 idle HTTP/2 connections, each
+/// with one health check behind it (so each has its HTTP/2 state), then
+/// closed: chatd hands their memory back and RSS returns near its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_idle_connections_give_their_memory_back() {
+    use helpers::connections::{Watched, call, frame, untokened_request, whole_body};
+    // This process holds the client side of every connection (and chatd,
+    // which raises its own limit the same way, the server side).
+    let files = rlimit::increase_nofile_limit(10_000 + 1024).expect("open-files limit");
+    let connections = usize::try_from(files.saturating_sub(1024)).map_or(10_000, |n| n.min(10_000));
+    assert!(
+        connections >= 2_000,
+        "the open-files limit ({files}) is too low for this test"
+    );
+    let db = TestDb::postgres().await;
+    let chatd = Chatd::start(
+        &db.url,
+        &[
+            ("CHAT_MAX_CONNECTIONS", "12000"),
+            ("CHAT_FIRST_CALL_TIMEOUT", "10m"),
+        ],
+    )
+    .await;
+    let addr: std::net::SocketAddr = chatd.addr.parse().expect("address");
+    let health = || {
+        let body = frame(&tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        untokened_request("/grpc.health.v1.Health/Check", whole_body(body))
+    };
+    // Warm up the paths measured below.
+    for _ in 0..2 {
+        let mut warm = Watched::connect(addr).await;
+        assert_eq!(call(&mut warm.sender, health()).await.0, 0);
+    }
+    let start = chatd.rss();
+
+    let idle: Vec<Watched> = futures_util::stream::iter(0..connections)
+        .map(|_| async move {
+            let mut conn = Watched::connect(addr).await;
+            assert_eq!(call(&mut conn.sender, health()).await.0, 0);
+            conn
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let open = chatd.rss();
+    eprintln!(
+        "RSS at start {:.1} MiB, with {connections} idle connections {:.1} MiB",
+        mib(start),
+        mib(open)
+    );
+    drop(idle);
+    let now = settled_rss(&chatd, start, 32 * MIB).await;
+    eprintln!("RSS after they closed {:.1} MiB", mib(now));
+    assert!(
+        now <= start + 32 * MIB,
+        "RSS stayed at {:.1} MiB, {:.1} MiB above the start",
+        mib(now),
+        mib(now.saturating_sub(start))
     );
 }

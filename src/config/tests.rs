@@ -70,6 +70,16 @@ fn bad_values_name_their_setting() {
         parse(&[]).unwrap().config.db_timeout,
         Duration::from_secs(4)
     );
+    assert_eq!(
+        parse(&[]).unwrap().config.first_call_timeout,
+        Duration::from_secs(10)
+    );
+    for bad in ["500ms", "11m", "soon"] {
+        let err = parse(&["--first-call-timeout", bad])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CHAT_FIRST_CALL_TIMEOUT"), "{bad}: {err}");
+    }
     let cli = parse(&["--max-message-bytes", "100000"]).unwrap();
     assert!(
         cli.config

@@ -42,6 +42,20 @@ impl CatchUp {
     const LABELS: [&'static str; 3] = ["resume", "lag", "gap"];
 }
 
+/// Why chatd closed a connection (`chatd_connections_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnClosed {
+    /// No authenticated call within `CHAT_FIRST_CALL_TIMEOUT` of its
+    /// handshake.
+    FirstCall = 0,
+    /// It gave its slot up to a new client while every slot was taken.
+    Evicted = 1,
+}
+
+impl ConnClosed {
+    const LABELS: [&'static str; 2] = ["first_call", "evicted"];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
@@ -68,6 +82,10 @@ struct Inner {
     deliveries: Counter,
     streams_open: Gauge,
     rooms_live: Gauge,
+    /// Connections holding one of the `CHAT_MAX_CONNECTIONS` slots.
+    connections_open: Gauge,
+    /// By [`ConnClosed`] as index.
+    connections_closed: [Counter; 2],
     /// By [`CatchUp`] as index.
     catchup_reads: [Counter; 3],
     write_batch_size: Histogram,
@@ -133,6 +151,19 @@ impl Metrics {
             "chatd_rooms_live",
             "Rooms with at least one JoinRoom stream on this node",
         );
+        let connections_open = gauge(
+            &mut registry,
+            "chatd_connections_open",
+            "Client connections holding one of the CHAT_MAX_CONNECTIONS slots",
+        );
+        let closed: Family<ReasonLabel, Counter> = Family::default();
+        registry.register(
+            "chatd_connections_closed",
+            "Connections chatd closed, by why: first_call (no authenticated call within CHAT_FIRST_CALL_TIMEOUT), evicted (gave its slot up to a new client)",
+            closed.clone(),
+        );
+        let connections_closed =
+            ConnClosed::LABELS.map(|reason| closed.get_or_create_owned(&ReasonLabel { reason }));
         let catchup: Family<ReasonLabel, Counter> = Family::default();
         registry.register(
             "chatd_catchup_reads",
@@ -192,6 +223,8 @@ impl Metrics {
             deliveries,
             streams_open,
             rooms_live,
+            connections_open,
+            connections_closed,
             catchup_reads,
             write_batch_size,
             commit_seconds,
@@ -254,6 +287,26 @@ impl Metrics {
             } else {
                 m.rooms_live.dec();
             }
+        }
+    }
+
+    /// A connection took a slot (`true`) or gave it back.
+    #[inline]
+    pub fn connection_open(&self, open: bool) {
+        if let Some(m) = &self.0 {
+            if open {
+                m.connections_open.inc();
+            } else {
+                m.connections_open.dec();
+            }
+        }
+    }
+
+    /// chatd asked a connection to go away for `reason`.
+    #[inline]
+    pub fn connection_closed(&self, reason: ConnClosed) {
+        if let Some(m) = &self.0 {
+            m.connections_closed[reason as usize].inc();
         }
     }
 

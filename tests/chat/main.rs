@@ -55,7 +55,10 @@ async fn postgres_outage_is_unavailable_then_recovers() {
     use tonic_health::pb::health_check_response::ServingStatus;
     let db = TestDb::postgres().await;
     let proxy = DbProxy::start().await;
-    let server = TestServer::start_with(config(&proxy.url_for(&db), &[])).await;
+    // The health watch below has a connection of its own, which makes no
+    // authenticated call: it must outlive CHAT_FIRST_CALL_TIMEOUT.
+    let flags = ["--first-call-timeout", "10m"];
+    let server = TestServer::start_with(config(&proxy.url_for(&db), &flags)).await;
     let mut c = server.client("alice").await;
     assert_eq!(send(&mut c, "o", "before").await.seq, 1);
     let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);

@@ -11,16 +11,27 @@
 //!   of `max_pending` permits, taken at accept, so that file descriptors
 //!   stay bounded; accepting waits while all are taken.
 //! - A handshaken connection takes one of `max_connections` slots before
-//!   any further bytes are read, waiting while all are taken, and keeps it
-//!   until it closes. (An HTTP/2 handshake is read no further than its
-//!   end, so no request gets in without a slot; an HTTP/1.1 head is the
-//!   first request itself, so its handler may start, but its body waits.) Only handshaken connections hold slots, so sockets
-//!   that never finish their handshake cannot fill them.
+//!   any further bytes are read, and keeps it until it closes. (An HTTP/2
+//!   handshake is read no further than its end, so no request gets in
+//!   without a slot; an HTTP/1.1 head is the first request itself, so its
+//!   handler may start, but its body waits.) Only handshaken connections
+//!   hold slots, so sockets that never finish their handshake cannot fill
+//!   them.
+//! - When every slot is taken, the handshaken connection first asks the
+//!   idlest connection with no call in flight to go away (`slots.rs`: one
+//!   eviction per waiting connection), then waits for the first freed slot.
+//!   Connections whose calls are all in flight are never evicted.
 //! - With a per-IP limit, a connection from an address that already has
 //!   that many open is closed at once.
 //! - With TLS ([`crate::tls`]), the TLS handshake comes first and counts
 //!   against the same deadline; the HTTP handshake is followed in the
 //!   decrypted bytes.
+//!
+//! Every connection carries a `Connection` handle, which the serve loop
+//! (`serve/mod.rs`) watches and puts into its requests.
+
+mod handshake;
+mod slots;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,19 +48,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::sync::PollSemaphore;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::metrics::Metrics;
 use crate::tls::{Io, Tls};
-
-/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The largest first HTTP/2 frame a handshake may carry: the protocol's
-/// default SETTINGS_MAX_FRAME_SIZE, which the client may not exceed before
-/// it has seen the server's settings.
-const MAX_FIRST_FRAME: usize = 16_384;
-/// The largest HTTP/1.1 request head (request line and headers) a
-/// handshake may carry.
-pub const MAX_HTTP1_HEAD: usize = 64 * 1024;
+use handshake::Handshake;
+pub use handshake::MAX_HTTP1_HEAD;
+pub(crate) use slots::Connection;
+use slots::{Slot, Slots};
 
 /// The limits [`incoming`] enforces.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +71,7 @@ pub struct ConnLimits {
 
 /// What every accepted connection shares.
 struct Shared {
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     pending: Arc<Semaphore>,
     per_ip: Option<PerIp>,
     handshake_timeout: Duration,
@@ -77,13 +82,15 @@ struct Shared {
 /// events are small and latency matters). Accept errors (such as running
 /// out of file descriptors) are logged and retried after a pause rather
 /// than ending the server. With `tls`, connections speak TLS only.
+/// `metrics` counts the connections holding a slot and those evicted.
 pub fn incoming(
     listener: TcpListener,
     limits: ConnLimits,
     tls: Option<Tls>,
-) -> impl Stream<Item = io::Result<Conn>> {
+    metrics: Metrics,
+) -> impl Stream<Item = Conn> {
     let shared = Arc::new(Shared {
-        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        slots: Arc::new(Slots::new(limits.max_connections, metrics)),
         pending: Arc::new(Semaphore::new(limits.max_pending)),
         per_ip: (limits.max_per_ip > 0).then(|| PerIp::new(limits.max_per_ip)),
         handshake_timeout: limits.handshake_timeout,
@@ -93,7 +100,7 @@ pub fn incoming(
         // The semaphore is never closed; end the stream if it were.
         let pending = shared.pending.clone().acquire_owned().await.ok()?;
         let conn = accept(&listener, &shared, pending).await;
-        Some((Ok(conn), (listener, shared)))
+        Some((conn, (listener, shared)))
     })
 }
 
@@ -121,14 +128,13 @@ async fn accept(listener: &TcpListener, shared: &Shared, pending: OwnedSemaphore
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let info = stream.connect_info();
         let stream = match &shared.tls {
             Some(tls) => tls.accept(stream),
             None => Io::Plain(stream),
         };
         return Conn {
             stream,
-            info,
+            connection: shared.slots.connection(Some(peer)),
             state: State::Handshaking {
                 progress: Handshake::Preface(0),
                 deadline: Box::pin(tokio::time::sleep(shared.handshake_timeout)),
@@ -194,13 +200,14 @@ impl Drop for IpGuard {
 /// An accepted connection; see the module documentation.
 pub struct Conn {
     stream: Io,
-    /// The addresses, taken at accept (a TLS stream hides its socket).
-    info: TcpConnectInfo,
+    /// What the serve loop and the calls know of this connection (its
+    /// client's address is taken at accept: a TLS stream hides its socket).
+    connection: Arc<Connection>,
     state: State,
     /// Bounds the connections not yet holding a slot; released once this
     /// one holds a slot.
     pending: Option<OwnedSemaphorePermit>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     /// Counts this connection against its address while it is open.
     _ip: Option<IpGuard>,
 }
@@ -212,9 +219,9 @@ enum State {
         deadline: Pin<Box<Sleep>>,
     },
     /// Handshaken, waiting for a free slot before reading on.
-    Waiting { slots: PollSemaphore },
+    Waiting { permits: PollSemaphore },
     /// Handshaken and holding a slot until the connection closes.
-    Established { _slot: OwnedSemaphorePermit },
+    Established { _slot: Slot },
 }
 
 impl std::fmt::Debug for Conn {
@@ -231,17 +238,15 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
-}
-
 impl Conn {
+    /// This connection's handle, for the serve loop and its requests.
+    pub(crate) fn connection(&self) -> &Arc<Connection> {
+        &self.connection
+    }
+
     /// Called with the bytes of one read while handshaking: takes a slot
-    /// (or starts waiting for one) once the handshake is complete.
+    /// once the handshake is complete, or, when every slot is taken, asks
+    /// the idlest connection to give its slot up and waits for one.
     fn handshake_read(&mut self, data: &[u8]) -> io::Result<()> {
         let State::Handshaking { progress, .. } = &mut self.state else {
             return Ok(());
@@ -249,14 +254,17 @@ impl Conn {
         if !progress.feed(data)? {
             return Ok(());
         }
-        self.state = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => {
+        self.state = match self.slots.try_take(&self.connection) {
+            Some(slot) => {
                 self.pending = None;
                 State::Established { _slot: slot }
             }
-            Err(_) => State::Waiting {
-                slots: PollSemaphore::new(self.slots.clone()),
-            },
+            None => {
+                self.slots.evict_idlest();
+                State::Waiting {
+                    permits: self.slots.waiter(),
+                }
+            }
         };
         Ok(())
     }
@@ -271,12 +279,14 @@ impl AsyncRead for Conn {
         let this = &mut *self;
         match &mut this.state {
             State::Established { .. } => {}
-            State::Waiting { slots, .. } => {
-                let Some(slot) = ready!(slots.poll_acquire(cx)) else {
+            State::Waiting { permits } => {
+                let Some(permit) = ready!(permits.poll_acquire(cx)) else {
                     return Poll::Ready(Err(io::Error::other("connection limit closed")));
                 };
                 this.pending = None;
-                this.state = State::Established { _slot: slot };
+                this.state = State::Established {
+                    _slot: this.slots.hold(permit, &this.connection),
+                };
             }
             State::Handshaking { progress, deadline } => {
                 if deadline.as_mut().poll(cx).is_ready() {
@@ -336,184 +346,5 @@ impl AsyncWrite for Conn {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// How far a connection's handshake has come.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Handshake {
-    /// Every byte so far matched the HTTP/2 preface; this many did.
-    Preface(usize),
-    /// HTTP/2 preface read; the first frame's 9-byte header so far.
-    FrameHeader([u8; 9], usize),
-    /// The first frame's payload bytes still to come.
-    FramePayload(usize),
-    /// HTTP/1: the head's length so far, and how much of "\r\n\r\n" its
-    /// last bytes match.
-    Http1 {
-        len: usize,
-        matched: usize,
-    },
-    Done,
-}
-
-impl Handshake {
-    /// At most how many more bytes the handshake needs, when that is known
-    /// (HTTP/2; an HTTP/1.1 head ends where its blank line is).
-    fn wanted(&self) -> Option<usize> {
-        match self {
-            Handshake::Preface(n) => Some(PREFACE.len() - n),
-            Handshake::FrameHeader(_, got) => Some(9 - got),
-            Handshake::FramePayload(left) => Some(*left),
-            Handshake::Http1 { .. } | Handshake::Done => None,
-        }
-    }
-
-    /// Follows `data`, the next bytes read; true once the handshake is
-    /// complete, an error when it cannot be.
-    fn feed(&mut self, data: &[u8]) -> io::Result<bool> {
-        let mut data = data;
-        while !data.is_empty() && *self != Handshake::Done {
-            let n = self.step(data)?;
-            data = &data[n..];
-        }
-        Ok(*self == Handshake::Done)
-    }
-
-    /// Consumes a prefix of `data` (at least one byte) and returns its
-    /// length.
-    fn step(&mut self, data: &[u8]) -> io::Result<usize> {
-        match self {
-            Handshake::Preface(n) => {
-                if data[0] == PREFACE[*n] {
-                    *n += 1;
-                    if *n == PREFACE.len() {
-                        *self = Handshake::FrameHeader([0; 9], 0);
-                    }
-                    Ok(1)
-                } else {
-                    // Not HTTP/2: the bytes so far start an HTTP/1 head.
-                    let seen = *n;
-                    *self = Handshake::Http1 { len: 0, matched: 0 };
-                    for &b in &PREFACE[..seen] {
-                        self.http1_byte(b)?;
-                    }
-                    Ok(0)
-                }
-            }
-            Handshake::FrameHeader(header, got) => {
-                let n = (9 - *got).min(data.len());
-                header[*got..*got + n].copy_from_slice(&data[..n]);
-                *got += n;
-                if *got == 9 {
-                    let len = usize::from(header[0]) << 16
-                        | usize::from(header[1]) << 8
-                        | usize::from(header[2]);
-                    if len > MAX_FIRST_FRAME {
-                        return Err(invalid("first HTTP/2 frame too large"));
-                    }
-                    *self = if len == 0 {
-                        Handshake::Done
-                    } else {
-                        Handshake::FramePayload(len)
-                    };
-                }
-                Ok(n)
-            }
-            Handshake::FramePayload(left) => {
-                let n = (*left).min(data.len());
-                *left -= n;
-                if *left == 0 {
-                    *self = Handshake::Done;
-                }
-                Ok(n)
-            }
-            Handshake::Http1 { .. } => {
-                for (i, &b) in data.iter().enumerate() {
-                    self.http1_byte(b)?;
-                    if *self == Handshake::Done {
-                        return Ok(i + 1);
-                    }
-                }
-                Ok(data.len())
-            }
-            Handshake::Done => Ok(data.len()),
-        }
-    }
-
-    fn http1_byte(&mut self, b: u8) -> io::Result<()> {
-        let Handshake::Http1 { len, matched } = self else {
-            return Ok(());
-        };
-        *len += 1;
-        if *len > MAX_HTTP1_HEAD {
-            return Err(invalid("HTTP/1.1 request head too large"));
-        }
-        const END: &[u8; 4] = b"\r\n\r\n";
-        *matched = if b == END[*matched] {
-            *matched + 1
-        } else if b == b'\r' {
-            1
-        } else {
-            0
-        };
-        if *matched == END.len() {
-            *self = Handshake::Done;
-        }
-        Ok(())
-    }
-}
-
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn feed_all(chunks: &[&[u8]]) -> io::Result<bool> {
-        let mut h = Handshake::Preface(0);
-        let mut done = false;
-        for chunk in chunks {
-            done = h.feed(chunk)?;
-        }
-        Ok(done)
-    }
-
-    #[test]
-    fn http2_needs_the_preface_and_one_whole_frame() {
-        let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
-        assert!(!feed_all(&[&PREFACE[..10]]).unwrap());
-        assert!(!feed_all(&[PREFACE]).unwrap());
-        assert!(!feed_all(&[PREFACE, &settings[..12]]).unwrap());
-        assert!(feed_all(&[PREFACE, &settings]).unwrap());
-        // Byte by byte, and with more bytes after the frame.
-        let mut all = PREFACE.to_vec();
-        all.extend_from_slice(&settings);
-        let chunks: Vec<&[u8]> = all.chunks(1).collect();
-        assert!(feed_all(&chunks).unwrap());
-        all.extend_from_slice(b"more frames");
-        assert!(feed_all(&[&all]).unwrap());
-        // An empty SETTINGS frame is enough.
-        assert!(feed_all(&[PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0]]).unwrap());
-        assert!(feed_all(&[PREFACE, &[1, 0, 0, 4, 0, 0, 0, 0, 0]]).is_err());
-    }
-
-    #[test]
-    fn http1_needs_the_whole_head() {
-        let head = b"POST /chat.v1.ChatService/SendMessage HTTP/1.1\r\nhost: x\r\n\r\nbody";
-        assert!(!feed_all(&[&head[..20]]).unwrap());
-        assert!(!feed_all(&[&head[..58]]).unwrap());
-        assert!(feed_all(&[&head[..]]).unwrap());
-        let chunks: Vec<&[u8]> = head.chunks(3).collect();
-        assert!(feed_all(&chunks).unwrap());
-        // "PRI" that turns out not to be the preface is an HTTP/1 head.
-        assert!(!feed_all(&[b"PRI * HTTP/1.1\r\n"]).unwrap());
-        assert!(feed_all(&[b"PRI * HTTP/1.1\r\n", b"\r\n"]).unwrap());
-        // Line feeds alone do not end a head.
-        assert!(!feed_all(&[b"GET / HTTP/1.1\n\n\n\n"]).unwrap());
-        let endless = vec![b'a'; MAX_HTTP1_HEAD + 1];
-        assert!(feed_all(&[&endless]).is_err());
     }
 }

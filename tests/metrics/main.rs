@@ -1,21 +1,24 @@
 //! Prometheus metrics and JSON logs (issue 10): `/metrics` scraped from a
-//! real chatd over loopback after real calls (gRPC and grpc-web), the
-//! metrics port's other paths, a cluster's NATS metrics, and the binary's
-//! JSON log lines and listening sockets with metrics on and off.
+//! real chatd over loopback after real calls (gRPC and grpc-web) and a
+//! cluster's NATS metrics here; the connection metrics in `connections`;
+//! the metrics port itself and the binary's JSON log lines and listening
+//! sockets in `port`.
 
 #[macro_use]
+#[path = "../helpers/mod.rs"]
 mod helpers;
 
+mod connections;
+mod port;
+
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
 use chatd::proto;
 use helpers::cluster::{Nats, node_args, unique_cluster};
 use helpers::connections::frame;
-use helpers::metrics::{Binary, http_get, metered_server, metrics_of, sample, scrape, wait_for};
+use helpers::metrics::{metered_server, metrics_of, sample, scrape, wait_for};
 use helpers::{
-    Backend, SECRET, TestDb, TestServer, config, join, next_message, send, send_request, within,
+    Backend, TestDb, TestServer, config, join, next_message, send, send_request, within,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -372,36 +375,6 @@ async fn unknown_methods_share_one_fixed_label(backend: Backend) {
     server.shutdown().await.expect("clean shutdown");
 }
 
-/// Only `GET /metrics` answers; everything else on the port is 404.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_metrics_port_serves_only_get_metrics() {
-    let db = TestDb::create(Backend::Sqlite).await;
-    let server = metered_server(&db).await;
-    let metrics = metrics_of(&server);
-    let (status, content_type, body) = http_get(metrics, "GET", "/metrics").await;
-    assert_eq!(status, 200);
-    assert!(
-        content_type.starts_with("application/openmetrics-text"),
-        "{content_type}"
-    );
-    assert!(
-        body.contains("# TYPE grpc_server_started counter"),
-        "{body}"
-    );
-    assert!(body.trim_end().ends_with("# EOF"));
-    for (verb, path) in [
-        ("GET", "/"),
-        ("GET", "/metrics/x"),
-        ("GET", "/metricsx"),
-        ("POST", "/metrics"),
-        ("GET", "/chat.v1.ChatService/SendMessage"),
-    ] {
-        let (status, _, _) = http_get(metrics, verb, path).await;
-        assert_eq!(status, 404, "{verb} {path}");
-    }
-    server.shutdown().await.expect("clean shutdown");
-}
-
 /// On a cluster: `chatd_nats_connected` follows the NATS connection, and
 /// a message that reached a node only through the storage poll (NATS
 /// down) counts as a missed notification.
@@ -482,78 +455,4 @@ fn documented_names_are_exported(text: &str) {
         }
         assert!(checked > 10, "too few metric names found in the docs");
     }
-}
-
-/// `CHAT_LOG_FORMAT=json`: every line is a JSON object with a level and
-/// a message. Without `CHAT_METRICS_ADDR` chatd listens on one port only;
-/// with it, on two, and says where.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_parse_and_metrics_listen_only_when_asked() {
-    let db = TestDb::create(Backend::Sqlite).await;
-    let off = Binary::start(&db.url, &[("CHAT_LOG_FORMAT", "json")]);
-    let lines = off.lines_until("chatd is serving").await;
-    for line in &lines {
-        let value: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(value["level"].is_string(), "{line}");
-        assert!(value["message"].is_string(), "{line}");
-        assert!(value["timestamp"].is_string(), "{line}");
-    }
-    let serving: serde_json::Value =
-        serde_json::from_str(lines.last().expect("a line")).expect("json");
-    assert_eq!(serving["level"], "INFO");
-    assert!(
-        serving["addr"]
-            .as_str()
-            .is_some_and(|a| a.starts_with("127.0.0.1:"))
-    );
-    // Listening happens before the line above, so this is final.
-    assert_eq!(
-        off.listening_sockets(),
-        1,
-        "metrics off: only the gRPC port"
-    );
-    drop(off);
-
-    let on = Binary::start(&db.url, &[("CHAT_METRICS_ADDR", "127.0.0.1:0")]);
-    let lines = on.lines_until("Prometheus metrics").await;
-    assert!(
-        serde_json::from_str::<serde_json::Value>(&lines[0]).is_err(),
-        "text is the default: {}",
-        lines[0]
-    );
-    let url = lines
-        .last()
-        .and_then(|l| l.split("url=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the metrics url")
-        .to_owned();
-    assert_eq!(on.listening_sockets(), 2, "metrics on: gRPC and metrics");
-    let addr: SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .expect("address");
-    let text = scrape(addr).await;
-    assert!(text.contains("chatd_streams_open 0"), "{text}");
-}
-
-/// A bad `CHAT_LOG_FORMAT` stops start-up with a message naming it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_log_format_is_refused_by_name() {
-    let run = tokio::task::spawn_blocking(|| {
-        Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .env("CHAT_LOG_FORMAT", "xml")
-            .env("CHAT_JWT_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .output()
-    });
-    let output = within(run)
-        .await
-        .expect("the blocking task")
-        .expect("run chatd");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("CHAT_LOG_FORMAT"), "{stderr}");
 }
