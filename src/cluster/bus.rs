@@ -399,3 +399,52 @@ pub async fn deliver_from_storage(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+
+    fn event(room: &str, seq: u64) -> Bytes {
+        let message = proto::Message {
+            room: room.into(),
+            seq,
+            ..Default::default()
+        };
+        let response = JoinRoomResponse {
+            event: Some(Event::Message(message)),
+        };
+        Bytes::from(response.encode_to_vec())
+    }
+
+    fn encoded(entries: &[(u64, Bytes)]) -> Bytes {
+        let notice = Notice {
+            entries: entries
+                .iter()
+                .map(|(seq, event)| Entry {
+                    seq: *seq,
+                    event: event.clone(),
+                })
+                .collect(),
+        };
+        Bytes::from(notice.encode_to_vec())
+    }
+
+    #[test]
+    fn only_messages_of_the_room_with_their_seq_pass() {
+        let room = RoomName::parse("lobby").unwrap();
+        let good = encoded(&[(1, event("lobby", 1)), (2, event("lobby", 2))]);
+        assert_eq!(checked_notice(&room, good).map(|m| m.len()), Some(2));
+        for bad in [
+            encoded(&[]),
+            encoded(&[(1, event("other", 1))]),
+            encoded(&[(2, event("lobby", 1))]),
+            encoded(&[(SEQ_MAX + 1, event("lobby", SEQ_MAX + 1))]),
+            encoded(&[(SEQ_MAX, Bytes::new())]),
+            encoded(&[(2, event("lobby", 2)), (1, event("lobby", 1))]),
+            Bytes::from_static(b"\xff\xff"),
+        ] {
+            assert!(checked_notice(&room, bad).is_none());
+        }
+    }
+}
