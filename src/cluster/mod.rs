@@ -174,25 +174,7 @@ impl Cluster {
         let node = NodeId::random()?;
         let link = Arc::new(Link::default());
         link.now_ms();
-        let events = link.clone();
-        let ever = Arc::new(AtomicBool::new(false));
-        let options = async_nats::ConnectOptions::new()
-            .name(format!("chatd {} node {node}", config.cluster_name))
-            .no_echo()
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(2))
-            .ping_interval(Duration::from_secs(5))
-            .subscription_capacity(SUBSCRIPTION_CAPACITY)
-            .client_capacity(CLIENT_CAPACITY)
-            .reconnect_delay_callback(|attempts| {
-                (Duration::from_millis(100) * attempts.min(10) as u32).min(RECONNECT_MAX_DELAY)
-            })
-            .event_callback(move |event| {
-                let link = events.clone();
-                let ever = ever.clone();
-                async move { on_event(&link, &ever, event) }
-            });
+        let options = options(config, node, &link);
         let options = connect::secure(
             options,
             &target,
@@ -364,6 +346,30 @@ pub async fn check_settings(config: &Config) -> Result<()> {
         .map_err(|e| Error::Config(format!("CHAT_NATS_URL: {} {e}", redact(url))))?;
     let security = &config.cluster_security;
     connect::check_files(security.nats_creds.as_deref(), security.nats_ca.as_deref()).await
+}
+
+/// The client's options: its name, reconnection, bounded queues, and the
+/// connection changes recorded in `link`.
+fn options(config: &Config, node: NodeId, link: &Arc<Link>) -> async_nats::ConnectOptions {
+    let events = link.clone();
+    let ever = Arc::new(AtomicBool::new(false));
+    async_nats::ConnectOptions::new()
+        .name(format!("chatd {} node {node}", config.cluster_name))
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(5))
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .client_capacity(CLIENT_CAPACITY)
+        .reconnect_delay_callback(|attempts| {
+            (Duration::from_millis(100) * attempts.min(10) as u32).min(RECONNECT_MAX_DELAY)
+        })
+        .event_callback(move |event| {
+            let link = events.clone();
+            let ever = ever.clone();
+            async move { on_event(&link, &ever, event) }
+        })
 }
 
 /// Room subject tokens under the current key, two generations of at most
