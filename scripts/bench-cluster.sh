@@ -170,6 +170,9 @@ chatd_section() {
   nats_pid=$(pidof nats-server 2>/dev/null | awk '{print $1}' || true)
   local single=127.0.0.1:50071 a=127.0.0.1:50072 b=127.0.0.1:50073
   local cluster=bench-$$-$(date +%s)
+  # Every node of one cluster shares one key (traffic between nodes is sealed with it).
+  local cluster_key
+  cluster_key=$("$CHATD_BIN" cluster-key)
   fresh_db chatd_bench_single
   fresh_db chatd_bench_cluster
   CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$single DATABASE_URL=$PG_BASE/chatd_bench_single \
@@ -177,10 +180,10 @@ chatd_section() {
   wait_port $single
   # Node A first, alone, so that it runs the migrations; then B on the same database.
   CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$a DATABASE_URL=$PG_BASE/chatd_bench_cluster \
-    CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn "$CHATD_BIN" --nats-url "$NATS_URL" --cluster-name "$cluster" & pids+=($!); local A=$!
+    CHAT_CLUSTER_KEY=$cluster_key CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn "$CHATD_BIN" --nats-url "$NATS_URL" --cluster-name "$cluster" & pids+=($!); local A=$!
   wait_port $a
   CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$b DATABASE_URL=$PG_BASE/chatd_bench_cluster \
-    CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn "$CHATD_BIN" --nats-url "$NATS_URL" --cluster-name "$cluster" & pids+=($!); local B=$!
+    CHAT_CLUSTER_KEY=$cluster_key CHAT_DATA_DIR=$(mktemp -d) RUST_LOG=warn "$CHATD_BIN" --nats-url "$NATS_URL" --cluster-name "$cluster" & pids+=($!); local B=$!
   wait_port $b
 
   # cbench NAME ADDRS PIDS args...: ADDRS and PIDS comma-separated; NATS's CPU is recorded beside.

@@ -73,6 +73,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
         self.previous.remove(key);
     }
 
+    fn contains(&self, key: &K) -> bool {
+        self.current.contains_key(key) || self.previous.contains_key(key)
+    }
+
     fn keys(&self) -> impl Iterator<Item = &K> {
         self.current.keys().chain(self.previous.keys())
     }
@@ -411,6 +415,28 @@ impl Access {
     pub async fn revalidate(&self) -> Result<()> {
         let mut pairs: Vec<Pair> = lock(&self.grants).cache.keys().cloned().collect();
         pairs.extend(self.rooms.local_users(None));
+        self.revalidate_pairs(pairs).await
+    }
+
+    /// A revocation another node announced for `users` in `room`: applied
+    /// only as far as storage confirms it, for the users with streams or a
+    /// cached grant in the room here (a public room is never revoked).
+    pub async fn revalidate_users(&self, room: &RoomName, users: &[Arc<str>]) -> Result<()> {
+        let mut pairs: Vec<Pair> = self
+            .rooms
+            .local_users(Some(room))
+            .into_iter()
+            .filter(|(_, user)| users.contains(user))
+            .collect();
+        {
+            let grants = lock(&self.grants);
+            pairs.extend(
+                users
+                    .iter()
+                    .map(|user| (room.clone(), user.clone()))
+                    .filter(|pair| grants.cache.contains(pair)),
+            );
+        }
         self.revalidate_pairs(pairs).await
     }
 

@@ -24,7 +24,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
-use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::connections::Connection;
 use crate::domain::Identity;
@@ -41,7 +40,7 @@ pub use secret::{
 pub const USER_ID_MAX_BYTES: usize = crate::domain::USER_ID_MAX_BYTES;
 /// The longest `name` claim, in characters (after format characters are
 /// stripped).
-pub const DISPLAY_NAME_MAX_CHARS: usize = 64;
+pub const DISPLAY_NAME_MAX_CHARS: usize = crate::domain::DISPLAY_NAME_MAX_CHARS;
 /// How far the issuer's clock may be off from chatd's, in seconds: a token
 /// is accepted until `exp + CLOCK_LEEWAY_SECS` and from
 /// `nbf - CLOCK_LEEWAY_SECS`.
@@ -299,12 +298,6 @@ fn refusal(kind: &jsonwebtoken::errors::ErrorKind) -> String {
     }
 }
 
-/// Unicode format characters (general category Cf): bidi overrides and
-/// isolates, zero-width spaces and joiners, soft hyphens, tags...
-fn is_format(c: char) -> bool {
-    c.general_category() == GeneralCategory::Format
-}
-
 fn identity_from_claims(sub: Option<&str>, name: Option<&str>) -> Result<Identity> {
     let sub = sub.ok_or_else(|| Error::Unauthenticated("token: `sub` claim is missing".into()))?;
     if let Some(problem) = crate::domain::user_id_problem(sub) {
@@ -314,18 +307,8 @@ fn identity_from_claims(sub: Option<&str>, name: Option<&str>) -> Result<Identit
     }
     // A display name is shown, not matched: strip what would make it render
     // differently from what it holds, rather than lock its user out.
-    let name: Option<String> = name.map(|n| n.chars().filter(|&c| !is_format(c)).collect());
-    let name = match name.as_deref().map(str::trim) {
-        None | Some("") => sub.to_owned(),
-        Some(name) => {
-            if name.chars().count() > DISPLAY_NAME_MAX_CHARS || name.chars().any(char::is_control) {
-                return Err(Error::Unauthenticated(format!(
-                    "token: `name` claim must be at most {DISPLAY_NAME_MAX_CHARS} characters without control characters"
-                )));
-            }
-            name.to_owned()
-        }
-    };
+    let name = crate::domain::display_name(sub, name)
+        .map_err(|problem| Error::Unauthenticated(format!("token: `name` claim {problem}")))?;
     Ok(Identity {
         user_id: sub.into(),
         display_name: name.into(),

@@ -12,6 +12,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::logs::LogFormat;
 use crate::storage::{Location, Synchronous};
 
+mod cluster;
+
+pub use cluster::{CLUSTER_KEY_BYTES, ClusterKeys, ClusterSecurity, Secret};
+
 /// chatd: gRPC chat rooms with durable, gapless history.
 #[derive(Debug, Parser)]
 #[command(name = "chatd", version, about, args_conflicts_with_subcommands = true)]
@@ -30,6 +34,8 @@ pub enum Command {
     Serve(Config),
     /// Print a token signed with the server's secret.
     Token(TokenArgs),
+    /// Print a fresh CHAT_CLUSTER_KEY (32 random bytes, base64) and exit.
+    ClusterKey,
 }
 
 /// `CHAT_ROOM_CREATION`: who may bring a room into existence.
@@ -68,9 +74,15 @@ pub struct Config {
     )]
     pub database_url: Option<String>,
 
-    /// NATS server(s) to join a cluster through, e.g. nats://127.0.0.1:4222.
-    /// Unset: a single node, no NATS needed.
-    #[arg(long = "nats-url", env = "CHAT_NATS_URL", value_name = "CHAT_NATS_URL")]
+    /// NATS server(s) to join a cluster through, e.g. nats://127.0.0.1:4222
+    /// (comma separated; nats://user:pass@host, nats://token@host and
+    /// tls://host work). Unset: a single node, no NATS needed.
+    #[arg(
+        long = "nats-url",
+        env = "CHAT_NATS_URL",
+        value_name = "CHAT_NATS_URL",
+        hide_env_values = true
+    )]
     pub nats_url: Option<String>,
 
     /// The cluster's name: every node with the same database, NATS and name
@@ -96,6 +108,9 @@ pub struct Config {
         value_parser = parse_presence_timeout
     )]
     pub presence_timeout: Duration,
+
+    #[command(flatten)]
+    pub cluster_security: ClusterSecurity,
 
     /// SQLite only: `full` fsyncs every commit before acknowledging it
     /// (survives power loss); `normal` survives a crash of chatd but may
@@ -567,7 +582,7 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("CHAT_TLS_CERT and CHAT_TLS_KEY must be set together (or neither)".into());
         }
-        Ok(())
+        self.validate_cluster()
     }
 }
 

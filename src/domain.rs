@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+mod names;
+
+pub use names::{DISPLAY_NAME_MAX_CHARS, display_name};
+
 /// The longest room name, in bytes (all allowed characters are ASCII).
 pub const ROOM_NAME_MAX: usize = 64;
 /// The longest image or file URL, in bytes.

@@ -36,16 +36,19 @@ mod order;
 mod ring;
 mod snapshot;
 mod subscription;
+mod synced;
 mod wake;
 
 pub use order::HOLD;
 pub use subscription::Subscription;
+pub use synced::SYNC_WAIT;
 pub use wake::{PRESENCE_EVERY, WAKE_EVERY};
 
 use bytes::Bytes;
 use membership::{Membership, Presence};
 use order::Reorder;
 use ring::{Event, Ring, RingLimits, chunks, encode_message};
+use synced::Synced;
 use wake::Deferred;
 
 #[derive(Debug, Default)]
@@ -79,6 +82,8 @@ struct RoomState {
     presence_woken_at: Option<tokio::time::Instant>,
     /// Whether the room waits in the queue of deferred presence wake-ups.
     presence_queued: bool,
+    /// Cluster only: whether the other nodes' members are known yet.
+    synced: Synced,
 }
 
 impl RoomState {
@@ -99,6 +104,8 @@ struct Room {
     /// revocation or shutdown): a waiting stream then takes what is new
     /// under the lock.
     notify: Notify,
+    /// Woken when the room is synced ([`Rooms::mark_synced`]).
+    synced: Notify,
 }
 
 impl Room {
@@ -233,12 +240,11 @@ impl Rooms {
     /// known seq only ever grows.
     pub fn publish_encoded(&self, name: &RoomName, messages: &[(u64, Bytes)]) {
         let Some(room) = self.get(name) else { return };
-        let Some(newest) = messages.iter().map(|(seq, _)| *seq).max() else {
+        if messages.is_empty() {
             return;
-        };
+        }
         let (wake_now, holding) = {
             let mut state = room.lock();
-            state.learn_last_seq(newest);
             let ready;
             let ready = if self.ordered {
                 ready = state.order.accept(messages, self.limits.bytes);
@@ -246,6 +252,11 @@ impl Rooms {
             } else {
                 messages
             };
+            // Only what goes into the ring moves the room's last seq:
+            // messages held behind a gap are not confirmed yet.
+            if let Some(newest) = ready.iter().map(|(seq, _)| *seq).max() {
+                state.learn_last_seq(newest);
+            }
             for event in chunks(ready) {
                 state.ring.push(event, self.limits);
             }
@@ -294,26 +305,43 @@ impl Rooms {
     }
 
     /// Reads the `missing` seqs after `after` of `room` and publishes them
-    /// (which releases what was held behind them).
+    /// (which releases what was held behind them). Held messages beyond
+    /// what storage holds are not committed (a node only announces
+    /// committed messages, before this read): they never reach the ring.
     async fn fill_gap(&self, room: &Arc<Room>, store: &Store, after: u64, missing: u32) {
         let limit = missing.clamp(1, FILL_PAGE);
         match store.read_after(&room.name, after, limit).await {
-            Ok(found) if !found.is_empty() => {
+            Ok(found) => {
+                let stored_through = found.last().map_or(after, |m| m.seq);
+                let complete = found.len() < limit as usize;
                 let found: Vec<&StoredMessage> = found.iter().collect();
                 self.publish(&found);
-            }
-            result => {
-                if let Err(e) = result {
-                    tracing::debug!(room = %room.name, error = %e, "filling a gap from storage failed");
+                if complete {
+                    let dropped = room.lock().order.drop_beyond(stored_through);
+                    if dropped > 0 {
+                        tracing::debug!(room = %room.name, dropped, stored_through, "dropped held messages that storage does not have");
+                    }
                 }
+            }
+            Err(e) => {
+                tracing::debug!(room = %room.name, error = %e, "filling a gap from storage failed");
                 let mut state = room.lock();
                 let held = state.order.release();
+                if let Some((newest, _)) = held.last() {
+                    state.learn_last_seq(*newest);
+                }
                 for event in chunks(&held) {
                     state.ring.push(event, self.limits);
                 }
                 room.notify.notify_waiters();
             }
         }
+    }
+
+    /// The newest seq `room` knows to be stored, if it has streams here and
+    /// knows it yet.
+    pub fn known_last_seq(&self, room: &RoomName) -> Option<u64> {
+        self.get(room).and_then(|room| room.lock().last_seq)
     }
 
     /// The rooms with streams here and, for each, the newest seq the room
@@ -378,10 +406,19 @@ impl Rooms {
                 .or_insert_with(|| {
                     self.changed.notify_one();
                     self.metrics.room_live(true);
+                    let synced = if self.ordered {
+                        Synced::Pending
+                    } else {
+                        Synced::Done
+                    };
                     Arc::new(Room {
                         name: room.clone(),
-                        state: Mutex::new(RoomState::default()),
+                        state: Mutex::new(RoomState {
+                            synced,
+                            ..RoomState::default()
+                        }),
                         notify: Notify::new(),
+                        synced: Notify::new(),
                     })
                 })
                 .clone();
@@ -430,6 +467,9 @@ impl Rooms {
             Some(n) => n,
             None => last_seq,
         };
+        // On a cluster, the first joins of a room wait (bounded) for the
+        // other nodes' members, so that `joined` lists them.
+        self.wait_synced(&guard.room).await;
         let (joined, presence_from) = guard.become_member(last_seq)?;
         let revoked = guard.revoked.clone();
         Ok(Subscription {

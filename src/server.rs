@@ -40,6 +40,7 @@ use crate::auth::{
 };
 use crate::cluster::Cluster;
 use crate::cluster::bus::{Publisher, follow_rooms, poll_storage, spawn_publisher};
+use crate::cluster::nodes::{self, Directory};
 use crate::cluster::presence::{self, Presence};
 use crate::cluster::revocations;
 use crate::config::Config;
@@ -90,6 +91,7 @@ impl Application {
     /// Loads the secret, runs migrations and binds `config.addr`.
     pub async fn build(config: Config) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
+        crate::cluster::check_settings(&config).await?;
         let (secret, source) =
             load_or_generate_secret(config.secret.jwt_secret.as_deref(), &config.secret.data_dir)?;
         match &source {
@@ -453,7 +455,8 @@ fn log_serving(
 
 /// Connects to NATS and starts the cluster tasks on `tracker`: the
 /// publisher of committed batches, the interest-based subscriptions, the
-/// storage poller and presence. All end at `stop`.
+/// storage poller, the node directory and presence (with its syncs and the
+/// answers to other nodes' syncs). All end at `stop`.
 async fn start_cluster(
     config: &Config,
     url: &str,
@@ -462,16 +465,22 @@ async fn start_cluster(
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> Result<(Cluster, Publisher, Arc<Presence>)> {
-    let cluster = Cluster::connect(config, url).await?;
+    let cluster = Cluster::connect(config, url, rooms.metrics().clone()).await?;
     let publisher = spawn_publisher(&cluster, tracker, stop.clone());
-    let presence = Arc::new(Presence::new(
+    let directory = Arc::new(Directory::new(config.presence_timeout));
+    tracker.spawn(nodes::run(cluster.clone(), directory.clone(), stop.clone()));
+    let (presence, syncs) = Presence::new(
         cluster.clone(),
         rooms.clone(),
+        directory,
         config.presence_timeout,
-    ));
+    );
+    let presence = Arc::new(presence);
     let (changes_tx, changes) = tokio::sync::mpsc::channel(presence::CHANGES_QUEUE);
     rooms.watch_presence(changes_tx);
     tracker.spawn(presence::run(presence.clone(), changes, stop.clone()));
+    tracker.spawn(presence::run_syncs(presence.clone(), syncs, stop.clone()));
+    tracker.spawn(presence::serve_requests(presence.clone(), stop.clone()));
     tracker.spawn(follow_rooms(
         cluster.clone(),
         rooms.clone(),

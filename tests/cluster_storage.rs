@@ -24,7 +24,17 @@ fn cluster_config(db: &TestDb) -> chatd::config::Config {
 }
 
 fn named_cluster_config(db: &TestDb, name: &str) -> chatd::config::Config {
-    config(&db.url, &["--nats-url", NATS, "--cluster-name", name])
+    config(
+        &db.url,
+        &[
+            "--nats-url",
+            NATS,
+            "--cluster-name",
+            name,
+            "--cluster-key",
+            helpers::cluster::CLUSTER_KEY,
+        ],
+    )
 }
 
 /// The last 64 letters, digits and '_' of the database's URL: unique per
@@ -349,6 +359,7 @@ async fn sqlite_with_nats_url_is_refused() {
             .arg("serve")
             .args(helpers::server_args(&url))
             .env("CHAT_NATS_URL", NATS)
+            .env("CHAT_CLUSTER_KEY", helpers::cluster::CLUSTER_KEY)
             .env("CHAT_DATA_DIR", &dir)
             .output()
     }))

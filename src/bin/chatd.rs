@@ -1,4 +1,4 @@
-//! The chatd binary: parse the command line, then serve or mint a token.
+//! The chatd binary: parse the command line, then serve, mint a token or make a cluster key.
 
 use std::process::ExitCode;
 
@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = match &cli.command {
         Some(Command::Serve(config)) => config.log_format,
-        Some(Command::Token(_)) => LogFormat::Text,
+        Some(Command::Token(_) | Command::ClusterKey) => LogFormat::Text,
         None => cli.config.log_format,
     };
     if let Err(e) = chatd::logs::init(log_format) {
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
                 })
                 .map(|token| println!("{token}"))
         }
+        Some(Command::ClusterKey) => chatd::cluster::new_key().map(|key| println!("{key}")),
         Some(Command::Serve(config)) => serve(config),
         None => serve(cli.config),
     };

@@ -7,6 +7,13 @@
 //!   node, and only those (interest-based), and pushes what arrives into
 //!   the room's ring ([`Rooms::publish_encoded`]). Streams deliver exactly
 //!   once and in seq order whatever arrives, twice or out of order.
+//! - Nothing is believed past what it proves: a notice must open (sealed
+//!   for its subject with the cluster key), and every entry must be a
+//!   message of this room with the entry's seq. A notice that jumps the
+//!   room more than [`AHEAD_SLACK`] seqs past the newest it knows is
+//!   checked against storage first: entries beyond the stored last seq
+//!   are dropped (counted as invalid), so a room's last seq and its
+//!   streams only move to committed seqs.
 //! - NATS core is at most once, so [`poll_storage`] reads, in one query,
 //!   the newest stored seq of every live room every [`POLL_CONNECTED`]
 //!   (every [`POLL_DISCONNECTED`] while NATS is down, and at once after a
@@ -26,8 +33,9 @@ use tokio_util::task::TaskTracker;
 
 use super::Cluster;
 use super::presence::Presence;
-use crate::domain::{RoomName, StoredMessage};
+use crate::domain::{RoomName, SEQ_MAX, StoredMessage};
 use crate::error::Result;
+use crate::proto::{JoinRoomResponse, join_room_response::Event};
 use crate::rooms::Rooms;
 use crate::storage::Store;
 
@@ -45,8 +53,10 @@ const NOTICE_BYTES: usize = 256 * 1024;
 /// The most messages the poller reads for one room at a time: the newest
 /// ones; streams further behind catch up from storage on their own.
 const POLL_PAGE: u32 = 256;
-/// How long subscribing (and the flush after it) may take.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How far past the newest seq a room knows a notice may go without a
+/// look at storage: a legitimate notice is rarely further ahead (the room's
+/// own ring and the poll keep it close), a forged one is refused.
+pub const AHEAD_SLACK: u64 = 4096;
 
 /// One message in a notification: its seq and its encoded
 /// `JoinRoomResponse`.
@@ -103,11 +113,11 @@ pub fn spawn_publisher(
                 },
             };
             for (room, messages) in batch {
-                let subject = cluster.subject(&room, "m");
+                let subject = cluster.room_subject(&room, "m");
                 for payload in notices(&messages) {
                     let published = tokio::select! {
                         () = stop.cancelled() => return,
-                        published = cluster.client.publish(subject.clone(), payload) => published,
+                        published = cluster.publish(subject.clone(), &payload) => published,
                     };
                     if let Err(e) = published {
                         tracing::debug!(error = %e, "publishing a notification failed");
@@ -141,9 +151,10 @@ fn notices(messages: &[(u64, Bytes)]) -> Vec<Bytes> {
     out
 }
 
-/// Keeps one subscription per room with streams on this node: subscribes
-/// when a room entry appears, unsubscribes when it goes. Each subscription
-/// has a task of its own (on `tracker`), ended with its room or at `stop`.
+/// Keeps one subscription per room with streams on this node (two during
+/// a key rotation): subscribes when a room entry appears, unsubscribes when
+/// it goes, and has the presence of new room entries synced. Each room has
+/// a task of its own (on `tracker`), ended with its room or at `stop`.
 pub async fn follow_rooms(
     cluster: Cluster,
     rooms: Arc<Rooms>,
@@ -174,30 +185,30 @@ pub async fn follow_rooms(
             if followed.contains_key(&room) {
                 continue;
             }
-            let subject = cluster.room_subjects(&room);
-            let subscribed =
-                tokio::time::timeout(SUBSCRIBE_TIMEOUT, cluster.client.subscribe(subject)).await;
-            let Ok(Ok(subscriber)) = subscribed else {
+            let Some(subscribers) = subscribe_room(&cluster, &room).await else {
                 tracing::debug!(room = %room, "subscribing failed; retrying");
                 continue;
             };
             let token = stop.child_token();
             followed.insert(room.clone(), token.clone());
-            tracker.spawn(follow(
-                room.clone(),
-                subscriber,
-                rooms.clone(),
-                presence.clone(),
-                token,
-            ));
+            let follower = Follower {
+                room: room.clone(),
+                cluster: cluster.clone(),
+                rooms: rooms.clone(),
+                store: store.clone(),
+                presence: presence.clone(),
+            };
+            tracker.spawn(follower.run(subscribers, token));
             added.push(room);
         }
+        // New room entries (and entries made again since the last look)
+        // ask the other nodes for their members.
+        presence.request_sync(rooms.take_unsynced());
         if !added.is_empty() {
             // Once the server has the subscriptions, what was committed
             // before them is in storage: read it, so that a first joiner
             // does not wait for the next poll.
-            let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, cluster.client.flush()).await;
-            presence.sync(&added).await;
+            cluster.flush().await;
             if let Err(e) = deliver_from_storage(&rooms, &store, Some(&added)).await {
                 tracing::debug!(error = %e, "reading new rooms' last seqs failed");
             }
@@ -208,39 +219,105 @@ pub async fn follow_rooms(
     }
 }
 
-/// One room's subscription: pushes what arrives into the room.
-async fn follow(
-    room: RoomName,
-    mut subscriber: async_nats::Subscriber,
-    rooms: Arc<Rooms>,
-    presence: Arc<Presence>,
-    stop: CancellationToken,
-) {
-    loop {
-        let message = tokio::select! {
-            () = stop.cancelled() => break,
-            message = subscriber.next() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        let kind = message.subject.rsplit('.').next().unwrap_or("").to_owned();
-        match kind.as_str() {
-            "m" => match Notice::decode(message.payload) {
-                Ok(notice) => {
-                    let messages: Vec<(u64, Bytes)> = notice
-                        .entries
-                        .into_iter()
-                        .map(|e| (e.seq, e.event))
-                        .collect();
-                    rooms.publish_encoded(&room, &messages);
-                }
-                Err(e) => tracing::warn!(room = %room, error = %e, "undecodable notification"),
-            },
-            kind => presence.receive(&room, kind, message).await,
-        }
+/// Subscribes to every subject of `room`, or to none.
+async fn subscribe_room(cluster: &Cluster, room: &RoomName) -> Option<Vec<async_nats::Subscriber>> {
+    let mut subscribers = Vec::new();
+    for subject in cluster.room_subscriptions(room) {
+        subscribers.push(cluster.subscribe(subject).await.ok()?);
     }
-    // Dropping the subscriber unsubscribes.
+    Some(subscribers)
+}
+
+/// One room's subscriptions and what they feed.
+struct Follower {
+    room: RoomName,
+    cluster: Cluster,
+    rooms: Arc<Rooms>,
+    store: Store,
+    presence: Arc<Presence>,
+}
+
+impl Follower {
+    /// Pushes what arrives into the room, until `stop`.
+    async fn run(self, subscribers: Vec<async_nats::Subscriber>, stop: CancellationToken) {
+        let mut messages = futures_util::stream::select_all(subscribers);
+        loop {
+            let message = tokio::select! {
+                () = stop.cancelled() => break,
+                message = messages.next() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            let Some(opened) = self.cluster.open(&message) else {
+                continue;
+            };
+            match message.subject.rsplit('.').next() {
+                Some("m") => self.notice(opened.payload).await,
+                Some("p") => self.presence.receive(&self.room, opened),
+                _ => self
+                    .cluster
+                    .invalid(|| "a message on an unknown room subject".into()),
+            }
+        }
+        // Dropping the subscribers unsubscribes.
+    }
+
+    /// Delivers a notice's messages once they are proven: messages of this
+    /// room, and not beyond what storage holds when far ahead.
+    async fn notice(&self, payload: Bytes) {
+        let Some(mut messages) = checked_notice(&self.room, payload) else {
+            self.cluster
+                .invalid(|| "a notice whose entries are not messages of its room".into());
+            return;
+        };
+        let newest = messages.last().map_or(0, |(seq, _)| *seq);
+        let known = self.rooms.known_last_seq(&self.room);
+        if known.is_none_or(|known| newest > known.saturating_add(AHEAD_SLACK)) {
+            let stored = match self.store.last_seq(&self.room).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    // Unconfirmed: left to the poll.
+                    tracing::debug!(room = %self.room, error = %e, "checking a notice against storage failed");
+                    return;
+                }
+            };
+            let before = messages.len();
+            messages.retain(|(seq, _)| *seq <= stored);
+            if messages.len() < before {
+                self.cluster.invalid(|| {
+                    format!(
+                        "a notice of {} messages beyond the room's stored last seq",
+                        before - messages.len()
+                    )
+                });
+            }
+        }
+        self.rooms.publish_encoded(&self.room, &messages);
+    }
+}
+
+/// A notice's entries if every one is a message of `room` with the entry's
+/// seq, in ascending seq order; `None` otherwise.
+fn checked_notice(room: &RoomName, payload: Bytes) -> Option<Vec<(u64, Bytes)>> {
+    let notice = Notice::decode(payload).ok()?;
+    if notice.entries.is_empty() {
+        return None;
+    }
+    let mut messages = Vec::with_capacity(notice.entries.len());
+    let mut previous = 0;
+    for entry in notice.entries {
+        if entry.seq <= previous || entry.seq > SEQ_MAX {
+            return None;
+        }
+        match JoinRoomResponse::decode(entry.event.clone()).ok()?.event {
+            Some(Event::Message(m)) if m.seq == entry.seq && m.room == room.as_str() => {}
+            _ => return None,
+        }
+        previous = entry.seq;
+        messages.push((entry.seq, entry.event));
+    }
+    Some(messages)
 }
 
 /// Compares the live rooms with storage every [`POLL_CONNECTED`] (every
@@ -321,4 +398,53 @@ pub async fn deliver_from_storage(
         rooms.publish(&missed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+
+    fn event(room: &str, seq: u64) -> Bytes {
+        let message = proto::Message {
+            room: room.into(),
+            seq,
+            ..Default::default()
+        };
+        let response = JoinRoomResponse {
+            event: Some(Event::Message(message)),
+        };
+        Bytes::from(response.encode_to_vec())
+    }
+
+    fn encoded(entries: &[(u64, Bytes)]) -> Bytes {
+        let notice = Notice {
+            entries: entries
+                .iter()
+                .map(|(seq, event)| Entry {
+                    seq: *seq,
+                    event: event.clone(),
+                })
+                .collect(),
+        };
+        Bytes::from(notice.encode_to_vec())
+    }
+
+    #[test]
+    fn only_messages_of_the_room_with_their_seq_pass() {
+        let room = RoomName::parse("lobby").unwrap();
+        let good = encoded(&[(1, event("lobby", 1)), (2, event("lobby", 2))]);
+        assert_eq!(checked_notice(&room, good).map(|m| m.len()), Some(2));
+        for bad in [
+            encoded(&[]),
+            encoded(&[(1, event("other", 1))]),
+            encoded(&[(2, event("lobby", 1))]),
+            encoded(&[(SEQ_MAX + 1, event("lobby", SEQ_MAX + 1))]),
+            encoded(&[(SEQ_MAX, Bytes::new())]),
+            encoded(&[(2, event("lobby", 2)), (1, event("lobby", 1))]),
+            Bytes::from_static(b"\xff\xff"),
+        ] {
+            assert!(checked_notice(&room, bad).is_none());
+        }
+    }
 }

@@ -1,10 +1,13 @@
 //! Revocations between nodes: a NATS notice for at once, the access revision in storage as the floor.
 //!
 //! - A node that revokes a grant applies it itself, then [`spawn`]'s
-//!   publisher announces it on `<cluster>.access.revoked`; every node
-//!   subscribes to it for as long as it runs and applies what arrives
-//!   ([`crate::access::Access::apply_revocation`]: streams end with
-//!   PERMISSION_DENIED, the user leaves the room, cached grants go).
+//!   publisher announces it (sealed) on `<cluster>.access.revoked`; every
+//!   node subscribes to it for as long as it runs and applies what arrives
+//!   as far as storage confirms it
+//!   ([`crate::access::Access::revalidate_users`]: for the users with
+//!   streams or cached grants here, a private room without a grant ends
+//!   their streams with PERMISSION_DENIED and drops their cached grants; a
+//!   public room is never revoked).
 //! - NATS core is at most once, so every node also reads the access
 //!   revision (bumped in the revoking transaction) every
 //!   [`bus::POLL_CONNECTED`] ([`bus::POLL_DISCONNECTED`] while NATS is
@@ -24,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Cluster, bus};
 use crate::access::{ANNOUNCE_QUEUE, Access, Revocation};
-use crate::domain::RoomName;
+use crate::domain::{RoomName, USER_IDS_MAX, user_id_problem};
 use crate::storage::Store;
 
 /// A revocation on the wire; no user ids: a room was made private, and
@@ -39,7 +42,7 @@ struct Notice {
 
 /// The subject revocations travel on.
 fn subject(cluster: &Cluster) -> String {
-    format!("{}.access.revoked", cluster.name)
+    cluster.subject("access.revoked")
 }
 
 /// Starts, on `tracker`, the publisher of this node's revocations, the
@@ -79,10 +82,10 @@ async fn publish(cluster: Cluster, mut rx: mpsc::Receiver<Revocation>, stop: Can
             room: room.to_string(),
             user_ids: users.iter().map(|u| u.to_string()).collect(),
         };
-        let payload = Bytes::from(notice.encode_to_vec());
+        let payload = notice.encode_to_vec();
         let published = tokio::select! {
             () = stop.cancelled() => return,
-            published = cluster.client.publish(subject.clone(), payload) => published,
+            published = cluster.publish(subject.clone(), &payload) => published,
         };
         if let Err(e) = published {
             tracing::debug!(error = %e, "publishing a revocation failed; the other nodes poll for it");
@@ -97,9 +100,9 @@ async fn follow(cluster: Cluster, access: Arc<Access>, stop: CancellationToken) 
     loop {
         let subscribed = tokio::select! {
             () = stop.cancelled() => return,
-            s = tokio::time::timeout(bus::POLL_CONNECTED, cluster.client.subscribe(subject.clone())) => s,
+            s = cluster.subscribe(subject.clone()) => s,
         };
-        let Ok(Ok(mut subscriber)) = subscribed else {
+        let Ok(mut subscriber) = subscribed else {
             tracing::debug!("subscribing to revocations failed; retrying");
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -114,28 +117,50 @@ async fn follow(cluster: Cluster, access: Arc<Access>, stop: CancellationToken) 
                     None => break,
                 },
             };
-            match Notice::decode(message.payload) {
-                Ok(notice) => match RoomName::parse(&notice.room) {
-                    Ok(room) => {
-                        let users: Vec<Arc<str>> =
-                            notice.user_ids.into_iter().map(Arc::from).collect();
-                        if users.is_empty() {
-                            // A room made private: re-check its streams here.
-                            let checked = tokio::select! {
-                                () = stop.cancelled() => return,
-                                checked = access.revalidate_room(&room) => checked,
-                            };
-                            if let Err(e) = checked {
-                                tracing::debug!(room = %room, error = %e, "re-checking a room made private failed; the poll will");
-                            }
-                        } else {
-                            access.apply_revocation(&room, &users);
-                        }
+            let Some(opened) = cluster.open(&message) else {
+                continue;
+            };
+            let Some((room, users)) = read(&cluster, opened.payload) else {
+                continue;
+            };
+            // Storage decides, not the notice: a room made private (no
+            // users named) or the named users' grants are checked there.
+            let checked = tokio::select! {
+                () = stop.cancelled() => return,
+                checked = async {
+                    if users.is_empty() {
+                        access.revalidate_room(&room).await
+                    } else {
+                        access.revalidate_users(&room, &users).await
                     }
-                    Err(_) => tracing::warn!(room = %notice.room, "revocation of an invalid room"),
-                },
-                Err(e) => tracing::warn!(error = %e, "undecodable revocation"),
+                } => checked,
+            };
+            if let Err(e) = checked {
+                tracing::debug!(room = %room, error = %e, "checking a revocation failed; the poll will");
             }
+        }
+    }
+}
+
+/// A revocation notice's room and users, if valid (else counted).
+fn read(cluster: &Cluster, payload: Bytes) -> Option<(RoomName, Vec<Arc<str>>)> {
+    let checked = Notice::decode(payload)
+        .map_err(|e| e.to_string())
+        .and_then(|notice| {
+            let room = RoomName::parse(&notice.room).map_err(|e| e.to_string())?;
+            if room.as_str() != notice.room || notice.user_ids.len() > USER_IDS_MAX {
+                return Err("a room not normalized or too many users".into());
+            }
+            if let Some(problem) = notice.user_ids.iter().find_map(|u| user_id_problem(u)) {
+                return Err(format!("a user id {problem}"));
+            }
+            Ok((room, notice.user_ids.into_iter().map(Arc::from).collect()))
+        });
+    match checked {
+        Ok(read) => Some(read),
+        Err(why) => {
+            cluster.invalid(|| format!("a revocation: {why}"));
+            None
         }
     }
 }

@@ -88,3 +88,61 @@ fn bad_values_name_their_setting() {
             .contains("CHAT_MAX_REQUEST_BYTES")
     );
 }
+
+#[test]
+fn cluster_keys_are_required_checked_and_never_repeated() {
+    const KEY: &str = "Y2hhdGQgdGVzdCBjbHVzdGVyIGtleSwgMzIgYnl0ZXM=";
+    let nats = ["--nats-url", "nats://127.0.0.1:4222"];
+    let err = parse(&nats).unwrap().config.validate().unwrap_err();
+    assert!(
+        err.contains("CHAT_CLUSTER_KEY") && err.contains("chatd cluster-key"),
+        "{err}"
+    );
+    for bad in [
+        "not base64!",
+        "c2hvcnQ=",
+        "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ==",
+    ] {
+        let cli = parse(&[nats[0], nats[1], "--cluster-key", bad]).unwrap();
+        let err = cli.config.validate().unwrap_err();
+        assert!(
+            err.contains("CHAT_CLUSTER_KEY") && !err.contains(bad),
+            "{err}"
+        );
+    }
+    // Padding is optional.
+    for key in [KEY, KEY.trim_end_matches('=')] {
+        let cli = parse(&[nats[0], nats[1], "--cluster-key", key]).unwrap();
+        assert!(cli.config.validate().is_ok());
+        let (current, previous) = cli.config.cluster_keys().unwrap().unwrap();
+        assert_eq!((&current[..5], previous), (&b"chatd"[..], None));
+        assert!(!format!("{:?}", cli.config).contains(key));
+    }
+    let cli = parse(&[
+        nats[0],
+        nats[1],
+        "--cluster-key",
+        KEY,
+        "--cluster-key-previous",
+        KEY,
+    ])
+    .unwrap();
+    assert!(
+        cli.config
+            .validate()
+            .unwrap_err()
+            .contains("CHAT_CLUSTER_KEY_PREVIOUS")
+    );
+    for (flag, name) in [
+        ("--cluster-key", "CHAT_CLUSTER_KEY"),
+        ("--nats-creds", "CHAT_NATS_CREDS"),
+        ("--nats-ca", "CHAT_NATS_CA"),
+    ] {
+        let err = parse(&[flag, "x"]).unwrap().config.validate().unwrap_err();
+        assert!(err.contains(name) && err.contains("CHAT_NATS_URL"), "{err}");
+    }
+    assert!(matches!(
+        parse(&["cluster-key"]).unwrap().command,
+        Some(Command::ClusterKey)
+    ));
+}

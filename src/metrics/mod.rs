@@ -54,6 +54,34 @@ pub enum ConnClosed {
 
 impl ConnClosed {
     const LABELS: [&'static str; 2] = ["first_call", "evicted"];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self as usize]
+    }
+}
+
+/// Why a cluster node dropped a message from NATS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatsDrop {
+    /// It does not open: unsealed, altered, truncated, sealed for another
+    /// subject or with a key this node does not hold.
+    Seal = 0,
+    /// It opened, but its send time is too far from this node's clock.
+    Stale = 1,
+    /// It opened, but what it says fails the checks of what a node may
+    /// believe (a notice that is not a message of its room, presence
+    /// that breaks the token rules or the bounds, a node's own message).
+    Invalid = 2,
+}
+
+impl NatsDrop {
+    const LABELS: [&'static str; 3] = ["seal", "stale", "invalid"];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self as usize]
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +129,8 @@ struct Inner {
 struct NatsMetrics {
     connected: Gauge,
     missed: Counter,
+    /// By [`NatsDrop`] as index.
+    dropped: [Counter; 3],
 }
 
 /// What a scrape reads at that moment rather than counting as it happens.
@@ -204,17 +234,27 @@ impl Metrics {
             "chatd_db_pool_waiters",
             "Calls waiting for a pooled connection",
         );
-        let nats = cluster.then(|| NatsMetrics {
-            connected: gauge(
-                &mut registry,
-                "chatd_nats_connected",
-                "1 while this node is connected to NATS, else 0",
-            ),
-            missed: counter(
-                &mut registry,
-                "chatd_nats_notifications_missed",
-                "Messages of live rooms that no NATS notification brought: the storage poll found and delivered them",
-            ),
+        let nats = cluster.then(|| {
+            let dropped: Family<ReasonLabel, Counter> = Family::default();
+            registry.register(
+                "chatd_nats_dropped",
+                "Messages from NATS this node dropped, by why: seal (does not open with the cluster key), stale (sent too long ago), invalid (opened but fails the checks)",
+                dropped.clone(),
+            );
+            NatsMetrics {
+                dropped: NatsDrop::LABELS
+                    .map(|reason| dropped.get_or_create_owned(&ReasonLabel { reason })),
+                connected: gauge(
+                    &mut registry,
+                    "chatd_nats_connected",
+                    "1 while this node is connected to NATS, else 0",
+                ),
+                missed: counter(
+                    &mut registry,
+                    "chatd_nats_notifications_missed",
+                    "Messages of live rooms that no NATS notification brought: the storage poll found and delivered them",
+                ),
+            }
         });
         Metrics(Some(Arc::new(Inner {
             registry,
@@ -325,6 +365,14 @@ impl Metrics {
             && n > 0
         {
             nats.missed.inc_by(n);
+        }
+    }
+
+    /// A message from NATS was dropped, for `reason`.
+    #[inline]
+    pub fn nats_dropped(&self, reason: NatsDrop) {
+        if let Some(nats) = self.0.as_ref().and_then(|m| m.nats.as_ref()) {
+            nats.dropped[reason as usize].inc();
         }
     }
 

@@ -109,6 +109,17 @@ impl Reorder {
         !self.held.is_empty()
     }
 
+    /// Drops the held messages after `stored` (storage says they do not
+    /// exist); returns how many.
+    pub(super) fn drop_beyond(&mut self, stored: u64) -> usize {
+        let beyond = self.held.split_off(&(stored + 1));
+        self.held_bytes -= beyond.values().map(Bytes::len).sum::<usize>();
+        if self.held.is_empty() {
+            self.since = None;
+        }
+        beyond.len()
+    }
+
     /// Gives up on the open gaps: returns every held message, in seq order,
     /// for the ring (streams read what is missing from storage).
     pub(super) fn release(&mut self) -> Vec<(u64, Bytes)> {
@@ -168,6 +179,22 @@ mod tests {
         assert_eq!(seqs(&order.accept(&msgs(&[3, 5]), 4)), vec![2, 3, 5]);
         assert!(!order.holding());
         assert_eq!(seqs(&order.accept(&msgs(&[4, 6]), 4)), vec![6]);
+    }
+
+    #[test]
+    fn held_messages_storage_does_not_have_are_dropped() {
+        let mut order = Reorder::default();
+        order.start(1);
+        assert!(order.accept(&msgs(&[3, 9_000]), 1 << 20).is_empty());
+        assert_eq!(order.drop_beyond(3), 1);
+        assert!(order.holding());
+        assert_eq!(seqs(&order.accept(&msgs(&[2]), 1 << 20)), vec![2, 3]);
+        assert!(!order.holding());
+        assert_eq!(order.overdue(Duration::ZERO), None);
+        assert!(order.accept(&msgs(&[5]), 1 << 20).is_empty());
+        assert_eq!(order.drop_beyond(4), 1);
+        assert!(!order.holding());
+        assert_eq!(order.overdue(Duration::ZERO), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn joining(rooms: &Rooms, name: &RoomName) -> Arc<Room> {
             ..RoomState::default()
         }),
         notify: Notify::new(),
+        synced: Notify::new(),
     });
     rooms.map().rooms.insert(name.clone(), room.clone());
     room

@@ -11,6 +11,12 @@ use super::{TestDb, TestServer, config, within};
 /// The machine's NATS, shared by tests that do not stop it.
 pub const SHARED_NATS: &str = "nats://127.0.0.1:4222";
 
+/// The cluster key test nodes share (`CHAT_CLUSTER_KEY`): 32 bytes of
+/// base64.
+pub const CLUSTER_KEY: &str = "Y2hhdGQgdGVzdCBjbHVzdGVyIGtleSwgMzIgYnl0ZXM=";
+/// Another key, for rotation and for nodes that must not be understood.
+pub const OTHER_KEY: &str = "b3RoZXIgdGVzdCBjbHVzdGVyIGtleSwgMzIgYnl0ZXM=";
+
 /// A cluster name no other test (or run) uses, so tests sharing one NATS
 /// do not hear each other.
 pub fn unique_cluster(tag: &str) -> String {
@@ -38,13 +44,21 @@ pub fn free_port() -> u16 {
 /// can be stopped and started again where clients expect it.
 pub struct Nats {
     pub port: u16,
+    /// Further nats-server flags (authentication, TLS).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Nats {
     pub async fn start() -> Nats {
+        Self::start_with(&[]).await
+    }
+
+    /// A server started with further flags, e.g. `--user u --pass p`.
+    pub async fn start_with(args: &[&str]) -> Nats {
         let mut nats = Nats {
             port: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         nats.restart().await;
@@ -60,6 +74,7 @@ impl Nats {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -89,7 +104,7 @@ impl Drop for Nats {
     }
 }
 
-/// The flags of a node of `cluster` on `nats`.
+/// The flags of a node of `cluster` on `nats`, with the test key.
 pub fn node_args<'a>(nats: &'a str, cluster: &'a str, presence_timeout: &'a str) -> Vec<&'a str> {
     vec![
         "--nats-url",
@@ -98,6 +113,8 @@ pub fn node_args<'a>(nats: &'a str, cluster: &'a str, presence_timeout: &'a str)
         cluster,
         "--presence-timeout",
         presence_timeout,
+        "--cluster-key",
+        CLUSTER_KEY,
     ]
 }
 

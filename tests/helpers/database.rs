@@ -139,6 +139,20 @@ impl Process {
     /// The binary on `db_url` with the test flags plus `extra`, and
     /// `CHAT_DATA_DIR` = `dir` when given.
     pub async fn spawn(db_url: &str, extra: &[&str], dir: Option<&std::path::Path>) -> Process {
+        Self::spawn_in(db_url, extra, dir, &[]).await
+    }
+
+    /// [`Self::spawn`] with more environment variables (`RUST_LOG`…).
+    pub async fn spawn_with_env(db_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Process {
+        Self::spawn_in(db_url, extra, None, env).await
+    }
+
+    async fn spawn_in(
+        db_url: &str,
+        extra: &[&str],
+        dir: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chatd"));
         command
             .arg("serve")
@@ -149,6 +163,7 @@ impl Process {
             .env("CHAT_USER_SEND_RATE", "0")
             .env("CHAT_USER_JOIN_RATE", "0")
             .env("CHAT_USER_READ_RATE", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(dir) = dir {

@@ -236,7 +236,8 @@ pub fn config(db_url: &str, extra: &[&str]) -> Config {
 
 /// Follows the stderr of a chatd process started by a test: echoes each
 /// line (prefixed `chatd:`) on a thread of its own, keeps it in `log` when
-/// given, and resolves with the address the start-up line names (`addr=`).
+/// given, and resolves with the address the start-up line names (` addr=`,
+/// not a library's `socket_addr=`).
 pub fn follow_stderr(
     stderr: std::process::ChildStderr,
     log: Option<Arc<std::sync::Mutex<Vec<String>>>>,
@@ -248,7 +249,7 @@ pub fn follow_stderr(
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             eprintln!("chatd: {line}");
-            if let Some(rest) = line.split("addr=").nth(1)
+            if let Some(rest) = line.split(" addr=").nth(1)
                 && let Some(tx) = addr_tx.take()
             {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
