@@ -171,8 +171,10 @@ chatd_section() {
   local single=127.0.0.1:50071 a=127.0.0.1:50072 b=127.0.0.1:50073
   local cluster=bench-$$-$(date +%s)
   # Every node of one cluster shares one key (traffic between nodes is sealed with it).
-  local cluster_key
-  cluster_key=$("$CHATD_BIN" cluster-key)
+  # CLUSTER_KEY overrides, for a binary from before sealed traffic (it has no `cluster-key`
+  # command and ignores the variable).
+  local cluster_key=${CLUSTER_KEY:-}
+  [ -n "$cluster_key" ] || cluster_key=$("$CHATD_BIN" cluster-key)
   fresh_db chatd_bench_single
   fresh_db chatd_bench_cluster
   CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$single DATABASE_URL=$PG_BASE/chatd_bench_single \
