@@ -69,6 +69,17 @@ const ASSETS: &[Asset] = &[
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../web/dist/style.css"),
     },
+    Asset {
+        path: "/favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("../web/dist/favicon.svg"),
+    },
+    // Browsers and tools that ignore the page's icon link ask for this one.
+    Asset {
+        path: "/favicon.ico",
+        content_type: "image/svg+xml",
+        body: include_bytes!("../web/dist/favicon.svg"),
+    },
 ];
 
 /// A strong ETag for `body`: FNV-1a over its bytes (stable across builds

@@ -128,6 +128,8 @@ async fn the_page_and_its_assets_are_served_with_strict_headers(backend: Backend
             "application/grpc-web",
         ),
         ("/style.css", "text/css; charset=utf-8", "#messages"),
+        ("/favicon.svg", "image/svg+xml", "<svg"),
+        ("/favicon.ico", "image/svg+xml", "<svg"),
     ] {
         let (parts, body) = get(&mut sender, path).await;
         assert_eq!(parts.status, 200, "{path}");
@@ -148,7 +150,7 @@ async fn unknown_paths_are_404_and_grpc_paths_do_not_answer_get(backend: Backend
         "/index.htm",
         "/app.js/",
         "/../Cargo.toml",
-        "/favicon.ico",
+        "/favicon.png",
         "/chat.v1.ChatService/ListMembers",
         "/grpc.health.v1.Health/Check",
     ] {

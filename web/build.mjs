@@ -16,3 +16,4 @@ await build({
 });
 await copyFile("src/index.html", "dist/index.html");
 await copyFile("src/style.css", "dist/style.css");
+await copyFile("src/favicon.svg", "dist/favicon.svg");
