@@ -1,11 +1,13 @@
-// chatd's chat page: sign in with a token, choose a room, see who is there, send text and
-// image links, watch messages live, scroll back through history, and pick up after a
-// reload or a dropped connection with nothing missed.
+// chatd's chat page: sign in with a token, see your rooms with unread counts, open one, see
+// who is there, send text and image links, watch messages live, scroll back through
+// history, and pick up after a reload or a dropped connection with nothing missed.
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { chatClient } from "./client";
+import { detail, plainWords, roomName, ROOM_RULE } from "./errors";
 import { ContentType } from "./gen/chat/v1/chat_pb";
 import { RoomSession, storedSeq } from "./room";
+import { RoomList } from "./rooms";
 import {
   adoptTokenFromFragment,
   currentToken,
@@ -17,41 +19,46 @@ import { Members, Timeline, byId, httpUrl } from "./view";
 
 const ROOM_KEY = "chatd.room";
 const PAGE_SIZE = 50;
+/** A read marker is sent at most this often while messages arrive. */
+const MARK_READ_DELAY_MS = 500;
 
 adoptTokenFromFragment();
 const client = chatClient(currentToken);
+const me = () => {
+  const token = currentToken();
+  return token ? tokenUser(token)?.userId : undefined;
+};
 
-const errorBox = byId<HTMLParagraphElement>("error");
+const errorBox = byId<HTMLDivElement>("error");
+const errorText = byId<HTMLSpanElement>("error-text");
 const connection = byId<HTMLSpanElement>("connection");
 const roomInput = byId<HTMLInputElement>("room-input");
+const sendForm = byId<HTMLFormElement>("send-form");
 const messageInput = byId<HTMLInputElement>("message-input");
 const contentType = byId<HTMLSelectElement>("content-type");
 const olderButton = byId<HTMLButtonElement>("older");
-const timeline = new Timeline(byId("messages"), byId("timeline"));
-const members = new Members(byId("members"), () => {
-  const token = currentToken();
-  return token ? tokenUser(token)?.userId : undefined;
+const roomView = byId<HTMLElement>("room-view");
+const membersPane = byId<HTMLElement>("members-pane");
+const membersToggle = byId<HTMLButtonElement>("members-toggle");
+const timeline = new Timeline(byId("messages"), byId("timeline"), me);
+const members = new Members(byId("members"), byId("member-count"), me);
+const rooms = new RoomList(client, byId("rooms"), byId("rooms-empty"), (room) => joinRoom(room), (e) => {
+  // The list is refreshed in the background: only a refused token is worth a banner.
+  if (ConnectError.from(e).code === Code.Unauthenticated) tokenRefused(ConnectError.from(e));
 });
 
 let session: RoomSession | null = null;
 
-function showError(text: string): void {
-  errorBox.textContent = text;
+function showError(text: string, developerDetail?: string): void {
+  errorText.textContent = text;
+  errorBox.title = developerDetail ?? "";
   errorBox.hidden = false;
+  if (developerDetail) console.warn(`chatd: ${developerDetail}`);
 }
 
 function clearError(): void {
-  errorBox.textContent = "";
+  errorText.textContent = "";
   errorBox.hidden = true;
-}
-
-/** The server's own words, with the status for context. */
-function describe(error: unknown): string {
-  const e = ConnectError.from(error);
-  if (e.code === Code.Unknown && e.rawMessage.includes("fetch")) {
-    return "cannot reach chatd (is it running?)";
-  }
-  return `${e.rawMessage || "request failed"} (${Code[e.code]})`;
 }
 
 function showSignedIn(): void {
@@ -60,25 +67,68 @@ function showSignedIn(): void {
   byId("sign-in").hidden = token !== null;
   byId("chat").hidden = token === null;
   byId("sign-out").hidden = token === null;
-  byId("whoami").textContent = user
-    ? `signed in as ${user.name} (${user.userId})` +
-      (user.expiresAt ? `, token valid until ${user.expiresAt.toLocaleString()}` : "")
-    : "";
+  const whoami = byId("whoami");
+  whoami.textContent = user ? `${user.name} (${user.userId})` : "";
+  whoami.title = user?.expiresAt ? `token valid until ${user.expiresAt.toLocaleString()}` : "";
+  if (token) rooms.start();
+  else rooms.stop();
 }
 
-function setConnection(state: string, detail?: string): void {
+function setConnection(state: string, text?: string): void {
   connection.dataset.state = state;
-  connection.textContent = detail ? `${state}: ${detail}` : state;
+  connection.textContent = text ?? (state === "live" ? "connected" : state === "idle" ? "" : state);
+  // While the stream is down nobody's arrivals or departures reach the page.
+  const stale = state === "reconnecting";
+  membersPane.classList.toggle("stale", stale);
+  byId("members-state").hidden = !stale;
+}
+
+function setComposer(enabled: boolean): void {
+  for (const control of sendForm.querySelectorAll<HTMLInputElement | HTMLButtonElement>("input, button, select")) {
+    control.disabled = !enabled;
+  }
 }
 
 function leaveRoom(): void {
+  flushSeen();
   session?.close();
   session = null;
   timeline.clear();
   members.reset([]);
   olderButton.hidden = true;
-  byId("room-view").hidden = true;
+  roomView.hidden = true;
+  byId("no-room").hidden = false;
+  byId("back").hidden = true;
+  document.body.classList.remove("in-room");
+  setComposer(false);
+  rooms.select(null);
   setConnection("idle");
+}
+
+function tokenRefused(error: ConnectError): void {
+  leaveRoom();
+  forgetToken();
+  sessionStorage.removeItem(ROOM_KEY);
+  showSignedIn();
+  showError(plainWords(error), detail(error));
+}
+
+let markTimer: ReturnType<typeof setTimeout> | null = null;
+
+/** Marks the open room read up to the newest message soon, when the reader can see it. */
+function markSeen(): void {
+  if (markTimer !== null || !session) return;
+  markTimer = setTimeout(flushSeen, MARK_READ_DELAY_MS);
+}
+
+/** Marks the open room read now (a pending mark is not lost when the room is left). */
+function flushSeen(): void {
+  if (markTimer !== null) clearTimeout(markTimer);
+  markTimer = null;
+  const newest = timeline.newestSeq;
+  if (session && newest !== undefined && timeline.readingNewest && document.visibilityState === "visible") {
+    void rooms.markRead(session.room, newest);
+  }
 }
 
 /** Loads the page of history just below `before` (a seq) and shows it. */
@@ -90,42 +140,57 @@ async function loadOlder(room: string, before: bigint): Promise<void> {
   try {
     const page = await client.listHistory({ room, pageSize: PAGE_SIZE, beforeSeq: before });
     if (session?.room !== room) return;
-    for (const message of page.messages) timeline.add(message);
-    olderButton.hidden = !page.hasMore;
+    timeline.addOlder(page.messages, () => {
+      olderButton.hidden = !page.hasMore;
+    });
+    markSeen();
   } catch (e) {
-    showError(`Cannot load history: ${describe(e)}`);
+    showError(`Older messages could not be loaded. ${plainWords(e)}`, detail(e));
   }
 }
 
-function joinRoom(room: string): void {
+function joinRoom(typed: string): void {
+  const room = roomName(typed);
+  if (room === null) {
+    showError(ROOM_RULE);
+    return;
+  }
   leaveRoom();
   clearError();
   sessionStorage.setItem(ROOM_KEY, room);
-  roomInput.value = room;
+  roomInput.value = "";
+  byId("room-name").textContent = room;
+  roomView.hidden = false;
+  byId("no-room").hidden = true;
+  byId("back").hidden = false;
+  document.body.classList.add("in-room");
+  rooms.select(room);
   const current = new RoomSession(client, room, {
     joined(name, list, firstJoin) {
       byId("room-name").textContent = name;
-      byId("room-view").hidden = false;
+      setComposer(true);
       members.reset(list);
       // Once per session: the history up to where the stream starts, for context.
       const upTo = current.shownUpTo;
       if (firstJoin && upTo !== undefined) void loadOlder(room, upTo + 1n);
+      markSeen();
     },
-    message: (message) => timeline.add(message),
+    message(message) {
+      timeline.add(message);
+      rooms.saw(room, message);
+      markSeen();
+    },
     memberJoined: (member) => members.joined(member),
     memberLeft: (member) => members.left(member),
-    connection: (state, detail) => setConnection(state, detail),
+    connection: (state, text) => setConnection(state, text),
     failed(error) {
-      setConnection("idle");
-      byId("room-view").hidden = true;
       sessionStorage.removeItem(ROOM_KEY);
       if (error.code === Code.Unauthenticated) {
-        forgetToken();
-        showSignedIn();
-        showError(`Your token was refused: ${error.rawMessage}. Paste a new one.`);
-      } else {
-        showError(`Cannot join "${room}": ${error.rawMessage} (${Code[error.code]})`);
+        tokenRefused(error);
+        return;
       }
+      leaveRoom();
+      showError(`You cannot open "${room}". ${plainWords(error)}`, detail(error));
     },
   });
   session = current;
@@ -150,8 +215,9 @@ async function send(): Promise<void> {
     clearError();
     messageInput.value = "";
     contentType.value = "text";
+    timeline.scrollToNewest();
   } catch (e) {
-    showError(`Not sent: ${describe(e)}`);
+    showError(`Not sent. ${plainWords(e)}`, detail(e));
   }
 }
 
@@ -178,12 +244,25 @@ byId("sign-out").addEventListener("click", () => {
   showSignedIn();
 });
 
-byId<HTMLFormElement>("room-form").addEventListener("submit", (event) => {
-  event.preventDefault();
-  joinRoom(roomInput.value.trim().toLowerCase());
+byId("back").addEventListener("click", () => {
+  sessionStorage.removeItem(ROOM_KEY);
+  leaveRoom();
+  void rooms.refresh();
 });
 
-byId<HTMLFormElement>("send-form").addEventListener("submit", (event) => {
+byId("error-close").addEventListener("click", clearError);
+
+membersToggle.addEventListener("click", () => {
+  const open = roomView.classList.toggle("show-members");
+  membersToggle.setAttribute("aria-expanded", String(open));
+});
+
+byId<HTMLFormElement>("room-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  joinRoom(roomInput.value);
+});
+
+sendForm.addEventListener("submit", (event) => {
   event.preventDefault();
   void send();
 });
@@ -194,6 +273,10 @@ olderButton.addEventListener("click", () => {
   if (room && oldest !== undefined) void loadOlder(room, oldest);
 });
 
+byId("timeline").addEventListener("scroll", markSeen, { passive: true });
+document.addEventListener("visibilitychange", markSeen);
+
+setComposer(false);
 showSignedIn();
 const remembered = sessionStorage.getItem(ROOM_KEY);
 if (currentToken() && remembered) joinRoom(remembered);

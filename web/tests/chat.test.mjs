@@ -1,11 +1,12 @@
 // The chat page in headless Chromium (Debian's, through playwright-core) against a real
 // chatd: two users in one room see each other and each other's messages live, a page that
-// reloads misses nothing and shows nothing twice, a bad room name shows the server's message.
+// reloads misses nothing and shows nothing twice, the user's rooms with unread badges, the
+// layout at 1280 and 390 px wide, and errors in plain words.
 //
 // Needs CHATD_URL, CHATD_LOG and BOB_TOKEN (.ci/with-chatd sets them). The first user signs
 // in through the page address chatd printed (token in the fragment), the second by pasting
-// a token minted with `chatd token`. CHROMIUM overrides /usr/bin/chromium; the screenshot
-// goes to SCREENSHOT_DIR (default: the system's temporary directory), never the repository.
+// a token minted with `chatd token`. CHROMIUM overrides /usr/bin/chromium; screenshots
+// go to SCREENSHOT_DIR (default: the system's temporary directory), never the repository.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -28,9 +29,13 @@ let browser;
 let alice; // signed in through the printed address: user "guest"
 let bob; // signed in with a pasted token: user "bob"
 const pageErrors = [];
+/** Every answer of chatd's own origin that was 404 (a missing favicon, say). */
+const notFound = [];
+const PHONE = { width: 390, height: 844 };
+const DESKTOP = { width: 1280, height: 800 };
 
-async function openPage() {
-  const context = await browser.newContext();
+async function openPage(viewport = DESKTOP) {
+  const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP);
   page.setDefaultNavigationTimeout(STEP);
@@ -38,7 +43,31 @@ async function openPage() {
   page.on("console", (message) => {
     if (/Content Security Policy/i.test(message.text())) pageErrors.push(message.text());
   });
+  page.on("response", (response) => {
+    if (response.status() === 404) notFound.push(response.url());
+  });
   return page;
+}
+
+async function signIn(page, token, url = env("CHATD_URL")) {
+  await page.goto(url);
+  await page.fill("#token-input", token);
+  await page.click("#token-form button[type=submit]");
+  await page.locator("#whoami").filter({ hasText: "(" }).waitFor();
+}
+
+async function screenshot(page, name) {
+  const shot = path.join(process.env.SCREENSHOT_DIR ?? tmpdir(), `chatd-${name}.png`);
+  await page.screenshot({ path: shot });
+  console.log(`screenshot: ${shot}`);
+}
+
+/** Whether `selector`'s box lies inside the viewport. */
+async function inView(page, selector) {
+  return page.$eval(selector, (element) => {
+    const box = element.getBoundingClientRect();
+    return box.top >= 0 && box.left >= 0 && box.bottom <= innerHeight + 1 && box.right <= innerWidth + 1;
+  });
 }
 
 async function joinRoom(page, name) {
@@ -51,8 +80,9 @@ async function say(page, text, kind = "text") {
   await page.fill("#message-input", text);
   await page.click("#send-form button[type=submit]");
   // The sender's own page shows it once it comes back on the stream.
+  // An image is a link around it (the link stays when the image cannot load).
   const shown = kind === "image"
-    ? page.locator(`#messages li img[src="${text}"]`)
+    ? page.locator(`#messages li a[href="${text}"]`)
     : page.locator("#messages li", { hasText: text });
   await shown.waitFor();
 }
@@ -60,6 +90,23 @@ async function say(page, text, kind = "text") {
 const member = (page, userId) => page.locator(`#members li[data-user-id="${userId}"]`);
 const seqs = (page) =>
   page.$$eval("#messages li", (items) => items.map((li) => Number(li.dataset.seq)));
+
+/** An HTTP server whose one image answers after `delayMs`: an image that loads late. */
+async function slowImageServer(delayMs) {
+  const { createServer } = await import("node:http");
+  const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="600"><rect width="300" height="600" fill="#8ac"/></svg>';
+  const server = createServer((request, response) => {
+    setTimeout(() => {
+      response.writeHead(200, { "content-type": "image/svg+xml" });
+      response.end(svg);
+    }, delayMs);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}/late.svg`,
+    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(resolve); }),
+  };
+}
 
 before(async () => {
   browser = await chromium.launch({
@@ -107,12 +154,20 @@ test("messages arrive live on both pages; image links render as images, markup a
   await say(bob, "hi from the second page");
   await alice.locator("#messages li", { hasText: "hi from the second page" }).waitFor();
 
-  const image = "https://example.invalid/cat.png";
-  await say(alice, image, "image");
-  const img = bob.locator("#messages li img");
-  await img.waitFor();
-  assert.equal(await img.getAttribute("src"), image);
-  assert.equal(await img.getAttribute("referrerpolicy"), "no-referrer");
+  const images = await slowImageServer(0);
+  try {
+    await say(alice, images.url, "image");
+    const img = bob.locator(`#messages li img[src="${images.url}"]`);
+    await img.waitFor();
+    assert.equal(await img.getAttribute("referrerpolicy"), "no-referrer");
+  } finally {
+    await images.close();
+  }
+  // An image that cannot load shows its address as a link instead of an empty box.
+  const broken = "https://example.invalid/cat.png";
+  await say(alice, broken, "image");
+  const fallback = bob.locator(`#messages li a[href="${broken}"]`, { hasText: "example.invalid/cat.png" });
+  await fallback.waitFor();
   // Only http(s) URLs become images: another scheme sent as an image is refused by the
   // page (and the server) before it is sent.
   await bob.selectOption("#content-type", "image");
@@ -151,9 +206,7 @@ test("a page away or reloading misses nothing and shows nothing twice", TEST, as
     assert.equal(await bob.locator("#messages li", { hasText: text }).count(), 1, text);
   }
 
-  const shot = path.join(process.env.SCREENSHOT_DIR ?? tmpdir(), "chatd-page.png");
-  await bob.screenshot({ path: shot, fullPage: true });
-  console.log(`screenshot: ${shot}`);
+  await screenshot(bob, "room-1280");
 });
 
 test("scrolling back loads older history a page at a time", TEST, async () => {
@@ -168,8 +221,16 @@ test("scrolling back loads older history a page at a time", TEST, async () => {
   await joinRoom(page, room);
   await page.locator(`#messages li[data-seq="${last - 49}"]`).waitFor();
   assert.equal((await seqs(page))[0], last - 49, "the first page is the newest 50");
+  // Loading older messages leaves the message being read where it is on screen.
+  // (Its text: the day's label or the sender's name above it may go, as older messages
+  // from the same day and sender now come before it.)
+  const reading = page.locator(`#messages li[data-seq="${last - 49}"] .body`);
+  await page.$eval("#timeline", (t) => { t.scrollTop = 0; });
+  const bottom = await reading.evaluate((body) => body.getBoundingClientRect().bottom);
   await page.click("#older");
-  await page.locator('#messages li[data-seq="1"]').waitFor();
+  await page.locator('#messages li[data-seq="1"]').waitFor({ state: "attached" });
+  const moved = (await reading.evaluate((body) => body.getBoundingClientRect().bottom)) - bottom;
+  assert.ok(Math.abs(moved) <= 2, `the message being read moved by ${moved}px`);
   await page.locator("#older").waitFor({ state: "hidden" });
   assert.deepEqual(await seqs(page), Array.from({ length: last }, (_, i) => i + 1));
   await page.context().close();
@@ -223,11 +284,16 @@ test("a dropped connection reconnects and resumes with nothing missed", TEST, as
 
     proxy.cut();
     await page.locator('#connection[data-state="reconnecting"]').waitFor();
+    // Nobody's comings and goings reach a page that is offline: its list says so.
+    await page.locator("#members-pane.stale").waitFor();
+    await page.locator("#members-state").waitFor();
     await say(alice, "sent while the connection was down 1");
     await say(alice, "sent while the connection was down 2");
     proxy.restore();
 
     await page.locator('#connection[data-state="live"]').waitFor();
+    await page.locator("#members-state").waitFor({ state: "hidden" });
+    assert.equal(await page.locator("#members-pane.stale").count(), 0);
     await page.locator("#messages li", { hasText: "sent while the connection was down 2" }).waitFor();
     await say(alice, "sent after the connection came back");
     await page.locator("#messages li", { hasText: "sent after the connection came back" }).waitFor();
@@ -244,12 +310,142 @@ test("a dropped connection reconnects and resumes with nothing missed", TEST, as
   }
 });
 
-test("a bad room name shows the server's message", TEST, async () => {
+test("nothing of a room shows before one is open; own messages stand apart; links are live; days and times show", TEST, async () => {
+  const page = await openPage();
+  try {
+    await signIn(page, env("BOB_TOKEN"));
+    await page.locator("#rooms-pane").waitFor();
+    await page.locator("#no-room").waitFor();
+    assert.equal(await page.locator("#room-view").isVisible(), false, "no room pane before a room is open");
+    assert.equal(await page.locator("#send-form").isVisible(), false, "no send box before a room is open");
+  } finally {
+    await page.context().close();
+  }
+
+  await say(alice, "read https://example.invalid/docs?page=2. Then reply");
+  const linked = bob.locator('#messages li a[href="https://example.invalid/docs?page=2"]');
+  await linked.waitFor();
+  assert.equal(await linked.textContent(), "https://example.invalid/docs?page=2", "the full stop stays text");
+  assert.equal(await linked.getAttribute("rel"), "noopener noreferrer");
+
+  const mine = await alice.$$eval("#messages li.mine", (items) => items.length);
+  const theirs = await alice.$$eval("#messages li:not(.mine)", (items) => items.length);
+  assert.ok(mine > 0 && theirs > 0, `alice's page tells her messages (${mine}) from bob's (${theirs})`);
+  const own = alice.locator("#messages li.mine").last();
+  const other = alice.locator("#messages li:not(.mine)").last();
+  const align = (item) => item.evaluate((li) => getComputedStyle(li).alignItems);
+  assert.equal(await align(own), "flex-end");
+  assert.equal(await align(other), "flex-start");
+
+  const first = bob.locator("#messages li.new-day").first();
+  assert.equal(await first.getAttribute("data-day"), "Today");
+  assert.match(await bob.locator("#messages li time").last().getAttribute("datetime"), /^\d{4}-\d\d-\d\dT/);
+});
+
+test("the rooms list shows unread badges and clears them as the room is read", TEST, async () => {
+  const other = `${room}-other`;
+  // User alice (not the guest, not bob: their other pages read the room as it goes).
+  const page = await openPage();
+  try {
+    await signIn(page, env("ALICE_TOKEN"));
+    await joinRoom(page, room);
+    await page.locator('#connection[data-state="live"]').waitFor();
+    // Joining makes the room hers: it is listed.
+    await page.locator(`#rooms li[data-room="${room}"]`).waitFor();
+    // Away in another room, two messages arrive in the first: its badge counts them.
+    await joinRoom(page, other);
+    await page.locator('#connection[data-state="live"]').waitFor();
+    await say(alice, "unread one");
+    await say(alice, "unread two");
+    const badge = page.locator(`#rooms li[data-room="${room}"] .badge`);
+    await badge.filter({ hasText: /^2$/ }).waitFor({ timeout: 30_000 });
+    assert.match(await page.locator(`#rooms li[data-room="${room}"] .preview`).textContent(), /unread two/);
+    // Opening it shows them and marks them read: the badge goes and stays gone.
+    await page.click(`#rooms li[data-room="${room}"] button`);
+    await page.locator("#messages li", { hasText: "unread two" }).waitFor();
+    await badge.waitFor({ state: "detached" });
+    await joinRoom(page, other);
+    await page.locator('#connection[data-state="live"]').waitFor();
+    await page.reload();
+    await page.locator(`#rooms li[data-room="${room}"]`).waitFor();
+    assert.equal(await badge.count(), 0, "the room was marked read on the server");
+  } finally {
+    await page.context().close();
+  }
+});
+
+test("the newest message stays in view when an image loads late", TEST, async () => {
+  const images = await slowImageServer(1_500);
+  try {
+    await say(alice, images.url, "image");
+    const img = bob.locator(`#messages li img[src="${images.url}"]`);
+    await img.waitFor();
+    await bob.waitForFunction((src) => {
+      const image = document.querySelector(`#messages li img[src="${src}"]`);
+      return image?.complete && image.naturalHeight > 0;
+    }, images.url);
+    await bob.waitForFunction(() => {
+      const t = document.getElementById("timeline");
+      return t.scrollHeight - t.scrollTop - t.clientHeight < 40;
+    });
+    assert.ok(await inView(bob, "#messages li:last-child"), "the image is in view once loaded");
+  } finally {
+    await images.close();
+  }
+});
+
+test("at 390 px: one pane at a time, nothing overflows, an error leaves the send box in view", TEST, async () => {
+  const page = await openPage(PHONE);
+  try {
+    await signIn(page, env("BOB_TOKEN"));
+    await page.locator(`#rooms li[data-room="${room}"]`).waitFor();
+    await screenshot(page, "rooms-390");
+    await page.click(`#rooms li[data-room="${room}"] button`);
+    await page.locator('#connection[data-state="live"]').waitFor();
+    await page.locator("#messages li").last().waitFor();
+    assert.equal(await page.locator("#rooms-pane").isVisible(), false, "the room takes the whole screen");
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(width <= PHONE.width, `nothing wider than the screen (${width}px)`);
+    assert.ok(await inView(page, "#send-form"), "the send box is on screen");
+
+    // An error floats over the page; the send box stays where it was.
+    const before = await page.$eval("#send-form", (f) => f.getBoundingClientRect().top);
+    await page.selectOption("#content-type", "image");
+    await page.fill("#message-input", "not a link");
+    await page.click("#send-form button[type=submit]");
+    await page.locator("#error").waitFor();
+    assert.ok(await inView(page, "#send-form"), "the send box is still on screen");
+    assert.equal(await page.$eval("#send-form", (f) => f.getBoundingClientRect().top), before);
+    await page.click("#error-close");
+
+    await page.click("#members-toggle");
+    await page.locator('#members li[data-user-id="bob"]').waitFor();
+    await screenshot(page, "room-390");
+    await page.click("#members-toggle");
+    await page.click("#back");
+    await page.locator("#rooms-pane").waitFor();
+    assert.equal(await page.locator("#room-view").isVisible(), false);
+  } finally {
+    await page.context().close();
+  }
+});
+
+test("a bad room name is explained in plain words, before any request", TEST, async () => {
   await joinRoom(alice, "Bad Room!");
   const error = alice.locator("#error");
   await error.waitFor();
   const text = await error.textContent();
-  assert.match(text, /Cannot join "bad room!": room: must match/);
-  assert.match(text, /InvalidArgument/);
+  assert.match(text, /Room names are up to 64 characters: lowercase letters, digits/);
+  assert.doesNotMatch(text, /\^\[|must match|InvalidArgument/, "no regular expressions or status names");
+  await alice.click("#error-close");
+  await error.waitFor({ state: "hidden" });
+});
+
+test("the page asks for nothing that is not there, and no script fails", TEST, async () => {
+  for (const icon of ["/favicon.svg", "/favicon.ico"]) {
+    const response = await fetch(new URL(icon, env("CHATD_URL")));
+    assert.equal(response.status, 200, icon);
+  }
+  assert.deepEqual(notFound, [], "no 404 on any page (favicon included)");
   assert.deepEqual(pageErrors, [], "no script errors and no CSP violations on any page");
 });
