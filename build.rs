@@ -90,6 +90,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .build(),
         )
+        .method(
+            method(
+                "edit_message",
+                "EditMessage",
+                "EditMessageRequest",
+                "EditMessageResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "delete_message",
+                "DeleteMessage",
+                "DeleteMessageRequest",
+                "DeleteMessageResponse",
+            )
+            .build(),
+        )
+        .method(method("react", "React", "ReactRequest", "ReactResponse").build())
         .build();
     let admin = Service::builder()
         .name("AdminService")

@@ -9,8 +9,13 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+mod changes;
 mod names;
 
+pub use changes::{
+    ChangeKind, ChangeWhat, Changed, MessageState, NewChange, REACTION_MAX_BYTES,
+    REACTIONS_PER_MESSAGE_MAX, Reaction, ReactionCount, StoredChange, StoredEvent,
+};
 pub use names::{DISPLAY_NAME_MAX_CHARS, display_name};
 
 /// The longest room name, in bytes (all allowed characters are ASCII).
@@ -434,6 +439,9 @@ pub struct NewMessage {
     pub sender: Identity,
     pub content: Content,
     pub client_message_id: Option<ClientMessageId>,
+    /// The message this one answers (a message of the same room, checked
+    /// before it is stored); 0: not a reply.
+    pub reply_to_seq: u64,
 }
 
 /// A stored message.
@@ -448,6 +456,14 @@ pub struct StoredMessage {
     pub client_message_id: Option<String>,
     /// Microseconds since the Unix epoch.
     pub sent_at_micros: i64,
+    /// The message it answers; 0: not a reply.
+    pub reply_to_seq: u64,
+    /// When it was last edited (microseconds since the Unix epoch).
+    pub edited_at_micros: Option<i64>,
+    /// A tombstone: content erased.
+    pub deleted: bool,
+    /// The seq of the newest event that changed it; its own seq when none.
+    pub updated_seq: u64,
 }
 
 /// A seq named by a client, checked to fit storage.

@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::Message as _;
 use prost::encoding::{DecodeContext, WireType};
 
-use crate::domain::{Identity, StoredMessage};
+use crate::domain::{ChangeWhat, Identity, MessageState, StoredChange, StoredEvent, StoredMessage};
 
 #[allow(clippy::all, missing_docs)]
 mod generated {
@@ -142,17 +142,85 @@ impl From<&StoredMessage> for Message {
             }),
             content_type: i32::from(m.kind.code()),
             content: m.content.clone(),
-            sent_at: Some(prost_types::Timestamp {
-                seconds: m.sent_at_micros.div_euclid(1_000_000),
-                // In 0..1_000_000_000, so the cast cannot truncate.
-                nanos: (m.sent_at_micros.rem_euclid(1_000_000) * 1_000) as i32,
-            }),
+            sent_at: Some(timestamp(m.sent_at_micros)),
             client_message_id: m.client_message_id.clone().unwrap_or_default(),
-            reply_to_seq: 0,
-            edited_at: None,
-            deleted: false,
+            reply_to_seq: m.reply_to_seq,
+            edited_at: m.edited_at_micros.map(timestamp),
+            deleted: m.deleted,
             reactions: Vec::new(),
-            updated_seq: m.seq,
+            updated_seq: m.updated_seq,
         }
+    }
+}
+
+/// A time in microseconds since the Unix epoch as a protobuf Timestamp.
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        // In 0..1_000_000_000, so the cast cannot truncate.
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+impl From<&MessageState> for Message {
+    fn from(state: &MessageState) -> Self {
+        Message {
+            reactions: state
+                .reactions
+                .iter()
+                .map(|r| ReactionCount {
+                    reaction: r.reaction.clone(),
+                    count: r.count,
+                    mine: r.mine,
+                })
+                .collect(),
+            ..Message::from(&state.message)
+        }
+    }
+}
+
+/// A stored change as the stream event that announces it.
+pub fn change_event(c: &StoredChange) -> join_room_response::Event {
+    use join_room_response::Event;
+    let actor = Some(Member {
+        user_id: c.actor_id.clone(),
+        display_name: c.actor_name.clone(),
+    });
+    let at = Some(timestamp(c.at_micros));
+    match &c.what {
+        ChangeWhat::Edited { content } => Event::MessageEdited(MessageEdited {
+            seq: c.seq,
+            message_seq: c.message_seq,
+            content: content.clone(),
+            editor: actor,
+            edited_at: at,
+        }),
+        ChangeWhat::Deleted => Event::MessageDeleted(MessageDeleted {
+            seq: c.seq,
+            message_seq: c.message_seq,
+            deleted_by: actor,
+            deleted_at: at,
+        }),
+        ChangeWhat::Reacted {
+            reaction,
+            added,
+            count,
+        } => Event::ReactionChanged(ReactionChanged {
+            seq: c.seq,
+            message_seq: c.message_seq,
+            reaction: reaction.clone(),
+            member: actor,
+            added: *added,
+            count: *count,
+        }),
+    }
+}
+
+/// A durable event as a stream sends it: a message (its state as given),
+/// or a change.
+pub fn stored_event(event: &StoredEvent) -> join_room_response::Event {
+    match event {
+        StoredEvent::Message(m) => join_room_response::Event::Message(Message::from(m)),
+        StoredEvent::Change(c) => change_event(c),
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::config::Config;
-use crate::domain::{Identity, RoomName, StoredMessage};
+use crate::domain::{Identity, RoomName, StoredEvent};
 use crate::error::{Error, Result};
 use crate::metrics::{CatchUp, Metrics};
 use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
@@ -47,7 +47,8 @@ pub use wake::{PRESENCE_EVERY, WAKE_EVERY};
 use bytes::Bytes;
 use membership::{Membership, Presence};
 use order::Reorder;
-use ring::{Event, Ring, RingLimits, chunks, encode_message};
+pub use ring::Durable;
+use ring::{Event, Ring, RingLimits, chunks, encode_durable};
 use synced::Synced;
 use wake::Deferred;
 
@@ -222,13 +223,13 @@ impl Rooms {
     }
 
     /// Delivers committed messages, in seq order, to the room's streams.
-    pub fn publish(&self, messages: &[&StoredMessage]) {
+    pub fn publish<T: Durable>(&self, messages: &[&T]) {
         for (name, group) in group_by_room(messages) {
             // Rooms without streams here cost no encoding.
             if self.get(name).is_none() {
                 continue;
             }
-            let encoded: Vec<(u64, Bytes)> = group.into_iter().map(encode_message).collect();
+            let encoded: Vec<(u64, Bytes)> = group.into_iter().map(encode_durable).collect();
             self.publish_encoded(name, &encoded);
         }
     }
@@ -310,11 +311,11 @@ impl Rooms {
     /// committed messages, before this read): they never reach the ring.
     async fn fill_gap(&self, room: &Arc<Room>, store: &Store, after: u64, missing: u32) {
         let limit = missing.clamp(1, FILL_PAGE);
-        match store.read_after(&room.name, after, limit).await {
-            Ok(found) => {
-                let stored_through = found.last().map_or(after, |m| m.seq);
-                let complete = found.len() < limit as usize;
-                let found: Vec<&StoredMessage> = found.iter().collect();
+        match store.read_events(&room.name, after, limit).await {
+            Ok((found, more)) => {
+                let stored_through = found.last().map_or(after, StoredEvent::seq);
+                let complete = !more;
+                let found: Vec<&StoredEvent> = found.iter().collect();
                 self.publish(&found);
                 if complete {
                     let dropped = room.lock().order.drop_beyond(stored_through);
@@ -492,14 +493,12 @@ impl Rooms {
 
 /// Committed messages grouped by room, keeping each room's (ascending)
 /// seq order.
-fn group_by_room<'a>(
-    messages: &[&'a StoredMessage],
-) -> Vec<(&'a RoomName, Vec<&'a StoredMessage>)> {
-    let mut groups: Vec<(&RoomName, Vec<&StoredMessage>)> = Vec::new();
+fn group_by_room<'a, T: Durable>(messages: &[&'a T]) -> Vec<(&'a RoomName, Vec<&'a T>)> {
+    let mut groups: Vec<(&RoomName, Vec<&T>)> = Vec::new();
     for m in messages {
-        match groups.iter_mut().find(|(room, _)| **room == m.room) {
+        match groups.iter_mut().find(|(room, _)| **room == *m.room()) {
             Some((_, group)) => group.push(m),
-            None => groups.push((&m.room, vec![m])),
+            None => groups.push((m.room(), vec![m])),
         }
     }
     groups
@@ -508,13 +507,13 @@ fn group_by_room<'a>(
 /// A committed batch, each message encoded once as a `JoinRoomResponse`,
 /// grouped by room in seq order: what the local streams and the other
 /// nodes of a cluster both get.
-pub fn encode_batch(messages: &[&StoredMessage]) -> Vec<(RoomName, Vec<(u64, Bytes)>)> {
+pub fn encode_batch<T: Durable>(messages: &[&T]) -> Vec<(RoomName, Vec<(u64, Bytes)>)> {
     group_by_room(messages)
         .into_iter()
         .map(|(room, group)| {
             (
                 room.clone(),
-                group.into_iter().map(encode_message).collect(),
+                group.into_iter().map(encode_durable).collect(),
             )
         })
         .collect()

@@ -15,9 +15,10 @@ use crate::access::Access;
 use crate::admin::wire_visibility;
 use crate::cluster::presence::Presence;
 use crate::domain::{
-    ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, NewMessage,
-    ROOMS_PAGE_BYTES, RoomName, RoomsQuery, Visibility, parse_seq,
+    ChangeKind, ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, MessageState,
+    NewChange, NewMessage, ROOMS_PAGE_BYTES, Reaction, RoomName, RoomsQuery, Visibility, parse_seq,
 };
+use crate::error::Error;
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
 use crate::quota::HeldCharge;
@@ -122,8 +123,26 @@ impl ChatService for ChatApi {
                 self.max_message_bytes,
             )?,
             client_message_id: ClientMessageId::parse(request.client_message_id)?,
+            reply_to_seq: parse_seq("reply_to_seq", request.reply_to_seq)?,
         };
         self.send_rate.check(&message.sender.user_id)?;
+        // Messages are never removed (a deletion leaves a tombstone): a
+        // message found now is there when this one is stored.
+        if message.reply_to_seq > 0
+            && !self
+                .store
+                .has_message(&message.room, message.reply_to_seq)
+                .await?
+        {
+            return Err(Error::NotFound {
+                field: "reply_to_seq",
+                reason: format!(
+                    "room {} has no message {}",
+                    message.room, message.reply_to_seq
+                ),
+            }
+            .into());
+        }
         self.access
             .settle_send(&message.sender, &message.room)
             .await?;
@@ -158,12 +177,27 @@ impl ChatService for ChatApi {
             .saturating_mul(bound)
             .min(HISTORY_PAGE_BYTES);
         let mut charge = quotas.try_charge(&caller.user_id, upfront)?;
-        let page = {
+        let (page, mut reactions) = {
             let _turn = quotas.read_slot(&caller.user_id).await?;
-            self.store.history(&query).await?
+            let page = self.store.history(&query).await?;
+            let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+            let reactions = self
+                .store
+                .reactions(&query.room, &seqs, &caller.user_id)
+                .await?;
+            (page, reactions)
         };
         let response = proto::ListHistoryResponse {
-            messages: page.messages.iter().map(proto::Message::from).collect(),
+            messages: page
+                .messages
+                .into_iter()
+                .map(|message| {
+                    proto::Message::from(&MessageState {
+                        reactions: reactions.remove(&message.seq).unwrap_or_default(),
+                        message,
+                    })
+                })
+                .collect(),
             has_more: page.has_more,
             last_seq: page.last_seq,
         };
@@ -246,5 +280,92 @@ impl ChatService for ChatApi {
             .mark_read(&caller.user_id, &room, seq, crate::writer::now_micros())
             .await?;
         Ok(Response::new(proto::MarkReadResponse { read_seq }))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<proto::EditMessageRequest>,
+    ) -> Result<Response<proto::EditMessageResponse>, Status> {
+        let actor = identity(&request)?;
+        let request = request.into_inner();
+        let kind = ChangeKind::Edit {
+            content: request.content,
+            max_text_bytes: self.max_message_bytes,
+        };
+        let message = self
+            .change(actor, &request.room, request.message_seq, kind)
+            .await?;
+        Ok(Response::new(proto::EditMessageResponse {
+            message: Some(message),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<proto::DeleteMessageRequest>,
+    ) -> Result<Response<proto::DeleteMessageResponse>, Status> {
+        let actor = identity(&request)?;
+        let request = request.into_inner();
+        let message = self
+            .change(
+                actor,
+                &request.room,
+                request.message_seq,
+                ChangeKind::Delete,
+            )
+            .await?;
+        Ok(Response::new(proto::DeleteMessageResponse {
+            message: Some(message),
+        }))
+    }
+
+    async fn react(
+        &self,
+        request: Request<proto::ReactRequest>,
+    ) -> Result<Response<proto::ReactResponse>, Status> {
+        let actor = identity(&request)?;
+        let request = request.into_inner();
+        let kind = ChangeKind::React {
+            reaction: Reaction::parse(request.reaction)?,
+            add: request.add,
+        };
+        let message = self
+            .change(actor, &request.room, request.message_seq, kind)
+            .await?;
+        Ok(Response::new(proto::ReactResponse {
+            message: Some(message),
+        }))
+    }
+}
+
+impl ChatApi {
+    /// EditMessage, DeleteMessage and React: what SendMessage needs in the
+    /// room (and its rate), then the change through the room's writer, so
+    /// that it is numbered and delivered in order with the room's sends.
+    async fn change(
+        &self,
+        actor: Identity,
+        room: &str,
+        message_seq: u64,
+        kind: ChangeKind,
+    ) -> Result<proto::Message, Status> {
+        let room = RoomName::parse(room)?;
+        let message_seq = parse_seq("message_seq", message_seq)?;
+        if message_seq == 0 {
+            return Err(Error::invalid("message_seq", "is required").into());
+        }
+        self.access.check_use(&actor, &room).await?;
+        self.send_rate.check(&actor.user_id)?;
+        self.access.settle_send(&actor, &room).await?;
+        let changed = self
+            .writer
+            .change(NewChange {
+                room,
+                message_seq,
+                actor,
+                kind,
+            })
+            .await?;
+        Ok(proto::Message::from(&changed.state))
     }
 }

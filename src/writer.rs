@@ -31,9 +31,9 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::bus::Publisher;
-use crate::domain::{NewMessage, RoomName, StoredMessage};
+use crate::domain::{Changed, NewChange, NewMessage, RoomName, StoredMessage};
 use crate::error::{Error, Failure, Result};
-use crate::rooms::{Rooms, encode_batch};
+use crate::rooms::{Durable, Rooms, encode_batch};
 use crate::storage::{Appended, Store};
 
 /// The most messages one transaction stores.
@@ -45,10 +45,50 @@ pub const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 4 * MAX_BATCH;
 
 struct WriteRequest {
-    message: NewMessage,
-    reply: oneshot::Sender<Result<StoredMessage>>,
+    job: Job,
     /// When the sender handed it over; it expires `CHAT_DB_TIMEOUT` later.
     queued: Instant,
+}
+
+/// What a request asks the writer to store.
+enum Job {
+    /// A message: stored with others in a batch.
+    Send {
+        message: NewMessage,
+        reply: oneshot::Sender<Result<StoredMessage>>,
+    },
+    /// A change of a message: stored alone, after its room's earlier
+    /// requests and before its later ones.
+    Change {
+        change: NewChange,
+        reply: oneshot::Sender<Result<Changed>>,
+    },
+}
+
+impl WriteRequest {
+    fn room(&self) -> &RoomName {
+        match &self.job {
+            Job::Send { message, .. } => &message.room,
+            Job::Change { change, .. } => &change.room,
+        }
+    }
+
+    /// Whether the caller has gone (its call was cancelled).
+    fn abandoned(&self) -> bool {
+        match &self.job {
+            Job::Send { reply, .. } => reply.is_closed(),
+            Job::Change { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    /// Answers UNAVAILABLE without storing anything.
+    fn expire(self) {
+        let unavailable = Error::Reported(Failure::Unavailable);
+        match self.job {
+            Job::Send { reply, .. } => drop(reply.send(Err(unavailable))),
+            Job::Change { reply, .. } => drop(reply.send(Err(unavailable))),
+        }
+    }
 }
 
 /// The handle SendMessage uses. Cloning it is cheap; the writer tasks end
@@ -88,21 +128,35 @@ impl Writer {
     /// Stores `message` and returns it as stored (or as first stored, for a
     /// retried idempotency key). Delivery to the room has happened by then.
     pub async fn send(&self, message: NewMessage) -> Result<StoredMessage> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        message.room.hash(&mut hasher);
-        let shard = &self.shards[(hasher.finish() % self.shards.len() as u64) as usize];
         let (reply, answer) = oneshot::channel();
+        self.queue(Job::Send { message, reply }).await?;
+        answer.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Stores `change` (numbered after the room's earlier sends and
+    /// changes) and returns the message after it. Delivery to the room has
+    /// happened by then.
+    pub async fn change(&self, change: NewChange) -> Result<Changed> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Job::Change { change, reply }).await?;
+        answer.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Hands `job` to its room's writer, waiting at most `CHAT_DB_TIMEOUT`
+    /// for room in the queue.
+    async fn queue(&self, job: Job) -> Result<()> {
         let request = WriteRequest {
-            message,
-            reply,
+            job,
             queued: Instant::now(),
         };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        request.room().hash(&mut hasher);
+        let shard = &self.shards[(hasher.finish() % self.shards.len() as u64) as usize];
         match tokio::time::timeout(self.max_wait, shard.send(request)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Error::ShuttingDown),
-            Err(_) => return Err(Error::TimedOut("waiting for the writer's queue")),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::TimedOut("waiting for the writer's queue")),
         }
-        answer.await.map_err(|_| Error::WriterGone)?
     }
 }
 
@@ -128,7 +182,7 @@ async fn run(
             let Some(batch) = take_batch(&mut pending, &busy) else {
                 break;
             };
-            busy.extend(batch.iter().map(|r| r.message.room.clone()));
+            busy.extend(batch.rooms());
             running.push(store_batch(store.clone(), batch));
         }
         if !open && pending.is_empty() && running.is_empty() {
@@ -173,7 +227,7 @@ fn expire(pending: &mut VecDeque<WriteRequest>, max_wait: Duration) {
     let mut kept = VecDeque::with_capacity(before);
     for r in pending.drain(..) {
         if now.duration_since(r.queued) >= max_wait {
-            let _ = r.reply.send(Err(Error::Reported(Failure::Unavailable)));
+            r.expire();
         } else {
             kept.push_back(r);
         }
@@ -186,106 +240,186 @@ fn expire(pending: &mut VecDeque<WriteRequest>, max_wait: Duration) {
     }
 }
 
-/// The next batch: waiting requests, in arrival order, of rooms with no
-/// batch in flight, up to [`MAX_BATCH`]. Senders that gave up (cancelled
-/// calls) are dropped: they need not be stored. A room's later requests
-/// never overtake its earlier ones: once one of its requests stays behind
-/// (the batch is full), the room is in flight and the rest stay too.
-fn take_batch(
-    pending: &mut VecDeque<WriteRequest>,
-    busy: &HashSet<RoomName>,
-) -> Option<Vec<WriteRequest>> {
-    let mut batch = Vec::new();
+/// What one storage call writes.
+enum Batch {
+    /// Messages of rooms with nothing in flight.
+    Sends(Vec<(NewMessage, oneshot::Sender<Result<StoredMessage>>)>),
+    /// One change, alone.
+    Change(NewChange, oneshot::Sender<Result<Changed>>),
+}
+
+impl Batch {
+    /// The rooms it touches (with repeats).
+    fn rooms(&self) -> Vec<RoomName> {
+        match self {
+            Batch::Sends(sends) => sends.iter().map(|(m, _)| m.room.clone()).collect(),
+            Batch::Change(change, _) => vec![change.room.clone()],
+        }
+    }
+}
+
+/// The next batch: waiting sends, in arrival order, of rooms with no batch
+/// in flight, up to [`MAX_BATCH`]; or, when the first request it can take
+/// is a change, that change alone. Callers that gave up (cancelled calls)
+/// are dropped: their requests need not be stored. A room's later requests
+/// never overtake its earlier ones: once one of its requests stays behind,
+/// the rest of the room's stay too.
+fn take_batch(pending: &mut VecDeque<WriteRequest>, busy: &HashSet<RoomName>) -> Option<Batch> {
+    let mut sends = Vec::new();
+    let mut change = None;
+    let mut behind: HashSet<RoomName> = HashSet::new();
     let mut rest = VecDeque::with_capacity(pending.len());
     for r in pending.drain(..) {
-        if r.reply.is_closed() {
+        if r.abandoned() {
             continue;
         }
-        if batch.len() < MAX_BATCH && !busy.contains(&r.message.room) {
-            batch.push(r);
-        } else {
-            rest.push_back(r);
+        let free = !busy.contains(r.room()) && !behind.contains(r.room());
+        match r.job {
+            Job::Send { message, reply } if free && change.is_none() && sends.len() < MAX_BATCH => {
+                sends.push((message, reply));
+            }
+            Job::Change { change: c, reply } if free && change.is_none() && sends.is_empty() => {
+                change = Some((c, reply));
+            }
+            job => {
+                let r = WriteRequest { job, ..r };
+                behind.insert(r.room().clone());
+                rest.push_back(r);
+            }
         }
     }
     *pending = rest;
-    (!batch.is_empty()).then_some(batch)
+    match change {
+        Some((c, reply)) => Some(Batch::Change(c, reply)),
+        None => (!sends.is_empty()).then_some(Batch::Sends(sends)),
+    }
 }
 
 /// A batch that has been stored, or not.
 struct Done {
     /// The rooms it touched (with repeats), now free for their next batch.
     rooms: Vec<RoomName>,
-    replies: Vec<oneshot::Sender<Result<StoredMessage>>>,
-    stored: Result<Vec<Appended>>,
+    outcome: Outcome,
     /// How long storing it took.
     took: Duration,
 }
 
-async fn store_batch(store: Store, batch: Vec<WriteRequest>) -> Done {
-    let (messages, replies): (Vec<NewMessage>, Vec<_>) =
-        batch.into_iter().map(|r| (r.message, r.reply)).unzip();
+/// What storing a [`Batch`] gave, with whom to answer.
+enum Outcome {
+    Sends {
+        replies: Vec<oneshot::Sender<Result<StoredMessage>>>,
+        stored: Result<Vec<Appended>>,
+    },
+    Change {
+        reply: oneshot::Sender<Result<Changed>>,
+        /// Boxed: a change's outcome is larger than a batch's.
+        changed: Box<Result<Changed>>,
+    },
+}
+
+async fn store_batch(store: Store, batch: Batch) -> Done {
+    let rooms = batch.rooms();
     let started = std::time::Instant::now();
-    let stored = store.append(&messages, now_micros()).await;
+    let outcome = match batch {
+        Batch::Sends(sends) => {
+            let (messages, replies): (Vec<NewMessage>, Vec<_>) = sends.into_iter().unzip();
+            let stored = store.append(&messages, now_micros()).await;
+            Outcome::Sends { replies, stored }
+        }
+        Batch::Change(change, reply) => {
+            let changed = Box::new(store.change(&change, now_micros()).await);
+            Outcome::Change { reply, changed }
+        }
+    };
     let took = started.elapsed();
     tracing::debug!(
-        size = messages.len(),
+        size = rooms.len(),
         took_us = took.as_micros() as u64,
         "stored a batch"
     );
     Done {
-        rooms: messages.into_iter().map(|m| m.room).collect(),
-        replies,
-        stored,
+        rooms,
+        outcome,
         took,
     }
 }
 
-/// Publishes a stored batch and answers its senders; a failed batch is
-/// logged here, once, and its senders get the already-logged failure.
-fn finish(done: Done, rooms: &Rooms, bus: Option<&Publisher>) {
-    match done.stored {
-        Ok(appended) => {
-            let fresh: Vec<&StoredMessage> = appended
-                .iter()
-                .filter(|a| a.fresh)
-                .map(|a| &a.message)
-                .collect();
-            rooms
-                .metrics()
-                .batch_stored(appended.len(), fresh.len(), done.took);
-            match bus {
-                None => rooms.publish(&fresh),
-                Some(bus) => {
-                    // Encoded once, for the local streams and the other
-                    // nodes alike.
-                    let batch = encode_batch(&fresh);
-                    for (room, messages) in &batch {
-                        rooms.publish_encoded(room, messages);
-                    }
-                    if !batch.is_empty() {
-                        bus.send(batch);
-                    }
-                }
+/// Delivers durable events of one storage call: to the local streams, and
+/// with `bus` to the other nodes of the cluster.
+fn deliver<T: Durable>(events: &[&T], rooms: &Rooms, bus: Option<&Publisher>) {
+    match bus {
+        None => rooms.publish(events),
+        Some(bus) => {
+            // Encoded once, for the local streams and the other nodes alike.
+            let batch = encode_batch(events);
+            for (room, encoded) in &batch {
+                rooms.publish_encoded(room, encoded);
             }
-            for (reply, a) in done.replies.into_iter().zip(appended) {
-                // The sender may have gone; the message is stored anyway.
-                let _ = reply.send(Ok(a.message));
-            }
-        }
-        Err(e) => {
-            let failure = e.failure().unwrap_or(Failure::Internal);
-            let size = done.replies.len();
-            match failure {
-                Failure::Internal => tracing::error!(error = %e, size, "storing a batch failed"),
-                Failure::Unavailable | Failure::Full => {
-                    tracing::warn!(error = %e, size, ?failure, "storing a batch failed")
-                }
-            }
-            for reply in done.replies {
-                let _ = reply.send(Err(Error::Reported(failure)));
+            if !batch.is_empty() {
+                bus.send(batch);
             }
         }
     }
+}
+
+/// Publishes what was stored and answers the callers; a failed storage
+/// call is logged here, once, and its callers get the already-logged
+/// failure. A change refused by the rules (the caller's error, not
+/// storage's) goes back to its caller as it is.
+fn finish(done: Done, rooms: &Rooms, bus: Option<&Publisher>) {
+    match done.outcome {
+        Outcome::Sends { replies, stored } => match stored {
+            Ok(appended) => {
+                let fresh: Vec<&StoredMessage> = appended
+                    .iter()
+                    .filter(|a| a.fresh)
+                    .map(|a| &a.message)
+                    .collect();
+                rooms
+                    .metrics()
+                    .batch_stored(appended.len(), fresh.len(), done.took);
+                deliver(&fresh, rooms, bus);
+                for (reply, a) in replies.into_iter().zip(appended) {
+                    // The sender may have gone; the message is stored anyway.
+                    let _ = reply.send(Ok(a.message));
+                }
+            }
+            Err(e) => {
+                let failure = logged(&e, replies.len());
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Reported(failure)));
+                }
+            }
+        },
+        Outcome::Change { reply, changed } => match *changed {
+            Ok(changed) => {
+                if let Some(event) = &changed.event {
+                    deliver(&[event], rooms, bus);
+                }
+                let _ = reply.send(Ok(changed));
+            }
+            Err(e) if e.failure().is_none() => {
+                let _ = reply.send(Err(e));
+            }
+            Err(e) => {
+                let failure = logged(&e, 1);
+                let _ = reply.send(Err(Error::Reported(failure)));
+            }
+        },
+    }
+}
+
+/// Logs a failed storage call of `size` requests, once, and returns how
+/// it failed.
+fn logged(e: &Error, size: usize) -> Failure {
+    let failure = e.failure().unwrap_or(Failure::Internal);
+    match failure {
+        Failure::Internal => tracing::error!(error = %e, size, "storing a batch failed"),
+        Failure::Unavailable | Failure::Full => {
+            tracing::warn!(error = %e, size, ?failure, "storing a batch failed")
+        }
+    }
+    failure
 }
 
 /// Now, in microseconds since the Unix epoch: the precision storage keeps.

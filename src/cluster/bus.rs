@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Cluster;
 use super::presence::Presence;
-use crate::domain::{RoomName, SEQ_MAX, StoredMessage};
+use crate::domain::{RoomName, SEQ_MAX, StoredEvent};
 use crate::error::Result;
 use crate::proto::{JoinRoomResponse, join_room_response::Event};
 use crate::rooms::Rooms;
@@ -297,8 +297,9 @@ impl Follower {
     }
 }
 
-/// A notice's entries if every one is a message of `room` with the entry's
-/// seq, in ascending seq order; `None` otherwise.
+/// A notice's entries if every one is a durable event of `room` (a
+/// message, an edit, a deletion, a reaction change) with the entry's seq,
+/// in ascending seq order; `None` otherwise.
 fn checked_notice(room: &RoomName, payload: Bytes) -> Option<Vec<(u64, Bytes)>> {
     let notice = Notice::decode(payload).ok()?;
     if notice.entries.is_empty() {
@@ -310,9 +311,15 @@ fn checked_notice(room: &RoomName, payload: Bytes) -> Option<Vec<(u64, Bytes)>> 
         if entry.seq <= previous || entry.seq > SEQ_MAX {
             return None;
         }
-        match JoinRoomResponse::decode(entry.event.clone()).ok()?.event {
-            Some(Event::Message(m)) if m.seq == entry.seq && m.room == room.as_str() => {}
-            _ => return None,
+        let ok = match JoinRoomResponse::decode(entry.event.clone()).ok()?.event {
+            Some(Event::Message(m)) => m.seq == entry.seq && m.room == room.as_str(),
+            Some(Event::MessageEdited(e)) => e.seq == entry.seq && e.message_seq < e.seq,
+            Some(Event::MessageDeleted(e)) => e.seq == entry.seq && e.message_seq < e.seq,
+            Some(Event::ReactionChanged(e)) => e.seq == entry.seq && e.message_seq < e.seq,
+            _ => false,
+        };
+        if !ok {
+            return None;
         }
         previous = entry.seq;
         messages.push((entry.seq, entry.event));
@@ -387,14 +394,14 @@ pub async fn deliver_from_storage(
             continue;
         }
         let after = seen.max(last.saturating_sub(u64::from(POLL_PAGE)));
-        let missed: Vec<StoredMessage> = store.read_after(&room, after, POLL_PAGE).await?;
+        let (missed, _) = store.read_events(&room, after, POLL_PAGE).await?;
         tracing::debug!(room = %room, count = missed.len(), "delivering messages from storage");
         if only.is_none() {
             // A hole the notifications left (or a notification slower than
             // the poll): storage fills it.
             rooms.metrics().notifications_missed(missed.len() as u64);
         }
-        let missed: Vec<&StoredMessage> = missed.iter().collect();
+        let missed: Vec<&StoredEvent> = missed.iter().collect();
         rooms.publish(&missed);
     }
     Ok(())

@@ -5,8 +5,52 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::domain::StoredMessage;
+use crate::domain::{RoomName, StoredChange, StoredEvent, StoredMessage};
 use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
+
+/// A durable event of a room (a message or a change of one) as the ring
+/// carries it: its room, its seq, and the stream event that announces it.
+pub trait Durable {
+    fn room(&self) -> &RoomName;
+    fn seq(&self) -> u64;
+    fn wire(&self) -> WireEvent;
+}
+
+impl Durable for StoredMessage {
+    fn room(&self) -> &RoomName {
+        &self.room
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn wire(&self) -> WireEvent {
+        WireEvent::Message(proto::Message::from(self))
+    }
+}
+
+impl Durable for StoredChange {
+    fn room(&self) -> &RoomName {
+        &self.room
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn wire(&self) -> WireEvent {
+        proto::change_event(self)
+    }
+}
+
+impl Durable for StoredEvent {
+    fn room(&self) -> &RoomName {
+        StoredEvent::room(self)
+    }
+    fn seq(&self) -> u64 {
+        StoredEvent::seq(self)
+    }
+    fn wire(&self) -> WireEvent {
+        proto::stored_event(self)
+    }
+}
 
 /// The most messages one ring event carries.
 const PUBLISH_CHUNK: usize = 8;
@@ -83,10 +127,9 @@ pub(super) struct RingLimits {
     pub(super) bytes: usize,
 }
 
-/// A message encoded once as a `JoinRoomResponse`, with its seq.
-pub(super) fn encode_message(m: &StoredMessage) -> (u64, Bytes) {
-    let encoded = EncodedEvent::encode(WireEvent::Message(proto::Message::from(m))).0;
-    (m.seq, encoded)
+/// A durable event encoded once as a `JoinRoomResponse`, with its seq.
+pub(super) fn encode_durable<T: Durable>(event: &T) -> (u64, Bytes) {
+    (event.seq(), EncodedEvent::encode(event.wire()).0)
 }
 
 /// The ring events for a room's share of a committed batch (encoded

@@ -1,7 +1,7 @@
 //! One JoinRoom stream's reader: the ring as a fast path, storage for everything else.
 
 use super::*;
-use crate::domain::READ_PAGE_BYTES;
+use crate::domain::{MessageState, READ_PAGE_BYTES, StoredEvent};
 
 /// The most messages a catch-up reads from storage at a time (and at most
 /// [`crate::domain::READ_PAGE_BYTES`] of them, by what is stored).
@@ -176,10 +176,18 @@ impl Subscription {
             () = self.revoked.cancelled() => return Ok(()),
             page = async {
                 let _turn = rooms.quotas.read_slot(user).await?;
-                self.store.read_page(room, self.next_seq - 1, REPLAY_PAGE_MAX).await
+                let (events, more) = self.store.read_events(room, self.next_seq - 1, REPLAY_PAGE_MAX).await?;
+                // A replayed message carries its reactions as this user sees them.
+                let seqs: Vec<u64> = events
+                    .iter()
+                    .filter(|e| matches!(e, StoredEvent::Message(_)))
+                    .map(StoredEvent::seq)
+                    .collect();
+                let reactions = self.store.reactions(room, &seqs, user).await?;
+                Ok::<_, Error>((events, more, reactions))
             } => page?,
         };
-        let (page, more) = page;
+        let (page, more, mut reactions) = page;
         rooms.metrics.catchup_read(self.catchup_reason);
         rooms.metrics.deliveries(page.len());
         if !more {
@@ -188,13 +196,22 @@ impl Subscription {
             self.catching_up = false;
         }
         let mut bytes = 0;
-        for m in &page {
-            if m.seq != self.next_seq {
-                tracing::error!(room = %room, expected = self.next_seq, found = m.seq, "gap in stored seqs");
+        for stored in page {
+            if stored.seq() != self.next_seq {
+                tracing::error!(room = %room, expected = self.next_seq, found = stored.seq(), "gap in stored seqs");
                 return Err(Status::internal("internal error"));
             }
             self.next_seq += 1;
-            let event = EncodedEvent::encode(WireEvent::Message(proto::Message::from(m)));
+            let wire = match stored {
+                StoredEvent::Message(message) => {
+                    WireEvent::Message(proto::Message::from(&MessageState {
+                        reactions: reactions.remove(&message.seq).unwrap_or_default(),
+                        message,
+                    }))
+                }
+                StoredEvent::Change(change) => proto::change_event(&change),
+            };
+            let event = EncodedEvent::encode(wire);
             bytes += event.0.len();
             self.pending.push_back(event);
         }

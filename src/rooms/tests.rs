@@ -1,6 +1,7 @@
 //! Unit tests of the registry and its ring.
 
 use super::*;
+use crate::domain::StoredMessage;
 use clap::Parser;
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ fn message(room: &RoomName, seq: u64, len: usize) -> StoredMessage {
         content: "x".repeat(len),
         client_message_id: None,
         sent_at_micros: 0,
+        reply_to_seq: 0,
+        edited_at_micros: None,
+        deleted: false,
+        updated_seq: seq,
     }
 }
 

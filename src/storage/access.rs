@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, SmallInt, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, SmallInt, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::schema::{access_revision, room_users, rooms};
@@ -37,7 +37,7 @@ const LIST_ROOMS_SQL: &str = "\
 SELECT p.*, (
     SELECT count(*) FROM (
         SELECT 1 FROM messages u
-        WHERE u.room = p.room AND u.seq > p.read_seq AND u.sender_id <> $1
+        WHERE u.room = p.room AND u.seq > p.read_seq AND u.sender_id <> $1 AND NOT u.deleted
         LIMIT 1000
     ) AS t
 ) AS unread
@@ -50,10 +50,13 @@ FROM (
         m.seq AS m_seq, m.sender_id AS m_sender_id, m.sender_name AS m_sender_name,
         m.content_type AS m_content_type, m.content AS m_content,
         m.client_message_id AS m_client_message_id,
+        m.reply_to_seq AS m_reply_to_seq, m.edited_at_micros AS m_edited_at_micros,
+        m.deleted AS m_deleted, m.updated_seq AS m_updated_seq,
         CAST(octet_length(m.content) AS BIGINT) AS m_bytes
     FROM room_users ru
     LEFT JOIN rooms r ON r.name = ru.room
-    LEFT JOIN messages m ON m.room = ru.room AND m.seq = r.last_seq
+    LEFT JOIN messages m ON m.room = ru.room
+        AND m.seq = (SELECT max(x.seq) FROM messages x WHERE x.room = ru.room)
     WHERE ru.user_id = $1
       AND (ru.granted OR COALESCE(r.visibility, 1) = 1)
       AND (COALESCE(m.sent_at_micros, ru.since_micros), ru.room) < ($2, $3)
@@ -86,6 +89,14 @@ struct RoomRow {
     m_content: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     m_client_message_id: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    m_reply_to_seq: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    m_edited_at_micros: Option<i64>,
+    #[diesel(sql_type = Nullable<Bool>)]
+    m_deleted: Option<bool>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    m_updated_seq: Option<i64>,
     /// The last message's content length in bytes: pages are cut to
     /// [`ROOMS_PAGE_BYTES`] by what is stored.
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -107,15 +118,26 @@ impl RoomRow {
             self.m_content,
         ) {
             (Some(seq), Some(sender_id), Some(sender_name), Some(kind), Some(content)) => {
+                let seq = u64::try_from(seq).map_err(|_| bad("a negative seq"))?;
+                let updated = self.m_updated_seq.unwrap_or(0);
                 Some(StoredMessage {
                     room: room.clone(),
-                    seq: u64::try_from(seq).map_err(|_| bad("a negative seq"))?,
+                    seq,
                     sender_id,
                     sender_name,
                     kind: ContentKind::from_code(kind).ok_or_else(|| bad("a content type"))?,
                     content,
                     client_message_id: self.m_client_message_id,
                     sent_at_micros: self.activity,
+                    reply_to_seq: u64::try_from(self.m_reply_to_seq.unwrap_or(0))
+                        .map_err(|_| bad("a negative reply_to_seq"))?,
+                    edited_at_micros: self.m_edited_at_micros,
+                    deleted: self.m_deleted.unwrap_or(false),
+                    updated_seq: if updated > 0 {
+                        u64::try_from(updated).map_err(|_| bad("a negative updated_seq"))?
+                    } else {
+                        seq
+                    },
                 })
             }
             _ => None,

@@ -139,6 +139,10 @@ pub(super) fn assemble(
                             .as_ref()
                             .map(|id| id.as_str().to_owned()),
                         sent_at_micros,
+                        reply_to_seq: m.reply_to_seq,
+                        edited_at_micros: None,
+                        deleted: false,
+                        updated_seq: seq,
                     },
                     fresh: true,
                 }

@@ -45,7 +45,7 @@ use self::models::MessageRow;
 use self::schema::{messages, rooms};
 use crate::domain::{
     HISTORY_PAGE_BYTES, HistoryCursor, HistoryPage, HistoryQuery, MESSAGE_OVERHEAD_BYTES,
-    NewMessage, READ_PAGE_BYTES, RoomName, StoredMessage,
+    NewMessage, RoomName, StoredMessage,
 };
 use crate::error::{Error, Failure, Result};
 
@@ -231,6 +231,7 @@ macro_rules! with_pooled {
 }
 
 mod access;
+mod changes;
 pub use self::access::Created;
 
 /// The probe write of [`Store::probe_write`], PostgreSQL's dialect: a
@@ -456,45 +457,6 @@ impl Store {
             has_more,
             last_seq,
         })
-    }
-
-    /// Up to `limit` messages of `room` with seq > `after`, ascending, and
-    /// at most [`READ_PAGE_BYTES`] (counted as [`Self::history`] does; at
-    /// least one message).
-    pub async fn read_after(
-        &self,
-        room: &RoomName,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<StoredMessage>> {
-        Ok(self.read_page(room, after, limit).await?.0)
-    }
-
-    /// [`Self::read_after`], and whether more messages followed the page
-    /// when it was read (it was cut by `limit` or by bytes).
-    pub async fn read_page(
-        &self,
-        room: &RoomName,
-        after: u64,
-        limit: u32,
-    ) -> Result<(Vec<StoredMessage>, bool)> {
-        let after = to_i64(after)?;
-        let sizes: Vec<(i64, i64)> = with_conn!(self, |conn| {
-            messages::table
-                .filter(messages::room.eq(room.as_str()))
-                .filter(messages::seq.gt(after))
-                .order(messages::seq.asc())
-                .limit(i64::from(limit) + 1)
-                .select((messages::seq, content_bytes()))
-                .load(conn)
-                .await?
-        });
-        let fit = fitting(sizes.iter().map(|s| s.1), limit as usize, READ_PAGE_BYTES);
-        let more = sizes.len() > fit;
-        match seq_range(&sizes[..fit]) {
-            Some(range) => Ok((self.read_range(room, range).await?, more)),
-            None => Ok((Vec::new(), false)),
-        }
     }
 
     /// The messages of `room` with seqs in `range` (inclusive), ascending.

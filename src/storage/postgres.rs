@@ -166,8 +166,8 @@ fn migrations_late() -> String {
 /// written, computed once, here.
 const APPEND_SQL: &str = "\
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[])
-        WITH ORDINALITY AS t(room, sender_id, sender_name, content_type, content, client_message_id, ord)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[], $8::int8[])
+        WITH ORDINALITY AS t(room, sender_id, sender_name, content_type, content, client_message_id, reply_to_seq, ord)
 ), counts AS (
     SELECT room, count(*) AS n FROM input GROUP BY room
 ), bumped AS (
@@ -180,8 +180,8 @@ WITH input AS (
     FROM input i JOIN counts c ON c.room = i.room JOIN bumped b ON b.name = i.room
 ), inserted AS (
     INSERT INTO messages
-        (room, seq, sender_id, sender_name, content_type, content, client_message_id, sent_at_micros)
-    SELECT room, seq, sender_id, sender_name, content_type, content, client_message_id, $7
+        (room, seq, sender_id, sender_name, content_type, content, client_message_id, sent_at_micros, reply_to_seq)
+    SELECT room, seq, sender_id, sender_name, content_type, content, client_message_id, $7, reply_to_seq
     FROM numbered
     RETURNING room, seq
 ), marked AS (
@@ -303,7 +303,8 @@ async fn try_append(
 /// the key index per (room, sender, key) triple, whatever the rooms hold.
 const STORED_KEYS_SQL: &str = "\
 SELECT m.room, m.seq, m.sender_id, m.sender_name, m.content_type, m.content,
-    m.client_message_id, m.sent_at_micros
+    m.client_message_id, m.sent_at_micros, m.reply_to_seq, m.edited_at_micros, m.deleted,
+    m.updated_seq
 FROM unnest($1::text[], $2::text[], $3::text[]) AS k(room, sender_id, client_message_id)
 JOIN messages m ON m.room = k.room AND m.sender_id = k.sender_id
     AND m.client_message_id = k.client_message_id
@@ -347,6 +348,10 @@ async fn append_fresh(
         .iter()
         .map(|m| m.client_message_id.as_ref().map(|id| id.as_str()))
         .collect();
+    let replies = fresh
+        .iter()
+        .map(|m| super::to_i64(m.reply_to_seq))
+        .collect::<Result<Vec<i64>>>()?;
     let assigned: Vec<Assigned> = Cached::new(
         APPEND_SQL,
         vec![
@@ -357,6 +362,7 @@ async fn append_fresh(
             Bind::Texts(&contents),
             Bind::NullableTexts(&ids),
             Bind::BigInt(sent_at_micros),
+            Bind::BigInts(&replies),
         ],
     )
     .load(conn)

@@ -17,6 +17,7 @@ pub(super) enum Bind<'a> {
     Texts(&'a [&'a str]),
     NullableTexts(&'a [Option<&'a str>]),
     SmallInts(&'a [i16]),
+    BigInts(&'a [i64]),
     BigInt(i64),
 }
 
@@ -65,6 +66,7 @@ impl QueryFragment<Pg> for Cached<'_> {
                 Bind::Texts(v) => out.push_bind_param::<Array<Text>, _>(*v)?,
                 Bind::NullableTexts(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(*v)?,
                 Bind::SmallInts(v) => out.push_bind_param::<Array<SmallInt>, _>(*v)?,
+                Bind::BigInts(v) => out.push_bind_param::<Array<BigInt>, _>(*v)?,
                 Bind::BigInt(v) => out.push_bind_param::<BigInt, _>(v)?,
             }
             rest = &rest[at + 1 + digits..];

@@ -8,6 +8,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    message_events (room, seq) {
+        room -> Text,
+        seq -> Int8,
+        kind -> Int2,
+        message_seq -> Int8,
+        actor_id -> Text,
+        actor_name -> Text,
+        content -> Text,
+        reaction -> Text,
+        added -> Bool,
+        count -> Int4,
+        at_micros -> Int8,
+    }
+}
+
+diesel::table! {
     messages (room, seq) {
         room -> Text,
         seq -> Int8,
@@ -17,6 +33,20 @@ diesel::table! {
         content -> Text,
         client_message_id -> Nullable<Text>,
         sent_at_micros -> Int8,
+        reply_to_seq -> Int8,
+        edited_at_micros -> Nullable<Int8>,
+        deleted -> Bool,
+        updated_seq -> Int8,
+    }
+}
+
+diesel::table! {
+    reactions (room, message_seq, reaction, user_id) {
+        room -> Text,
+        message_seq -> Int8,
+        reaction -> Text,
+        user_id -> Text,
+        added_seq -> Int8,
     }
 }
 
@@ -27,6 +57,7 @@ diesel::table! {
         granted -> Bool,
         read_seq -> Int8,
         since_micros -> Int8,
+        display_name -> Text,
     }
 }
 
@@ -38,4 +69,11 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(access_revision, messages, room_users, rooms,);
+diesel::allow_tables_to_appear_in_same_query!(
+    access_revision,
+    message_events,
+    messages,
+    reactions,
+    room_users,
+    rooms,
+);

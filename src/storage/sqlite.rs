@@ -228,6 +228,7 @@ fn write_batch(
             content: &m.content.body,
             client_message_id: m.client_message_id.as_ref().map(|id| id.as_str()),
             sent_at_micros,
+            reply_to_seq: super::to_i64(m.reply_to_seq)?,
         });
         *slot += 1;
     }

@@ -13,6 +13,7 @@ mod binary;
 mod grpc_web;
 mod history;
 mod join;
+mod lifecycle;
 mod send;
 mod server;
 mod support;
@@ -42,6 +43,13 @@ on_both_backends! {
         crate::binary::token_command_and_server_share_a_generated_secret,
     sigterm_ends_streams_and_exits_zero: crate::binary::sigterm_ends_streams_and_exits_zero,
     kill_9_keeps_every_acknowledged_message: crate::binary::kill_9_keeps_every_acknowledged_message,
+    edits_deletions_and_reactions_are_events_in_order:
+        crate::lifecycle::edits_deletions_and_reactions_are_events_in_order,
+    a_stream_resuming_before_an_edit_gets_the_message_then_the_edit:
+        crate::lifecycle::a_stream_resuming_before_an_edit_gets_the_message_then_the_edit,
+    replies_name_a_message_of_the_room: crate::lifecycle::replies_name_a_message_of_the_room,
+    every_change_refusal_names_its_field_or_limit:
+        crate::lifecycle::every_change_refusal_names_its_field_or_limit,
 }
 
 use chatd::proto;
