@@ -29,17 +29,17 @@ async fn collect_seqs(stream: &mut Streaming<JoinRoomResponse>, count: usize) ->
     seqs
 }
 
-/// Nothing more arrives on `stream` for `quiet` (no duplicate, no extra).
+/// Nothing but presence arrives on `stream` for `quiet` (no duplicate, no
+/// extra).
 async fn assert_no_message_for(stream: &mut Streaming<JoinRoomResponse>, quiet: Duration) {
     let deadline = tokio::time::Instant::now() + quiet;
     loop {
         match tokio::time::timeout_at(deadline, stream.message()).await {
             Err(_) => return,
-            Ok(Ok(Some(r))) => {
-                if let Some(Event::Message(m)) = r.event {
-                    panic!("unexpected extra message seq {}", m.seq);
-                }
-            }
+            Ok(Ok(Some(r))) => match r.event {
+                Some(Event::MemberJoined(_) | Event::MemberLeft(_)) | None => {}
+                Some(other) => panic!("unexpected extra event {other:?}"),
+            },
             Ok(other) => panic!("stream ended: {other:?}"),
         }
     }
@@ -359,4 +359,92 @@ async fn a_nats_restart_neither_storms_nor_resurrects_presence() {
     // Alice never left: nothing about her, past a full timeout.
     assert_no_presence_for(&mut watch, Duration::from_secs(5)).await;
     wait_members(&mut obs, room, &["alice", "obs"]).await;
+}
+
+/// Messages that live, through any node: an edit made on node A reaches
+/// the streams on every node once, in order; two users reacting to one
+/// message at once on two nodes are both counted, in every stream and in
+/// history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_reactions_through_any_node_reach_every_node_once_in_order() {
+    let db = TestDb::postgres().await;
+    let cluster = unique_cluster("lively");
+    let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 3).await;
+    let room = "lively";
+    let mut streams = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut c = node.client(&format!("watcher{i}")).await;
+        let (stream, _) = join(&mut c, room, None).await;
+        streams.push((c, stream));
+    }
+    let mut alice = nodes[0].client("alice").await;
+    let mut bob = nodes[1].client("bob").await;
+    send(&mut alice, room, "hello").await;
+    let edited = within(alice.edit_message(proto::EditMessageRequest {
+        room: room.into(),
+        message_seq: 1,
+        content: "hello, all".into(),
+    }))
+    .await
+    .expect("edit")
+    .into_inner();
+    assert_eq!(edited.message.expect("message").updated_seq, 2);
+    let react = |client: &Client| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            within(client.react(proto::ReactRequest {
+                room: "lively".into(),
+                message_seq: 1,
+                reaction: "👍".into(),
+                add: true,
+            }))
+            .await
+        })
+    };
+    let (a, b) = (react(&alice), react(&bob));
+    within(a).await.expect("task").expect("alice reacts");
+    within(b).await.expect("task").expect("bob reacts");
+
+    for (_, stream) in &mut streams {
+        let mut events = Vec::new();
+        while events.len() < 4 {
+            match next_event(stream).await {
+                Event::MemberJoined(_) | Event::MemberLeft(_) => {}
+                other => events.push(other),
+            }
+        }
+        assert!(
+            matches!(&events[0], Event::Message(m) if m.seq == 1),
+            "{events:?}"
+        );
+        assert!(
+            matches!(&events[1], Event::MessageEdited(e) if e.seq == 2 && e.content == "hello, all"),
+            "{events:?}"
+        );
+        // Numbered one after the other, each with the count after it.
+        for (event, (seq, count)) in events[2..].iter().zip([(3, 1), (4, 2)]) {
+            assert!(
+                matches!(event, Event::ReactionChanged(e) if e.seq == seq && e.count == count && e.added),
+                "{events:?}"
+            );
+        }
+    }
+    for (_, stream) in &mut streams {
+        assert_no_message_for(stream, Duration::from_millis(300)).await;
+    }
+    let mut reader = nodes[2].client("reader").await;
+    let page = within(reader.list_history(proto::ListHistoryRequest {
+        room: room.into(),
+        ..Default::default()
+    }))
+    .await
+    .expect("history")
+    .into_inner();
+    assert_eq!(page.last_seq, 4);
+    let reactions = &page.messages[0].reactions;
+    assert_eq!(reactions.len(), 1, "{reactions:?}");
+    assert_eq!(
+        (reactions[0].reaction.as_str(), reactions[0].count),
+        ("👍", 2)
+    );
 }
