@@ -5,7 +5,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { chatClient } from "./client";
 import { detail, plainWords, roomName, ROOM_RULE } from "./errors";
-import { ContentType } from "./gen/chat/v1/chat_pb";
+import { ContentType, type Message } from "./gen/chat/v1/chat_pb";
 import { RoomSession, storedSeq } from "./room";
 import { RoomList } from "./rooms";
 import {
@@ -15,7 +15,9 @@ import {
   setToken,
   tokenUser,
 } from "./token";
-import { Members, Timeline, byId, httpUrl } from "./view";
+import { byId, httpUrl } from "./dom";
+import { quoteLine } from "./message";
+import { Members, Timeline } from "./view";
 
 const ROOM_KEY = "chatd.room";
 const PAGE_SIZE = 50;
@@ -40,7 +42,47 @@ const olderButton = byId<HTMLButtonElement>("older");
 const roomView = byId<HTMLElement>("room-view");
 const membersPane = byId<HTMLElement>("members-pane");
 const membersToggle = byId<HTMLButtonElement>("members-toggle");
-const timeline = new Timeline(byId("messages"), byId("timeline"), me);
+const replyBar = byId<HTMLDivElement>("reply-bar");
+/** The message the next send answers, if any. */
+let replyTo: Message | null = null;
+
+function setReply(message: Message | null): void {
+  replyTo = message;
+  replyBar.hidden = message === null;
+  byId("reply-quote").textContent = message ? quoteLine(message) : "";
+  if (message) messageInput.focus();
+}
+
+/** Runs a change call; the answer is shown at once (the stream brings the same change). */
+async function changeCall(what: string, call: () => Promise<{ message?: Message }>): Promise<boolean> {
+  try {
+    const answer = await call();
+    if (answer.message) timeline.update(answer.message);
+    clearError();
+    return true;
+  } catch (e) {
+    showError(`Could not ${what}. ${plainWords(e)}`, detail(e));
+    return false;
+  }
+}
+
+const timeline = new Timeline(byId("messages"), byId("timeline"), me, {
+  reply: setReply,
+  react: (message, reaction, add) =>
+    void changeCall(add ? "react" : "remove the reaction", () =>
+      client.react({ room: message.room, messageSeq: message.seq, reaction, add }),
+    ),
+  edit: (message, content) =>
+    changeCall("save the edit", () =>
+      client.editMessage({ room: message.room, messageSeq: message.seq, content }),
+    ),
+  remove: (message) => {
+    if (!confirm("Delete this message for everyone?")) return;
+    void changeCall("delete the message", () =>
+      client.deleteMessage({ room: message.room, messageSeq: message.seq }),
+    );
+  },
+});
 const members = new Members(byId("members"), byId("member-count"), me);
 const rooms = new RoomList(client, byId("rooms"), byId("rooms-empty"), (room) => joinRoom(room), (e) => {
   // The list is refreshed in the background: only a refused token is worth a banner.
@@ -91,6 +133,7 @@ function setComposer(enabled: boolean): void {
 
 function leaveRoom(): void {
   flushSeen();
+  setReply(null);
   session?.close();
   session = null;
   timeline.clear();
@@ -175,6 +218,7 @@ function joinRoom(typed: string): void {
       if (firstJoin && upTo !== undefined) void loadOlder(room, upTo + 1n);
       markSeen();
     },
+    changed: (change) => timeline.apply(change),
     message(message) {
       timeline.add(message);
       rooms.saw(room, message);
@@ -211,8 +255,10 @@ async function send(): Promise<void> {
       content: image ? content.trim() : content,
       contentType: image ? ContentType.IMAGE : ContentType.TEXT,
       clientMessageId: crypto.randomUUID(),
+      replyToSeq: replyTo?.seq ?? 0n,
     });
     clearError();
+    setReply(null);
     messageInput.value = "";
     contentType.value = "text";
     timeline.scrollToNewest();
@@ -251,6 +297,7 @@ byId("back").addEventListener("click", () => {
 });
 
 byId("error-close").addEventListener("click", clearError);
+byId("reply-cancel").addEventListener("click", () => setReply(null));
 
 membersToggle.addEventListener("click", () => {
   const open = roomView.classList.toggle("show-members");

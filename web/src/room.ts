@@ -5,13 +5,16 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ChatClient } from "./client";
 import type { Member, Message } from "./gen/chat/v1/chat_pb";
+import type { Change } from "./message";
 
 /** What a room session tells the page. */
 export interface RoomEvents {
   /** The stream (re)joined: the exact member list. `firstJoin` is true once per session. */
   joined(room: string, members: Member[], firstJoin: boolean): void;
-  /** A message, in seq order, each once per stream. */
+  /** A message, in seq order with the changes, each once per stream. */
   message(message: Message): void;
+  /** A change of a message (edit, deletion, reaction), in seq order, each once. */
+  changed(change: Change): void;
   memberJoined(member: Member): void;
   memberLeft(member: Member): void;
   /** The connection state changed. */
@@ -101,6 +104,14 @@ export class RoomSession {
               // shown already (by an earlier stream of this session).
               if (this.lastSeq === undefined || event.value.seq > this.lastSeq) {
                 this.events.message(event.value);
+                this.advance(event.value.seq);
+              }
+              break;
+            case "messageEdited":
+            case "messageDeleted":
+            case "reactionChanged":
+              if (this.lastSeq === undefined || event.value.seq > this.lastSeq) {
+                this.events.changed(event as Change);
                 this.advance(event.value.seq);
               }
               break;

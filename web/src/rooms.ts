@@ -3,7 +3,7 @@
 
 import type { ChatClient } from "./client";
 import { ContentType, type Message, type RoomSummary } from "./gen/chat/v1/chat_pb";
-import { el } from "./view";
+import { el } from "./dom";
 
 /** How often the list is fetched again while the page is visible. */
 const REFRESH_MS = 10_000;

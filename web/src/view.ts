@@ -1,90 +1,12 @@
-// Rendering: messages in seq order (each seq once), grouped by day and sender, members.
-// User content only ever goes through textContent or a checked http(s) URL attribute,
-// never innerHTML.
+// The timeline (messages in seq order, each seq once, grouped by day and sender, changes
+// applied as they come) and the member list.
 
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { ContentType, type Member, type Message } from "./gen/chat/v1/chat_pb";
-
-export function byId<T extends HTMLElement>(id: string): T {
-  const element = document.getElementById(id);
-  if (!element) throw new Error(`the page has no #${id}`);
-  return element as T;
-}
-
-/** The URL when `text` is an absolute http(s) URL, else null. */
-export function httpUrl(text: string): URL | null {
-  try {
-    const url = new URL(text);
-    return url.protocol === "http:" || url.protocol === "https:" ? url : null;
-  } catch {
-    return null;
-  }
-}
-
-export function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className?: string,
-  text?: string,
-): HTMLElementTagNameMap[K] {
-  const element = document.createElement(tag);
-  if (className) element.className = className;
-  if (text !== undefined) element.textContent = text;
-  return element;
-}
-
-function link(url: URL, text: string): HTMLAnchorElement {
-  const a = el("a", undefined, text);
-  a.href = url.href;
-  a.rel = "noopener noreferrer";
-  a.target = "_blank";
-  return a;
-}
-
-/** http(s) URLs in running text; trailing punctuation stays text. */
-const URL_IN_TEXT = /https?:\/\/[^\s<>"']+/g;
-const TRAILING = /[.,;:!?)\]}'"]+$/;
-
-/** Text with its http(s) URLs as links. */
-export function linkified(text: string): Node[] {
-  const nodes: Node[] = [];
-  let from = 0;
-  for (const match of text.matchAll(URL_IN_TEXT)) {
-    const raw = match[0].replace(TRAILING, "");
-    const url = httpUrl(raw);
-    const at = match.index ?? 0;
-    if (!url) continue;
-    if (at > from) nodes.push(document.createTextNode(text.slice(from, at)));
-    nodes.push(link(url, raw));
-    from = at + raw.length;
-  }
-  if (from < text.length) nodes.push(document.createTextNode(text.slice(from)));
-  return nodes;
-}
-
-function messageBody(message: Message, onImage: () => void): HTMLElement {
-  const url = httpUrl(message.content);
-  const body = el("div", "body");
-  if (url && message.contentType === ContentType.IMAGE) {
-    const img = el("img");
-    img.src = url.href;
-    img.alt = `image sent by ${message.sender?.displayName ?? "someone"}`;
-    img.referrerPolicy = "no-referrer";
-    img.addEventListener("load", onImage, { once: true });
-    const a = link(url, "");
-    a.append(img);
-    // An image that cannot be shown becomes its link.
-    img.addEventListener("error", () => a.replaceChildren(`🖼 ${url.href}`), { once: true });
-    body.append(a);
-  } else if (url && message.contentType === ContentType.FILE) {
-    body.append(link(url, message.content));
-  } else {
-    body.append(...linkified(message.content));
-  }
-  return body;
-}
+import type { Member, Message } from "./gen/chat/v1/chat_pb";
+import { el } from "./dom";
+import { type Change, type Context, type MessageActions, applyChange, quoteLine, renderMessage } from "./message";
 
 const DAY = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "long", day: "numeric", year: "numeric" });
-const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 
 /** "Today", "Yesterday" or the date, for a day separator. */
 export function dayLabel(date: Date, now = new Date()): string {
@@ -101,7 +23,7 @@ const GROUP_MS = 5 * 60_000;
 /** The message list: one item per seq, kept in seq order, pinned to the newest while the
  * reader is at the bottom (also when an image loads late). */
 export class Timeline {
-  private readonly items = new Map<bigint, HTMLLIElement>();
+  private readonly items = new Map<bigint, { item: HTMLLIElement; message: Message }>();
   /** Whether the reader is at the newest message: new content keeps it in view. */
   private pinned = true;
 
@@ -109,6 +31,7 @@ export class Timeline {
     private readonly list: HTMLOListElement,
     private readonly scroller: HTMLElement,
     private readonly me: () => string | undefined,
+    private readonly actions: MessageActions,
   ) {
     scroller.addEventListener("scroll", () => {
       this.pinned = this.atBottom();
@@ -140,6 +63,13 @@ export class Timeline {
     return last ? BigInt(last.dataset.seq ?? "0") : undefined;
   }
 
+  /** The newest message `user` sent among those shown. */
+  newestFrom(user: string): Message | undefined {
+    let item = this.list.lastElementChild as HTMLLIElement | null;
+    while (item && item.dataset.sender !== user) item = item.previousElementSibling as HTMLLIElement | null;
+    return item ? this.items.get(BigInt(item.dataset.seq ?? "0"))?.message : undefined;
+  }
+
   /** Adds a live message (or a page right after joining); keeps the newest in view when it was. */
   add(message: Message): void {
     const wasPinned = this.pinned;
@@ -162,9 +92,65 @@ export class Timeline {
     this.pinned = true;
   }
 
+  /** Applies a change (edit, deletion, reaction) to the message it names, when shown. */
+  apply(change: Change): void {
+    const found = this.items.get(change.value.messageSeq);
+    if (found && applyChange(found.message, change, this.me())) this.redraw(found.message);
+  }
+
+  /** Takes the message as an answer gave it (after an edit, a deletion, a reaction), unless
+   * what is shown is newer. */
+  update(message: Message): void {
+    const found = this.items.get(message.seq);
+    if (found && message.updatedSeq > found.message.updatedSeq) this.redraw(message);
+  }
+
+  /** Scrolls to a shown message and highlights it for a moment. */
+  show(seq: bigint): void {
+    const found = this.items.get(seq);
+    if (!found) return;
+    found.item.scrollIntoView({ block: "center" });
+    found.item.classList.add("highlight");
+    setTimeout(() => found.item.classList.remove("highlight"), 1_500);
+  }
+
+  private context(): Context {
+    return {
+      me: this.me(),
+      actions: this.actions,
+      find: (seq) => this.items.get(seq)?.message,
+      show: (seq) => this.show(seq),
+      imageLoaded: () => {
+        if (this.pinned) this.scrollToNewest();
+      },
+    };
+  }
+
+  /** Draws `message` again in place (and the replies that quote it). */
+  private redraw(message: Message): void {
+    const found = this.items.get(message.seq);
+    if (!found) return;
+    const item = renderMessage(message, this.context());
+    item.className = found.item.className;
+    item.dataset.time = found.item.dataset.time;
+    item.dataset.day = found.item.dataset.day;
+    found.item.replaceWith(item);
+    this.items.set(message.seq, { item, message });
+    for (const quote of this.list.querySelectorAll<HTMLElement>(`.quote[data-reply-to="${message.seq}"]`)) {
+      quote.textContent = quoteLine(message);
+    }
+    if (this.pinned) this.scrollToNewest();
+  }
+
   private insert(message: Message): void {
     if (this.items.has(message.seq)) return;
-    const item = this.render(message);
+    const item = renderMessage(message, this.context());
+    this.items.set(message.seq, { item, message });
+    const sent = message.sentAt ? timestampDate(message.sentAt) : undefined;
+    if (sent) {
+      item.dataset.time = String(sent.getTime());
+      item.dataset.day = dayLabel(sent);
+    }
     // Live messages come last: look for the place from the end.
     let after = this.list.lastElementChild as HTMLLIElement | null;
     while (after && BigInt(after.dataset.seq ?? "0") > message.seq) {
@@ -172,39 +158,9 @@ export class Timeline {
     }
     if (after) after.after(item);
     else this.list.prepend(item);
-    this.items.set(message.seq, item);
     group(item);
     const next = item.nextElementSibling as HTMLLIElement | null;
     if (next) group(next);
-  }
-
-  private render(message: Message): HTMLLIElement {
-    const item = el("li", "message");
-    item.dataset.seq = message.seq.toString();
-    const sender = message.sender;
-    item.dataset.sender = sender?.userId ?? "";
-    if (sender && sender.userId === this.me()) item.classList.add("mine");
-    const sent = message.sentAt ? timestampDate(message.sentAt) : undefined;
-    if (sent) {
-      item.dataset.time = String(sent.getTime());
-      item.dataset.day = dayLabel(sent);
-    }
-    const head = el("div", "head");
-    head.append(el("span", "sender", sender?.displayName ?? "?"));
-    if (sent) {
-      const time = el("time", "meta", TIME.format(sent));
-      time.dateTime = sent.toISOString();
-      time.title = sent.toLocaleString();
-      head.append(time);
-    }
-    if (sender) head.title = `from ${sender.userId}`;
-    const onImage = () => {
-      if (this.pinned) this.scrollToNewest();
-    };
-    const bubble = el("div", "bubble");
-    bubble.append(head, messageBody(message, onImage));
-    item.append(bubble);
-    return item;
   }
 }
 

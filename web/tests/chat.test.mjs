@@ -430,6 +430,66 @@ test("at 390 px: one pane at a time, nothing overflows, an error leaves the send
   }
 });
 
+/** The list item of the message with `text` on `page`. */
+const item = (page, text) => page.locator("#messages li", { hasText: text }).last();
+
+/** Clicks one of a message's actions (they show on hover). */
+async function act(page, text, action) {
+  const li = item(page, text);
+  await li.hover();
+  await li.locator(`.actions button.${action}`).click();
+}
+
+test("reply with a quoted line, edit and delete your own messages, react: both pages see it", TEST, async () => {
+  await say(alice, "what shall we eat?");
+  await item(bob, "what shall we eat?").waitFor();
+
+  // Reply: the bar quotes the message; the reply shows the quoted line on both pages.
+  await act(bob, "what shall we eat?", "reply");
+  await bob.locator("#reply-bar", { hasText: "Guest: what shall we eat?" }).waitFor();
+  await say(bob, "pizza");
+  await bob.locator("#reply-bar").waitFor({ state: "hidden" });
+  const quote = alice.locator("#messages li", { hasText: "pizza" }).locator(".quote");
+  await quote.filter({ hasText: "Guest: what shall we eat?" }).waitFor();
+
+  // Only your own messages can be edited or deleted.
+  await item(alice, "pizza").hover();
+  assert.equal(await item(alice, "pizza").locator(".actions button.edit").count(), 0);
+  assert.equal(await item(alice, "pizza").locator(".actions button.delete").count(), 0);
+
+  // Edit: the other page shows the new content, marked edited; so does the quote.
+  await act(bob, "pizza", "edit");
+  await bob.fill("#messages .edit-form input", "pizza, with olives");
+  await bob.press("#messages .edit-form input", "Enter");
+  await item(alice, "pizza, with olives").locator(".edited").waitFor();
+  await item(bob, "pizza, with olives").locator(".edited").waitFor();
+
+  // React: pick one; the count shows on both pages, yours highlighted; click it to take it back.
+  await act(alice, "pizza, with olives", "react");
+  await item(alice, "pizza, with olives").locator('.picker button[aria-label="React with 🎉"]').click();
+  await item(bob, "pizza, with olives").locator(".chip", { hasText: "🎉 1" }).waitFor();
+  await item(alice, "pizza, with olives").locator(".chip.mine", { hasText: "🎉 1" }).waitFor();
+  await act(bob, "pizza, with olives", "react");
+  await item(bob, "pizza, with olives").locator('.picker button[aria-label="React with 🎉"]').click();
+  await item(alice, "pizza, with olives").locator(".chip", { hasText: "🎉 2" }).waitFor();
+  await item(alice, "pizza, with olives").locator(".chip.mine").click();
+  await item(bob, "pizza, with olives").locator(".chip", { hasText: "🎉 1" }).waitFor();
+  await item(alice, "pizza, with olives").locator(".chip:not(.mine)", { hasText: "🎉 1" }).waitFor();
+  await screenshot(alice, "changes-1280");
+
+  // Delete: a tombstone on both pages, without actions or reactions.
+  bob.once("dialog", (dialog) => dialog.accept());
+  await act(bob, "pizza, with olives", "delete");
+  const tomb = (page) => page.locator("#messages li .body.deleted", { hasText: "This message was deleted." });
+  await tomb(alice).waitFor();
+  await tomb(bob).waitFor();
+  assert.equal(await alice.locator("#messages li", { hasText: "pizza, with olives" }).count(), 0);
+
+  // A reloaded page replays the room and shows the same.
+  await bob.reload();
+  await tomb(bob).waitFor();
+});
+
 test("a bad room name is explained in plain words, before any request", TEST, async () => {
   await joinRoom(alice, "Bad Room!");
   const error = alice.locator("#error");
