@@ -1,5 +1,6 @@
 // chatd from Node with @grpc/grpc-js: two users join a room, see each other, exchange
-// messages, read history, and one resumes after a cut with exactly the messages it missed.
+// messages, read history, one resumes after a cut with exactly the messages it missed, and
+// they reply, edit, react and delete.
 // Needs CHATD_ADDR, ALICE_TOKEN and BOB_TOKEN (.ci/with-chatd sets them). Exits non-zero on
 // any failure; every wait has a timeout.
 import assert from "node:assert/strict";
@@ -48,6 +49,12 @@ function connect(token) {
     history: (room) => unary("ListHistory", { room }),
     members: (room) => unary("ListMembers", { room }),
     sendRaw: (request) => unary("SendMessage", request),
+    edit: (room, message_seq, content) =>
+      unary("EditMessage", { room, message_seq, content }).then((reply) => reply.message),
+    delete: (room, message_seq) =>
+      unary("DeleteMessage", { room, message_seq }).then((reply) => reply.message),
+    react: (room, message_seq, reaction, add) =>
+      unary("React", { room, message_seq, reaction, add }).then((reply) => reply.message),
     join: (room, resumeAfterSeq) => new Events(client.JoinRoom(
       resumeAfterSeq === undefined ? { room } : { room, resume_after_seq: resumeAfterSeq },
       metadata(),
@@ -132,6 +139,29 @@ async function main() {
   const live = await b.next("message");
   assert.deepEqual([live.seq, live.content], [5, "welcome back"]);
 
+  // Messages that live: a reply, an edit, a reaction and a deletion, each an event with
+  // the room's next seq, in order on the stream.
+  const reply = (await bob.sendRaw({ room, content: "thanks!", reply_to_seq: 5 })).message;
+  assert.deepEqual([reply.seq, reply.reply_to_seq], [6, 5]);
+  assert.equal((await b.next("message")).reply_to_seq, 5);
+  const edited = await alice.edit(room, 5, "welcome back, bob");
+  assert.deepEqual([edited.content, edited.updated_seq], ["welcome back, bob", 7]);
+  const edit = await b.next("message_edited");
+  assert.deepEqual([edit.seq, edit.message_seq, edit.content], [7, 5, "welcome back, bob"]);
+  const reacted = await bob.react(room, 5, "👍", true);
+  assert.deepEqual(reacted.reactions.map((r) => [r.reaction, r.count, r.mine]), [["👍", 1, true]]);
+  const reaction = await b.next("reaction_changed");
+  assert.deepEqual([reaction.seq, reaction.reaction, reaction.count, reaction.added], [8, "👍", 1, true]);
+  const tombstone = await bob.delete(room, 6);
+  assert.deepEqual([tombstone.deleted, tombstone.content], [true, ""]);
+  const deleted = await b.next("message_deleted");
+  assert.deepEqual([deleted.seq, deleted.message_seq], [9, 6]);
+  // Only the sender edits.
+  await assert.rejects(bob.edit(room, 5, "mine now"), (err) => {
+    assert.equal(err.code, grpc.status.PERMISSION_DENIED);
+    return true;
+  });
+
   // A bad room name is refused, naming the field.
   await assert.rejects(alice.sendRaw({ room: "Not a room!", content: "x" }), (err) => {
     assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
@@ -147,7 +177,7 @@ async function main() {
 
 try {
   await main();
-  console.log("node client: two-user flow passed (join, presence, send, receive, history, resume)");
+  console.log("node client: two-user flow passed (join, presence, send, receive, history, resume, reply, edit, react, delete)");
 } catch (error) {
   console.error("node client: FAILED:", error);
   process.exit(1);

@@ -1,5 +1,6 @@
 """chatd from Python with grpcio: two users join a room, see each other, exchange
-messages, read history, and one resumes after a cut with exactly the messages it missed.
+messages, read history, one resumes after a cut with exactly the messages it missed, and
+they reply, edit, react and delete.
 
 The stubs are generated from proto/chat/v1/chat.proto at run time (grpcio-tools) into
 a temporary directory. Needs CHATD_ADDR, ALICE_TOKEN and BOB_TOKEN (.ci/with-chatd sets
@@ -129,6 +130,45 @@ async def flow(pb, pb_grpc) -> None:
     live = await b.next("message")
     check((live.seq, live.content) == (5, "welcome back"), f"live after resume: {live}")
 
+    # Messages that live: a reply, an edit, a reaction and a deletion, each an event with
+    # the room's next seq, in order on the stream.
+    reply = (await chat.SendMessage(
+        pb.SendMessageRequest(room=room, content="thanks!", reply_to_seq=5),
+        metadata=bob, timeout=STEP,
+    )).message
+    check((reply.seq, reply.reply_to_seq) == (6, 5), f"reply: {reply}")
+    check((await b.next("message")).reply_to_seq == 5, "the reply on the stream")
+    edited = (await chat.EditMessage(
+        pb.EditMessageRequest(room=room, message_seq=5, content="welcome back, bob"),
+        metadata=alice, timeout=STEP,
+    )).message
+    check((edited.content, edited.updated_seq) == ("welcome back, bob", 7), f"edited: {edited}")
+    edit = await b.next("message_edited")
+    check((edit.seq, edit.message_seq, edit.content) == (7, 5, "welcome back, bob"), f"edit: {edit}")
+    reacted = (await chat.React(
+        pb.ReactRequest(room=room, message_seq=5, reaction="👍", add=True),
+        metadata=bob, timeout=STEP,
+    )).message
+    got = [(r.reaction, r.count, r.mine) for r in reacted.reactions]
+    check(got == [("👍", 1, True)], f"reactions: {got}")
+    reaction = await b.next("reaction_changed")
+    check((reaction.seq, reaction.count, reaction.added) == (8, 1, True), f"reaction: {reaction}")
+    tombstone = (await chat.DeleteMessage(
+        pb.DeleteMessageRequest(room=room, message_seq=6), metadata=bob, timeout=STEP,
+    )).message
+    check(tombstone.deleted and tombstone.content == "", f"tombstone: {tombstone}")
+    deleted = await b.next("message_deleted")
+    check((deleted.seq, deleted.message_seq) == (9, 6), f"deleted: {deleted}")
+    # Only the sender edits.
+    try:
+        await chat.EditMessage(
+            pb.EditMessageRequest(room=room, message_seq=5, content="mine now"),
+            metadata=bob, timeout=STEP,
+        )
+        raise AssertionError("bob edited alice's message")
+    except grpc.aio.AioRpcError as e:
+        check(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"edit by another: {e.code()}")
+
     # A bad room name is refused, naming the field.
     try:
         await chat.SendMessage(
@@ -154,7 +194,10 @@ def main() -> int:
         except Exception as e:  # any failure fails the run, with what went wrong
             print(f"python client: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
-    print("python client: two-user flow passed (join, presence, send, receive, history, resume)")
+    print(
+        "python client: two-user flow passed "
+        "(join, presence, send, receive, history, resume, reply, edit, react, delete)"
+    )
     return 0
 
 
