@@ -378,7 +378,7 @@ async fn edits_and_reactions_through_any_node_reach_every_node_once_in_order() {
         streams.push((c, stream));
     }
     let mut alice = nodes[0].client("alice").await;
-    let mut bob = nodes[1].client("bob").await;
+    let bob = nodes[1].client("bob").await;
     send(&mut alice, room, "hello").await;
     let edited = within(alice.edit_message(proto::EditMessageRequest {
         room: room.into(),

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use chatd::auth::Keys;
 use chatd::proto::chat_service_client::ChatServiceClient;
 use chatd::proto::join_room_response::Event;
-use chatd::proto::{JoinRoomRequest, JoinRoomResponse, ListHistoryRequest, SendMessageRequest};
+use chatd::proto::{
+    EditMessageRequest, JoinRoomRequest, JoinRoomResponse, ListHistoryRequest, ReactRequest,
+    SendMessageRequest,
+};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;

@@ -37,6 +37,87 @@ pub struct SendArgs {
     /// The server's database, for `--preload`.
     #[arg(long)]
     database_url: Option<String>,
+    /// What each call does: `send` a message; `edit` the sender's own
+    /// message of the room (one sent per room first); `react`: add or
+    /// remove (in turn) the sender's reaction to it. Edits and reactions
+    /// are durable events like messages; history holds messages only, so
+    /// they are not checked against it.
+    #[arg(long, value_enum, default_value_t = Op::Send)]
+    op: Op,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Op {
+    Send,
+    Edit,
+    React,
+}
+
+/// Sends one message to each room as the sender, for `--op edit|react` to
+/// change: its seq per room.
+async fn own_messages(client: &mut Client, rooms: &[String]) -> Result<Vec<u64>> {
+    let mut seqs = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let sent = client
+            .send_message(SendMessageRequest {
+                room: room.clone(),
+                content: "to be changed".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("send_message: {e}"))?;
+        seqs.push(sent.into_inner().message.map_or(0, |m| m.seq));
+    }
+    Ok(seqs)
+}
+
+/// One call of `op` to room `r` (`own`: the sender's message there; `held`:
+/// whether the sender holds its reaction, flipped by a reaction call);
+/// returns the seq the call stored.
+async fn call(
+    mut client: Client,
+    op: Op,
+    room: String,
+    content: String,
+    client_message_id: String,
+    own: u64,
+    add: bool,
+) -> std::result::Result<u64, Status> {
+    let message = match op {
+        Op::Send => client
+            .send_message(SendMessageRequest {
+                room,
+                content,
+                client_message_id,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .message
+            .map(|m| m.seq),
+        Op::Edit => client
+            .edit_message(EditMessageRequest {
+                room,
+                message_seq: own,
+                content,
+            })
+            .await?
+            .into_inner()
+            .message
+            .map(|m| m.updated_seq),
+        Op::React => client
+            .react(ReactRequest {
+                room,
+                message_seq: own,
+                reaction: "👍".into(),
+                add,
+            })
+            .await?
+            .into_inner()
+            .message
+            .map(|m| m.updated_seq),
+    };
+    Ok(message.unwrap_or(0))
 }
 
 /// Stores `n` messages in each of the bench's rooms, seqs 1..=n, sent by
@@ -99,9 +180,14 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
     let mut set = JoinSet::new();
     for i in 0..senders {
         let channel = channels[i % connections].clone();
-        let client = ctx.client(channel, &format!("sender-{i}"))?;
+        let mut client = ctx.client(channel, &format!("sender-{i}"))?;
         let idempotent = a.idempotent;
         let room_names: Vec<String> = (0..rooms).map(|r| ctx.room(r)).collect();
+        let op = a.op;
+        let own = match op {
+            Op::Send => vec![0; rooms],
+            Op::Edit | Op::React => own_messages(&mut client, &room_names).await?,
+        };
         let acked = acked.clone();
         let padding = padding.clone();
         set.spawn(async move {
@@ -112,6 +198,7 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
             let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut in_flight = InFlight::new(per_sender_rate);
             let mut sent = 0u64;
+            let mut held = vec![false; room_names.len()];
             let mut record = |outcome: Result<(usize, u64, u64), Status>| match outcome {
                 Ok((r, seq, at)) => {
                     let _ = hist.record(now_us().saturating_sub(at).max(1));
@@ -127,22 +214,22 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
                 x ^= x << 17;
                 let r = (x % room_names.len() as u64) as usize;
                 sent += 1;
-                let request = SendMessageRequest {
-                    room: room_names[r].clone(),
-                    content: stamped(at, &padding),
-                    client_message_id: if idempotent {
-                        format!("s{i}-{sent}")
-                    } else {
-                        String::new()
-                    },
-                    ..Default::default()
+                let key = if idempotent {
+                    format!("s{i}-{sent}")
+                } else {
+                    String::new()
                 };
-                let mut client = client.clone();
-                let send = async move {
-                    let resp = client.send_message(request).await?;
-                    let seq = resp.into_inner().message.map_or(0, |m| m.seq);
-                    Ok((r, seq, at))
-                };
+                held[r] = !held[r];
+                let call = call(
+                    client.clone(),
+                    op,
+                    room_names[r].clone(),
+                    stamped(at, &padding),
+                    key,
+                    own[r],
+                    held[r],
+                );
+                let send = async move { Ok((r, call.await?, at)) };
                 for outcome in in_flight.run_collect(send).await {
                     record(outcome);
                 }
@@ -178,7 +265,7 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
     let params = json!({
         "senders": senders, "rooms": rooms, "duration_s": a.duration.as_secs_f64(), "rate": a.rate,
         "payload": a.payload, "connections": connections, "idempotent": a.idempotent,
-        "preload": a.preload,
+        "preload": a.preload, "op": format!("{:?}", a.op).to_lowercase(),
     });
     let mut report = ctx.report("send", params, elapsed);
     let acks = stored.len() as f64;
@@ -217,6 +304,7 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
     // With several servers, history is read back through one of them: every
     // acknowledged send, whichever server stored it, must be there.
     if !a.no_verify
+        && a.op == Op::Send
         && let Some(mut client) = client
     {
         let (found, gapless) = verify_history(ctx, &mut client, rooms, &stored).await?;
