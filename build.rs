@@ -109,6 +109,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build(),
         )
         .method(method("react", "React", "ReactRequest", "ReactResponse").build())
+        .method(
+            method(
+                "set_typing",
+                "SetTyping",
+                "SetTypingRequest",
+                "SetTypingResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "list_read_markers",
+                "ListReadMarkers",
+                "ListReadMarkersRequest",
+                "ListReadMarkersResponse",
+            )
+            .build(),
+        )
         .build();
     let admin = Service::builder()
         .name("AdminService")

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 mod changes;
+mod markers;
 mod names;
 
 pub use changes::{
     ChangeKind, ChangeWhat, Changed, MessageState, NewChange, REACTION_MAX_BYTES,
     REACTIONS_PER_MESSAGE_MAX, Reaction, ReactionCount, StoredChange, StoredEvent,
 };
+pub use markers::{MARKERS_PAGE_MAX, MarkersCursor, MarkersQuery, ReadMarkerRow};
 pub use names::{DISPLAY_NAME_MAX_CHARS, display_name};
 
 /// The longest room name, in bytes (all allowed characters are ASCII).
@@ -217,27 +219,19 @@ impl RoomsCursor {
 
     /// The opaque token: hex of `r1:<activity>:<room>`.
     pub fn token(&self) -> String {
-        let plain = format!("{}{}:{}", Self::PREFIX, self.activity_micros, self.room);
-        plain.bytes().map(|b| format!("{b:02x}")).collect()
+        to_hex(&format!(
+            "{}{}:{}",
+            Self::PREFIX,
+            self.activity_micros,
+            self.room
+        ))
     }
 
     /// Reads a token made by [`Self::token`]; anything else is
     /// INVALID_ARGUMENT naming page_token.
     pub fn parse(token: &str) -> Result<Self> {
-        let bad = || Error::invalid("page_token", "is not a token this server gave out");
-        if !token.len().is_multiple_of(2) || token.len() > 512 {
-            return Err(bad());
-        }
-        let bytes = (0..token.len())
-            .step_by(2)
-            .map(|i| {
-                token
-                    .get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .ok_or_else(bad)?;
-        let plain = String::from_utf8(bytes).map_err(|_| bad())?;
+        let bad = bad_page_token;
+        let plain = from_hex(token).ok_or_else(bad)?;
         let rest = plain.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
         let (activity, room) = rest.split_once(':').ok_or_else(bad)?;
         let activity_micros = activity.parse::<i64>().map_err(|_| bad())?;
@@ -250,6 +244,31 @@ impl RoomsCursor {
             room: parsed,
         })
     }
+}
+
+/// A page token's text as hex: opaque to clients.
+fn to_hex(plain: &str) -> String {
+    plain.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The text of a hex page token of at most 512 characters.
+fn from_hex(token: &str) -> Option<String> {
+    if !token.len().is_multiple_of(2) || token.len() > 512 {
+        return None;
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn bad_page_token() -> Error {
+    Error::invalid("page_token", "is not a token this server gave out")
 }
 
 /// A validated ListRooms request.

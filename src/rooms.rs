@@ -31,6 +31,7 @@ use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
 use crate::quota::{Charge, Quotas, StreamSlot};
 use crate::storage::Store;
 
+mod ephemeral;
 mod membership;
 mod order;
 mod ring;
@@ -45,6 +46,7 @@ pub use synced::SYNC_WAIT;
 pub use wake::{PRESENCE_EVERY, WAKE_EVERY};
 
 use bytes::Bytes;
+pub use ephemeral::{EPHEMERAL_ROOM_MEMBERS, Outgoing, OutgoingKind, SWEEP_EVERY};
 use membership::{Membership, Presence};
 use order::Reorder;
 pub use ring::Durable;
@@ -140,6 +142,11 @@ pub struct Rooms {
     /// first stream opened or last closed), so the node announces them.
     /// Bounded; a change it drops goes out with the next periodic snapshot.
     presence_changes: std::sync::OnceLock<tokio::sync::mpsc::Sender<RoomName>>,
+    /// Typing flags and read markers of this node's rooms.
+    ephemeral: ephemeral::Ephemeral,
+    /// Cluster only: ephemeral events announced here, for the other nodes.
+    /// Bounded; one it drops is lost (they are live only).
+    ephemeral_out: std::sync::OnceLock<tokio::sync::mpsc::Sender<Outgoing>>,
     /// Cluster only: whether rooms put messages back in seq order before
     /// the ring (one node's own commits arrive in order already).
     ordered: bool,
@@ -173,6 +180,8 @@ impl Rooms {
             message_bound: proto::message_size_bound(config.max_message_bytes as usize),
             changed: Notify::new(),
             presence_changes: std::sync::OnceLock::new(),
+            ephemeral: ephemeral::Ephemeral::default(),
+            ephemeral_out: std::sync::OnceLock::new(),
             ordered: config.nats_url.is_some(),
             gaps: Notify::new(),
             generations: std::sync::atomic::AtomicU64::new(1),

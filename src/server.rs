@@ -207,6 +207,7 @@ impl Application {
         // has stopped (the writers may still publish while they drain).
         let cluster_stop = CancellationToken::new();
         tracker.spawn(rooms.clone().wake_deferred(cluster_stop.clone()));
+        tracker.spawn(rooms.clone().sweep_ephemeral_every(cluster_stop.clone()));
         let cluster = match &config.nats_url {
             Some(url) => {
                 Some(start_cluster(&config, url, &rooms, &store, &tracker, &cluster_stop).await?)
@@ -490,6 +491,7 @@ async fn start_cluster(
         stop.clone(),
     ));
     tracker.spawn(rooms.clone().fill_gaps(store.clone(), stop.clone()));
+    crate::cluster::ephemeral::spawn_relay(&cluster, rooms, tracker, stop.clone());
     tracker.spawn(poll_storage(
         cluster.clone(),
         rooms.clone(),

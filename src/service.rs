@@ -15,8 +15,9 @@ use crate::access::Access;
 use crate::admin::wire_visibility;
 use crate::cluster::presence::Presence;
 use crate::domain::{
-    ChangeKind, ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, MessageState,
-    NewChange, NewMessage, ROOMS_PAGE_BYTES, Reaction, RoomName, RoomsQuery, Visibility, parse_seq,
+    ChangeKind, ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, MarkersQuery,
+    MessageState, NewChange, NewMessage, ROOMS_PAGE_BYTES, Reaction, RoomName, RoomsQuery,
+    Visibility, parse_seq,
 };
 use crate::error::Error;
 use crate::proto::server::chat_service_server::ChatService;
@@ -277,8 +278,18 @@ impl ChatService for ChatApi {
         self.access.check_use(&caller, &room).await?;
         let read_seq = self
             .store
-            .mark_read(&caller.user_id, &room, seq, crate::writer::now_micros())
+            .mark_read(
+                &caller.user_id,
+                &caller.display_name,
+                &room,
+                seq,
+                crate::writer::now_micros(),
+            )
             .await?;
+        // The room hears of it when it moved (coalesced per user and second).
+        if read_seq == seq && seq > 0 {
+            self.rooms.read_marker(&room, &caller, seq);
+        }
         Ok(Response::new(proto::MarkReadResponse { read_seq }))
     }
 
@@ -334,6 +345,44 @@ impl ChatService for ChatApi {
             .await?;
         Ok(Response::new(proto::ReactResponse {
             message: Some(message),
+        }))
+    }
+
+    async fn set_typing(
+        &self,
+        request: Request<proto::SetTypingRequest>,
+    ) -> Result<Response<proto::SetTypingResponse>, Status> {
+        let caller = identity(&request)?;
+        let request = request.into_inner();
+        let room = RoomName::parse(&request.room)?;
+        self.read_rate.check(&caller.user_id)?;
+        self.access.check_use(&caller, &room).await?;
+        self.rooms.set_typing(&room, &caller, request.typing);
+        Ok(Response::new(proto::SetTypingResponse {}))
+    }
+
+    async fn list_read_markers(
+        &self,
+        request: Request<proto::ListReadMarkersRequest>,
+    ) -> Result<Response<proto::ListReadMarkersResponse>, Status> {
+        let caller = identity(&request)?;
+        let request = request.into_inner();
+        let query = MarkersQuery::parse(&request.room, request.page_size, &request.page_token)?;
+        self.read_rate.check(&caller.user_id)?;
+        self.access.check(&caller, &query.room).await?;
+        let (markers, next) = self.store.read_markers(&query).await?;
+        Ok(Response::new(proto::ListReadMarkersResponse {
+            markers: markers
+                .into_iter()
+                .map(|m| proto::ReadMarker {
+                    member: Some(proto::Member {
+                        user_id: m.user_id,
+                        display_name: m.display_name,
+                    }),
+                    seq: m.seq,
+                })
+                .collect(),
+            next_page_token: next.map(|c| c.token()).unwrap_or_default(),
         }))
     }
 }

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::bus::Publisher;
-use crate::domain::{Changed, NewChange, NewMessage, RoomName, StoredMessage};
+use crate::domain::{Changed, Identity, NewChange, NewMessage, RoomName, StoredMessage};
 use crate::error::{Error, Failure, Result};
 use crate::rooms::{Durable, Rooms, encode_batch};
 use crate::storage::{Appended, Store};
@@ -379,6 +379,17 @@ fn finish(done: Done, rooms: &Rooms, bus: Option<&Publisher>) {
                     .metrics()
                     .batch_stored(appended.len(), fresh.len(), done.took);
                 deliver(&fresh, rooms, bus);
+                for m in &fresh {
+                    // A message ends its sender's typing and moves their
+                    // read marker.
+                    let sender = Identity {
+                        user_id: m.sender_id.as_str().into(),
+                        display_name: m.sender_name.as_str().into(),
+                        admin: false,
+                    };
+                    rooms.end_typing(&m.room, &sender.user_id);
+                    rooms.read_marker(&m.room, &sender, m.seq);
+                }
                 for (reply, a) in replies.into_iter().zip(appended) {
                     // The sender may have gone; the message is stored anyway.
                     let _ = reply.send(Ok(a.message));

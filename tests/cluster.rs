@@ -29,15 +29,21 @@ async fn collect_seqs(stream: &mut Streaming<JoinRoomResponse>, count: usize) ->
     seqs
 }
 
-/// Nothing but presence arrives on `stream` for `quiet` (no duplicate, no
-/// extra).
+/// Nothing durable arrives on `stream` for `quiet` (no duplicate, no
+/// extra; presence, typing and read markers may).
 async fn assert_no_message_for(stream: &mut Streaming<JoinRoomResponse>, quiet: Duration) {
     let deadline = tokio::time::Instant::now() + quiet;
     loop {
         match tokio::time::timeout_at(deadline, stream.message()).await {
             Err(_) => return,
             Ok(Ok(Some(r))) => match r.event {
-                Some(Event::MemberJoined(_) | Event::MemberLeft(_)) | None => {}
+                Some(
+                    Event::MemberJoined(_)
+                    | Event::MemberLeft(_)
+                    | Event::Typing(_)
+                    | Event::ReadMarker(_),
+                )
+                | None => {}
                 Some(other) => panic!("unexpected extra event {other:?}"),
             },
             Ok(other) => panic!("stream ended: {other:?}"),
@@ -409,7 +415,10 @@ async fn edits_and_reactions_through_any_node_reach_every_node_once_in_order() {
         let mut events = Vec::new();
         while events.len() < 4 {
             match next_event(stream).await {
-                Event::MemberJoined(_) | Event::MemberLeft(_) => {}
+                Event::MemberJoined(_)
+                | Event::MemberLeft(_)
+                | Event::Typing(_)
+                | Event::ReadMarker(_) => {}
                 other => events.push(other),
             }
         }
@@ -446,5 +455,83 @@ async fn edits_and_reactions_through_any_node_reach_every_node_once_in_order() {
     assert_eq!(
         (reactions[0].reaction.as_str(), reactions[0].count),
         ("👍", 2)
+    );
+}
+
+/// Typing through any node: a flag set on one node reaches a stream on
+/// another; a message sent there ends it; a flag set on a node that dies
+/// ends on the others by itself (within 8 s of its last announcement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_crosses_nodes_and_ends_when_its_node_dies() {
+    let db = TestDb::postgres().await;
+    let cluster = unique_cluster("typing");
+    let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 1).await;
+    let mut doomed = NodeProcess::start_node(&db, SHARED_NATS, &cluster, "3s").await;
+    let mut watcher = nodes[0].client("watcher").await;
+    let (mut stream, _) = join(&mut watcher, "tt", None).await;
+    let mut alice = doomed.client("alice").await;
+    let typing = |on: bool| proto::SetTypingRequest {
+        room: "tt".into(),
+        typing: on,
+    };
+    /// The next typing event within `wait`, skipping everything else.
+    async fn typing_within(
+        stream: &mut Streaming<JoinRoomResponse>,
+        wait: Duration,
+    ) -> Option<(String, bool)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Err(_) => return None,
+                Ok(Ok(Some(r))) => {
+                    if let Some(Event::Typing(t)) = r.event {
+                        return Some((t.member.expect("member").user_id, t.typing));
+                    }
+                }
+                Ok(other) => panic!("stream ended: {other:?}"),
+            }
+        }
+    }
+    // The watcher's node follows the room shortly after the join: announce
+    // (a fresh flag each time) until it arrives.
+    let mut arrived = false;
+    for _ in 0..10 {
+        within(alice.set_typing(typing(true)))
+            .await
+            .expect("typing");
+        if typing_within(&mut stream, Duration::from_secs(1)).await == Some(("alice".into(), true))
+        {
+            arrived = true;
+            break;
+        }
+        within(alice.set_typing(typing(false)))
+            .await
+            .expect("typing");
+    }
+    assert!(arrived, "a flag set on one node never reached the other");
+    // A message through the flag's node ends it everywhere.
+    send(&mut alice, "tt", "sent").await;
+    assert_eq!(
+        typing_within(&mut stream, Duration::from_secs(10)).await,
+        Some(("alice".into(), false))
+    );
+    // Its node dies with the flag up: it ends here by itself.
+    within(alice.set_typing(typing(true)))
+        .await
+        .expect("typing");
+    assert_eq!(
+        typing_within(&mut stream, Duration::from_secs(10)).await,
+        Some(("alice".into(), true))
+    );
+    doomed.kill9();
+    let died = tokio::time::Instant::now();
+    assert_eq!(
+        typing_within(&mut stream, Duration::from_secs(15)).await,
+        Some(("alice".into(), false))
+    );
+    assert!(
+        died.elapsed() <= Duration::from_secs(9),
+        "{:?}",
+        died.elapsed()
     );
 }

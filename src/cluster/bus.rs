@@ -255,6 +255,13 @@ impl Follower {
             match message.subject.rsplit('.').next() {
                 Some("m") => self.notice(opened.payload).await,
                 Some("p") => self.presence.receive(&self.room, opened),
+                Some(kind @ ("t" | "r")) => {
+                    if let Err(why) =
+                        super::ephemeral::receive(&self.rooms, &self.room, kind, opened.payload)
+                    {
+                        self.cluster.invalid(|| why);
+                    }
+                }
                 _ => self
                     .cluster
                     .invalid(|| "a message on an unknown room subject".into()),

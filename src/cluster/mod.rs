@@ -26,6 +26,7 @@
 pub mod bus;
 pub(crate) mod connect;
 pub(crate) mod drops;
+pub(crate) mod ephemeral;
 pub(crate) mod members;
 pub(crate) mod nodes;
 pub mod presence;

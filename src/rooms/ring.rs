@@ -73,6 +73,12 @@ pub(super) enum Event {
         user_id: Arc<str>,
         bytes: Bytes,
     },
+    /// A typing flag or a read marker: live only.
+    Ephemeral {
+        /// The user whose streams leave it out (the typist), if any.
+        skip: Option<Arc<str>>,
+        bytes: Bytes,
+    },
 }
 
 impl Event {
@@ -82,6 +88,9 @@ impl Event {
             + match self {
                 Event::Messages(batch) => batch.iter().map(|(_, b)| b.len() + 16).sum(),
                 Event::Presence { user_id, bytes } => user_id.len() + bytes.len(),
+                Event::Ephemeral { skip, bytes } => {
+                    skip.as_ref().map_or(0, |s| s.len()) + bytes.len()
+                }
             }
     }
 }

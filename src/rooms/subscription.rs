@@ -128,6 +128,14 @@ impl Subscription {
                         self.pending.push_back(EncodedEvent(bytes.clone()));
                     }
                 }
+                Event::Ephemeral { skip, bytes } => {
+                    if position >= self.presence_from
+                        && skip.as_ref() != Some(&self.guard.identity.user_id)
+                    {
+                        taken += bytes.len();
+                        self.pending.push_back(EncodedEvent(bytes.clone()));
+                    }
+                }
                 Event::Messages(batch) => {
                     for (seq, bytes) in batch.iter() {
                         if *seq < self.next_seq {

@@ -10,8 +10,8 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::schema::{access_revision, room_users, rooms};
 use super::{Backend, Store, fitting, to_i64};
 use crate::domain::{
-    ContentKind, ROOMS_PAGE_BYTES, RoomName, RoomSummary, RoomsCursor, RoomsPage, RoomsQuery,
-    StoredMessage, UNREAD_CAP, Visibility,
+    ContentKind, MarkersCursor, MarkersQuery, ROOMS_PAGE_BYTES, ReadMarkerRow, RoomName,
+    RoomSummary, RoomsCursor, RoomsPage, RoomsQuery, StoredMessage, UNREAD_CAP, Visibility,
 };
 use crate::error::{Error, Result};
 
@@ -336,6 +336,7 @@ impl Store {
     pub async fn mark_read(
         &self,
         user: &str,
+        display_name: &str,
         room: &RoomName,
         seq: u64,
         now_micros: i64,
@@ -365,15 +366,81 @@ impl Store {
                     room_users::room.eq(room.as_str()),
                     room_users::read_seq.eq(seq),
                     room_users::since_micros.eq(now_micros),
+                    room_users::display_name.eq(display_name),
                 ))
                 .on_conflict((room_users::user_id, room_users::room))
                 .do_update()
-                .set(room_users::read_seq.eq(forward))
+                .set((
+                    room_users::read_seq.eq(forward),
+                    room_users::display_name.eq(display_name),
+                ))
                 .returning(room_users::read_seq)
                 .get_result(conn)
                 .await?
         });
         u64::try_from(marker).map_err(|_| Error::Internal(format!("read marker {marker}")))
+    }
+
+    /// A page of `query.room`'s read markers, highest seq first (then by
+    /// user id), users who read nothing left out; and the cursor after the
+    /// page when more follow.
+    pub async fn read_markers(
+        &self,
+        query: &MarkersQuery,
+    ) -> Result<(Vec<ReadMarkerRow>, Option<MarkersCursor>)> {
+        let room = query.room.as_str();
+        let take = i64::from(query.limit) + 1;
+        let after = match &query.after {
+            Some(c) => Some((to_i64(c.seq)?, c.user_id.as_str())),
+            None => None,
+        };
+        let rows: Vec<(String, String, i64)> = with_conn!(self, |conn| {
+            let mut q = room_users::table
+                .filter(room_users::room.eq(room))
+                .filter(room_users::read_seq.gt(0))
+                .select((
+                    room_users::user_id,
+                    room_users::display_name,
+                    room_users::read_seq,
+                ))
+                .order((room_users::read_seq.desc(), room_users::user_id.asc()))
+                .limit(take)
+                .into_boxed();
+            if let Some((seq, user)) = after {
+                q = q.filter(
+                    room_users::read_seq.lt(seq).or(room_users::read_seq
+                        .eq(seq)
+                        .and(room_users::user_id.gt(user))),
+                );
+            }
+            q.load(conn).await?
+        });
+        let mut markers = rows
+            .into_iter()
+            .map(|(user_id, display_name, seq)| {
+                let seq = u64::try_from(seq)
+                    .map_err(|_| Error::Internal(format!("read marker {seq} of {user_id}")))?;
+                // A marker moved before display names were kept shows the id.
+                let display_name = if display_name.is_empty() {
+                    user_id.clone()
+                } else {
+                    display_name
+                };
+                Ok(ReadMarkerRow {
+                    user_id,
+                    display_name,
+                    seq,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let next = (markers.len() > query.limit as usize).then(|| {
+            markers.truncate(query.limit as usize);
+            markers.last().map(|m| MarkersCursor {
+                seq: m.seq,
+                user_id: m.user_id.clone(),
+            })
+        });
+        Ok((markers, next.flatten()))
     }
 
     /// Of `pairs` (room, user), those that may no longer use their room: a

@@ -185,11 +185,12 @@ WITH input AS (
     FROM numbered
     RETURNING room, seq
 ), marked AS (
-    INSERT INTO room_users (user_id, room, read_seq, since_micros)
-    SELECT sender_id, room, max(seq), $7 FROM numbered
+    INSERT INTO room_users (user_id, room, read_seq, since_micros, display_name)
+    SELECT sender_id, room, max(seq), $7, max(sender_name) FROM numbered
     GROUP BY sender_id, room ORDER BY sender_id, room
     ON CONFLICT (user_id, room)
-    DO UPDATE SET read_seq = GREATEST(room_users.read_seq, EXCLUDED.read_seq)
+    DO UPDATE SET read_seq = GREATEST(room_users.read_seq, EXCLUDED.read_seq),
+        display_name = EXCLUDED.display_name
 )
 SELECT n.ord, n.seq FROM numbered n JOIN inserted s ON s.room = n.room AND s.seq = n.seq
 ORDER BY n.ord";

@@ -256,26 +256,31 @@ fn mark_senders(
     rows: &[NewMessageRow<'_>],
     now_micros: i64,
 ) -> Result<()> {
-    let mut newest: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+    // (user, room) -> (newest seq, the name it was sent under)
+    let mut newest: std::collections::BTreeMap<(&str, &str), (i64, &str)> = Default::default();
     for r in rows {
-        let seq = newest.entry((r.sender_id, r.room)).or_default();
-        *seq = (*seq).max(r.seq);
+        let entry = newest.entry((r.sender_id, r.room)).or_default();
+        if r.seq > entry.0 {
+            *entry = (r.seq, r.sender_name);
+        }
     }
-    for ((user, room), seq) in newest {
+    for ((user, room), (seq, name)) in newest {
         diesel::insert_into(room_users::table)
             .values((
                 room_users::user_id.eq(user),
                 room_users::room.eq(room),
                 room_users::read_seq.eq(seq),
                 room_users::since_micros.eq(now_micros),
+                room_users::display_name.eq(name),
             ))
             .on_conflict((room_users::user_id, room_users::room))
             .do_update()
-            .set(
+            .set((
                 room_users::read_seq.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
                     "MAX(room_users.read_seq, excluded.read_seq)",
                 )),
-            )
+                room_users::display_name.eq(name),
+            ))
             .execute(conn)?;
     }
     Ok(())

@@ -50,6 +50,9 @@ on_both_backends! {
     replies_name_a_message_of_the_room: crate::lifecycle::replies_name_a_message_of_the_room,
     every_change_refusal_names_its_field_or_limit:
         crate::lifecycle::every_change_refusal_names_its_field_or_limit,
+    typing_reaches_the_others_ends_on_send_and_expires:
+        crate::lifecycle::typing_reaches_the_others_ends_on_send_and_expires,
+    read_markers_are_coalesced_and_listed: crate::lifecycle::read_markers_are_coalesced_and_listed,
 }
 
 use chatd::proto;

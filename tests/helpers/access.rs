@@ -132,7 +132,13 @@ pub async fn assert_ends_with(stream: &mut Streaming<JoinRoomResponse>, code: Co
         match within(stream.message()).await {
             Ok(Some(r)) => match r.event {
                 // Events already on their way before the end are fine.
-                Some(Event::Message(_) | Event::MemberJoined(_) | Event::MemberLeft(_)) => {}
+                Some(
+                    Event::Message(_)
+                    | Event::MemberJoined(_)
+                    | Event::MemberLeft(_)
+                    | Event::Typing(_)
+                    | Event::ReadMarker(_),
+                ) => {}
                 other => panic!("unexpected {other:?}"),
             },
             Ok(None) => panic!("stream ended without a status"),

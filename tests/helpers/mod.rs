@@ -395,14 +395,27 @@ pub async fn join(
     }
 }
 
-/// The stream's next event.
-pub async fn next_event(stream: &mut Streaming<JoinRoomResponse>) -> Event {
+/// The stream's next event of any kind.
+pub async fn next_any_event(stream: &mut Streaming<JoinRoomResponse>) -> Event {
     within(stream.message())
         .await
         .expect("stream status")
         .expect("stream open")
         .event
         .expect("event set")
+}
+
+/// The stream's next event, typing and read markers left out: those
+/// live-only events come between the others whenever someone types or
+/// reads (a sender's own message moves their marker), and the tests that
+/// check them read them with [`next_any_event`].
+pub async fn next_event(stream: &mut Streaming<JoinRoomResponse>) -> Event {
+    loop {
+        match next_any_event(stream).await {
+            Event::Typing(_) | Event::ReadMarker(_) => continue,
+            other => return other,
+        }
+    }
 }
 
 /// The stream's next event, which must be a message.

@@ -14,11 +14,13 @@ mod port;
 use std::collections::HashSet;
 
 use chatd::proto;
+use chatd::proto::join_room_response::Event;
 use helpers::cluster::{Nats, node_args, unique_cluster};
 use helpers::connections::frame;
 use helpers::metrics::{metered_server, metrics_of, sample, scrape, wait_for};
 use helpers::{
-    Backend, TestDb, TestServer, config, join, next_message, send, send_request, within,
+    Backend, TestDb, TestServer, config, join, next_any_event, next_message, send, send_request,
+    within,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -156,9 +158,24 @@ async fn join_streams_are_counted_while_open_and_when_cancelled(backend: Backend
     let text = scrape(metrics).await;
     assert_eq!(sample(&text, "chatd_streams_open", &[]), Some(1.0));
     assert_eq!(sample(&text, "chatd_rooms_live", &[]), Some(1.0));
+    // Bob's messages move his read marker, and the stream gets that too
+    // (the first at once, the newest a second later): count what comes.
     for i in 1..=3 {
         send(&mut bob, "room", &format!("m{i}")).await;
-        assert_eq!(next_message(&mut stream).await.seq, i);
+    }
+    let (mut messages, mut markers, mut newest_marker) = (0, 0.0, 0);
+    while messages < 3 || newest_marker < 3 {
+        match next_any_event(&mut stream).await {
+            Event::Message(m) => {
+                messages += 1;
+                assert_eq!(m.seq, messages);
+            }
+            Event::ReadMarker(r) => {
+                markers += 1.0;
+                newest_marker = r.seq;
+            }
+            other => panic!("expected messages and bob's read marker, got {other:?}"),
+        }
     }
     let join_room = [CHAT, method("JoinRoom"), ("grpc_type", "server_stream")];
     let text = scrape(metrics).await;
@@ -166,10 +183,10 @@ async fn join_streams_are_counted_while_open_and_when_cancelled(backend: Backend
         sample(&text, "grpc_server_started_total", &join_room),
         Some(1.0)
     );
-    // `joined` and three messages.
+    // `joined`, three messages and bob's read markers.
     assert_eq!(
         sample(&text, "grpc_server_msg_sent_total", &join_room),
-        Some(4.0)
+        Some(4.0 + markers)
     );
     assert_eq!(
         sample(&text, "grpc_server_msg_received_total", &join_room),

@@ -17,6 +17,7 @@ import {
 } from "./token";
 import { byId, httpUrl } from "./dom";
 import { quoteLine } from "./message";
+import { Markers, SEEN_BY_MEMBERS, TypingLine, TypingSender } from "./presence";
 import { Members, Timeline } from "./view";
 
 const ROOM_KEY = "chatd.room";
@@ -90,6 +91,16 @@ const rooms = new RoomList(client, byId("rooms"), byId("rooms-empty"), (room) =>
 });
 
 let session: RoomSession | null = null;
+const typingLine = new TypingLine(byId("typing"));
+const typingSender = new TypingSender(client, () => session?.room);
+const markers = new Markers();
+
+/** "Seen by …" under the reader's newest message, from everyone's read markers. */
+function updateSeen(): void {
+  const user = me();
+  const mine = user ? timeline.newestFrom(user) : undefined;
+  timeline.showSeen(mine?.seq, mine ? markers.seenBy(mine.seq, user) : []);
+}
 
 function showError(text: string, developerDetail?: string): void {
   errorText.textContent = text;
@@ -134,6 +145,9 @@ function setComposer(enabled: boolean): void {
 function leaveRoom(): void {
   flushSeen();
   setReply(null);
+  typingSender.stop();
+  typingLine.clear();
+  markers.clear();
   session?.close();
   session = null;
   timeline.clear();
@@ -213,15 +227,31 @@ function joinRoom(typed: string): void {
       byId("room-name").textContent = name;
       setComposer(true);
       members.reset(list);
+      // Read markers come only in small rooms; the first page says where everyone is.
+      if (firstJoin && list.length <= SEEN_BY_MEMBERS) {
+        markers
+          .load(client, room)
+          .then(() => {
+            if (session === current) updateSeen();
+          })
+          .catch(() => {});
+      }
       // Once per session: the history up to where the stream starts, for context.
       const upTo = current.shownUpTo;
       if (firstJoin && upTo !== undefined) void loadOlder(room, upTo + 1n);
       markSeen();
     },
     changed: (change) => timeline.apply(change),
+    typing: (member, typing) => typingLine.set(member, typing),
+    readMarker(member, seq) {
+      markers.set(member, seq);
+      updateSeen();
+    },
     message(message) {
       timeline.add(message);
       rooms.saw(room, message);
+      if (message.sender) typingLine.set(message.sender, false);
+      updateSeen();
       markSeen();
     },
     memberJoined: (member) => members.joined(member),
@@ -259,6 +289,7 @@ async function send(): Promise<void> {
     });
     clearError();
     setReply(null);
+    typingSender.sent();
     messageInput.value = "";
     contentType.value = "text";
     timeline.scrollToNewest();
@@ -308,6 +339,8 @@ byId<HTMLFormElement>("room-form").addEventListener("submit", (event) => {
   event.preventDefault();
   joinRoom(roomInput.value);
 });
+
+messageInput.addEventListener("input", () => typingSender.input(messageInput.value));
 
 sendForm.addEventListener("submit", (event) => {
   event.preventDefault();

@@ -17,6 +17,10 @@ export interface RoomEvents {
   changed(change: Change): void;
   memberJoined(member: Member): void;
   memberLeft(member: Member): void;
+  /** Someone else started or stopped typing (live only). */
+  typing(member: Member, typing: boolean): void;
+  /** Someone's read marker moved (live only). */
+  readMarker(member: Member, seq: bigint): void;
   /** The connection state changed. */
   connection(state: "connecting" | "live" | "reconnecting", detail?: string): void;
   /** The session ended on an error that retrying cannot fix. */
@@ -120,6 +124,12 @@ export class RoomSession {
               break;
             case "memberLeft":
               if (event.value.member) this.events.memberLeft(event.value.member);
+              break;
+            case "typing":
+              if (event.value.member) this.events.typing(event.value.member, event.value.typing);
+              break;
+            case "readMarker":
+              if (event.value.member) this.events.readMarker(event.value.member, event.value.seq);
               break;
           }
         }

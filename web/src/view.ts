@@ -26,6 +26,8 @@ export class Timeline {
   private readonly items = new Map<bigint, { item: HTMLLIElement; message: Message }>();
   /** Whether the reader is at the newest message: new content keeps it in view. */
   private pinned = true;
+  /** "Seen by …" under one message (the reader's newest), when anyone has. */
+  private seen: { seq: bigint; names: string[] } | null = null;
 
   constructor(
     private readonly list: HTMLOListElement,
@@ -51,6 +53,24 @@ export class Timeline {
     this.items.clear();
     this.list.replaceChildren();
     this.pinned = true;
+    this.seen = null;
+  }
+
+  /** Shows "Seen by …" under message `seq` (and nowhere else); no names, no line. */
+  showSeen(seq: bigint | undefined, names: string[]): void {
+    this.seen = seq !== undefined && names.length > 0 ? { seq, names } : null;
+    for (const line of this.list.querySelectorAll(".seen")) line.remove();
+    if (this.seen) {
+      const found = this.items.get(this.seen.seq);
+      if (found) this.markSeen(found.item);
+    }
+  }
+
+  private markSeen(item: HTMLLIElement): void {
+    if (!this.seen || item.dataset.seq !== this.seen.seq.toString()) return;
+    const line = el("div", "seen", `Seen by ${this.seen.names.join(", ")}`);
+    item.append(line);
+    if (this.pinned) this.scrollToNewest();
   }
 
   get oldestSeq(): bigint | undefined {
@@ -136,6 +156,7 @@ export class Timeline {
     item.dataset.day = found.item.dataset.day;
     found.item.replaceWith(item);
     this.items.set(message.seq, { item, message });
+    this.markSeen(item);
     for (const quote of this.list.querySelectorAll<HTMLElement>(`.quote[data-reply-to="${message.seq}"]`)) {
       quote.textContent = quoteLine(message);
     }

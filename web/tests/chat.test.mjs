@@ -490,6 +490,27 @@ test("reply with a quoted line, edit and delete your own messages, react: both p
   await tomb(bob).waitFor();
 });
 
+test("who is typing shows on the other page; your last message says who has seen it", TEST, async () => {
+  // Typing: the other page says so; emptying the box or sending ends it.
+  await bob.fill("#message-input", "I am writ");
+  await alice.locator("#typing", { hasText: "Bob is typing…" }).waitFor();
+  assert.equal(await bob.locator("#typing").textContent(), "", "nobody sees their own flag");
+  await bob.fill("#message-input", "");
+  await alice.waitForFunction(() => document.getElementById("typing").textContent === "");
+  await bob.fill("#message-input", "typing then sending");
+  await alice.locator("#typing", { hasText: "Bob is typing…" }).waitFor();
+  await bob.click("#send-form button[type=submit]");
+  await item(alice, "typing then sending").waitFor();
+  await alice.waitForFunction(() => document.getElementById("typing").textContent === "");
+
+  // Seen by: the other page reads the message (it is at the bottom, visible): its marker
+  // moves, and the sender's page says so under the message.
+  await say(alice, "did you see this?");
+  await item(bob, "did you see this?").waitFor();
+  await item(alice, "did you see this?").locator(".seen", { hasText: "Seen by Bob" }).waitFor();
+  await screenshot(alice, "seen-1280");
+});
+
 test("a bad room name is explained in plain words, before any request", TEST, async () => {
   await joinRoom(alice, "Bad Room!");
   const error = alice.locator("#error");
