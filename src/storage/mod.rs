@@ -23,6 +23,7 @@
 //!   their last message of the batch (and so makes the room theirs).
 
 mod batch;
+mod failure;
 mod guard;
 mod models;
 mod postgres;
