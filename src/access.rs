@@ -20,11 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::mpsc;
 
 use crate::config::RoomCreation;
-use crate::domain::{Identity, RoomName, Visibility};
+use crate::domain::{Identity, RoomName, Visibility, now_micros};
 use crate::error::{Error, Result};
 use crate::rooms::Rooms;
 use crate::storage::{Created, Store};
-use crate::writer::now_micros;
 
 /// Entries per generation of each cache (visibility, grants, public rooms
 /// known to be a user's): at most twice this many are kept, about 9 MB per

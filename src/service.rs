@@ -243,7 +243,7 @@ impl ChatService for ChatApi {
         self.access.check_use(&caller, &room).await?;
         let read_seq = self
             .store
-            .mark_read(&caller.user_id, &room, seq, crate::writer::now_micros())
+            .mark_read(&caller.user_id, &room, seq, crate::domain::now_micros())
             .await?;
         Ok(Response::new(proto::MarkReadResponse { read_seq }))
     }
