@@ -229,10 +229,10 @@ impl Application {
             &tracker,
         );
         let metrics_url = metrics_listener.map(|(listener, at)| {
-            let sources = crate::metrics::Sources {
-                store: store.clone(),
-                link: cluster.as_ref().map(|(c, _, _)| c.link.clone()),
-            };
+            let sources = readings(
+                store.clone(),
+                cluster.as_ref().map(|(c, _, _)| c.link.clone()),
+            );
             tracker.spawn(crate::metrics::exporter::serve(
                 listener,
                 metrics.clone(),
@@ -593,4 +593,19 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("grpc-status-details-bin"),
         ])
         .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+/// What the metrics read at each scrape: the pool's state and, on a
+/// cluster, whether NATS is connected.
+fn readings(store: Store, link: Option<Arc<crate::cluster::Link>>) -> crate::metrics::Sources {
+    Box::new(move || {
+        let pool = store.pool_status();
+        crate::metrics::Readings {
+            pool_size: pool.size,
+            pool_max_size: pool.max_size,
+            pool_idle: pool.available,
+            pool_waiters: pool.waiting,
+            nats_connected: link.as_ref().map(|link| link.is_connected()),
+        }
+    })
 }

@@ -186,7 +186,7 @@ async fn poll(cluster: Cluster, access: Arc<Access>, store: Store, stop: Cancell
             if seen != Some(revision) {
                 access.revalidate().await?;
             }
-            Ok::<_, crate::Error>(revision)
+            Ok::<_, crate::error::Error>(revision)
         };
         let checked = tokio::select! {
             () = stop.cancelled() => return,
