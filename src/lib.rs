@@ -55,6 +55,7 @@
 
 pub mod access;
 pub mod admin;
+mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
@@ -62,7 +63,6 @@ pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod files;
-pub mod jwks;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
@@ -70,7 +70,6 @@ pub mod proto;
 pub mod quota;
 pub mod rate;
 pub mod rooms;
-pub mod secure;
 pub(crate) mod serve;
 pub mod server;
 pub mod service;

@@ -35,8 +35,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::access::Access;
 use crate::admin::AdminApi;
+use crate::api::Authenticator;
+use crate::auth::jwks::Jwks;
 use crate::auth::{
-    Authenticator, CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
+    CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
 };
 use crate::cluster::Cluster;
 use crate::cluster::bus::{Publisher, follow_rooms, poll_storage, spawn_publisher};
@@ -57,6 +59,7 @@ use crate::serve::{ServeOptions, serve};
 use crate::service::ChatApi;
 use crate::shutdown::EndOnShutdown;
 use crate::storage::{Location, ServeLock, Store};
+use crate::tls::Tls;
 use crate::writer::Writer;
 
 /// How often health re-checks a database that works (sooner when a call
@@ -74,8 +77,10 @@ pub struct Application {
     addr: SocketAddr,
     config: Config,
     keys: Arc<Keys>,
-    /// Token keys and TLS (`CHAT_JWT_JWKS`, `CHAT_TLS_*`), kept fresh by tasks.
-    secure: crate::secure::Secure,
+    /// The identity provider's keys (`CHAT_JWT_JWKS`), kept fresh by a task.
+    jwks: Option<Arc<Jwks>>,
+    /// TLS (`CHAT_TLS_*`), its certificate kept fresh by a task.
+    tls: Option<Tls>,
     store: Store,
     /// Held while this node serves: no second single node on its database.
     serve_lock: ServeLock,
@@ -116,8 +121,12 @@ impl Application {
             leeway_secs = CLOCK_LEEWAY_SECS,
             "tokens: HS256, `exp` and `nbf` checked"
         );
-        let secure = crate::secure::Secure::load(&config).await?;
-        let keys = secure.keys(Keys::with_policy(&secret, policy));
+        let jwks = crate::auth::load_jwks(&config).await?;
+        let tls = crate::tls::load_configured(&config)?;
+        let keys = match &jwks {
+            Some(jwks) => Keys::with_policy(&secret, policy).with_jwks(jwks.clone()),
+            None => Keys::with_policy(&secret, policy),
+        };
         let location = Location::parse(config.database_url.as_deref(), &config.secret.data_dir)
             .map_err(|e| Error::Config(format!("DATABASE_URL: {e}")))?;
         if let (Some(_), Location::Sqlite(path)) = (&config.nats_url, &location) {
@@ -156,7 +165,8 @@ impl Application {
             addr,
             config,
             keys: Arc::new(keys),
-            secure,
+            jwks,
+            tls,
             store,
             serve_lock,
             metrics,
@@ -192,7 +202,8 @@ impl Application {
             addr,
             config,
             keys,
-            secure,
+            jwks,
+            tls,
             store,
             serve_lock,
             metrics,
@@ -249,7 +260,12 @@ impl Application {
             health.clone(),
             streams_end.clone(),
         ));
-        let tls = secure.spawn(&tracker, &streams_end);
+        if let Some(jwks) = jwks {
+            tracker.spawn(crate::auth::jwks::refresh(jwks, streams_end.clone()));
+        }
+        if let Some(tls) = &tls {
+            tracker.spawn(crate::tls::watch(tls.clone(), streams_end.clone()));
+        }
         let rates = user_rates(&config, &tracker, &streams_end);
         let api = ChatApi {
             rooms: rooms.clone(),

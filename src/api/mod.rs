@@ -1,0 +1,5 @@
+//! The gRPC services' edge: the token check every call passes.
+
+mod authenticate;
+
+pub use self::authenticate::Authenticator;
