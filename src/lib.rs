@@ -55,6 +55,7 @@
 
 pub mod access;
 pub mod admin;
+mod alloc;
 mod api;
 pub mod auth;
 pub mod cluster;
@@ -63,20 +64,17 @@ pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod files;
-pub mod limits;
+mod http;
+mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod proto;
-pub mod quota;
-pub mod rate;
 pub mod rooms;
 pub(crate) mod serve;
 pub mod server;
 pub mod service;
-pub mod shutdown;
 pub mod storage;
 pub mod tls;
-pub mod web;
 pub mod writer;
 
 pub use error::{Error, Result};

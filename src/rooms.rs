@@ -14,7 +14,7 @@
 //! whatever it would otherwise miss (a replay on resume, a reader the ring
 //! left behind, or a seq that never came through the ring). Such catch-up
 //! pages are bounded in bytes and charged to the user's budget
-//! ([`crate::quota`]).
+//! ([`crate::limits::quota`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,9 +26,9 @@ use tonic::Status;
 use crate::config::Config;
 use crate::domain::{Identity, RoomName, StoredMessage};
 use crate::error::{Error, Result};
+use crate::limits::quota::{Charge, Quotas, StreamSlot};
 use crate::metrics::{CatchUp, Metrics};
 use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
-use crate::quota::{Charge, Quotas, StreamSlot};
 use crate::storage::Store;
 
 mod membership;

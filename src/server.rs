@@ -31,15 +31,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::access::Access;
 use crate::admin::AdminApi;
 use crate::api::Authenticator;
 use crate::auth::jwks::Jwks;
-use crate::auth::{
-    CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret,
-};
+use crate::auth::{CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret};
 use crate::cluster::Cluster;
 use crate::cluster::bus::{Publisher, follow_rooms, poll_storage, spawn_publisher};
 use crate::cluster::nodes::{self, Directory};
@@ -48,16 +45,16 @@ use crate::cluster::revocations;
 use crate::config::Config;
 use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
-use crate::limits::BodyLimitLayer;
+use crate::http::{
+    BodyLimitLayer, EndOnShutdown, GrpcMetricsLayer, HoldUntilSentLayer, PageLayer, cors,
+};
+use crate::limits::rate::{JOINS, READS, SENDS, UserRate};
 use crate::metrics::Metrics;
-use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
-use crate::rate::{JOINS, READS, SENDS, UserRate};
 use crate::rooms::Rooms;
 use crate::serve::{ServeOptions, serve};
 use crate::service::ChatApi;
-use crate::shutdown::EndOnShutdown;
 use crate::storage::{Location, ServeLock, Store};
 use crate::tls::Tls;
 use crate::writer::Writer;
@@ -395,7 +392,7 @@ fn http_service(
 + Send
 + 'static {
     tower::ServiceBuilder::new()
-        .layer(crate::web::PageLayer)
+        .layer(PageLayer)
         .layer(cors(&config.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(GrpcMetricsLayer::new(metrics))
@@ -403,7 +400,7 @@ fn http_service(
             max_bytes: config.max_request_bytes as usize,
             timeout: config.request_body_timeout,
         })
-        .layer(crate::quota::HoldUntilSentLayer)
+        .layer(HoldUntilSentLayer)
         .service(routes)
 }
 
@@ -420,7 +417,7 @@ struct UserRates {
 fn user_rates(config: &Config, tracker: &TaskTracker, stop: &CancellationToken) -> UserRates {
     let rate = |what, rate, burst| {
         let limit = Arc::new(UserRate::new(what, rate, burst));
-        tracker.spawn(crate::rate::prune(limit.clone(), stop.clone()));
+        tracker.spawn(crate::limits::rate::prune(limit.clone(), stop.clone()));
         limit
     };
     UserRates {
@@ -466,7 +463,7 @@ fn log_serving(
     tracing::info!(
         "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
     );
-    crate::web::log_page_address(addr, page_keys, log_format);
+    crate::http::log_page_address(addr, page_keys, log_format);
 }
 
 /// Connects to NATS and starts the cluster tasks on `tracker`: the
@@ -578,37 +575,6 @@ async fn watch_database(store: Store, health: HealthReporter, stop: Cancellation
             () = tokio::time::sleep(HEALTH_RECHECK) => {}
         }
     }
-}
-
-/// CORS for grpc-web: the allowed origins, the grpc-web request headers plus
-/// `authorization`, and the gRPC status headers exposed to scripts.
-fn cors(origins: &[String]) -> CorsLayer {
-    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
-    let allow_origin = if origins.is_empty() {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
-        )
-    };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_methods([http::Method::POST])
-        .allow_headers([
-            AUTHORIZATION,
-            CONTENT_TYPE,
-            HeaderName::from_static("x-grpc-web"),
-            HeaderName::from_static("x-user-agent"),
-            HeaderName::from_static("grpc-timeout"),
-        ])
-        .expose_headers([
-            HeaderName::from_static("grpc-status"),
-            HeaderName::from_static("grpc-message"),
-            HeaderName::from_static("grpc-status-details-bin"),
-        ])
-        .max_age(Duration::from_secs(24 * 60 * 60))
 }
 
 /// What the metrics read at each scrape: the pool's state and, on a

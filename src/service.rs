@@ -18,10 +18,10 @@ use crate::domain::{
     ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, NewMessage,
     ROOMS_PAGE_BYTES, RoomName, RoomsQuery, Visibility, parse_seq,
 };
+use crate::limits::quota::HeldCharge;
+use crate::limits::rate::UserRate;
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
-use crate::quota::HeldCharge;
-use crate::rate::UserRate;
 use crate::rooms::Rooms;
 use crate::storage::Store;
 use crate::writer::Writer;
@@ -171,9 +171,7 @@ impl ChatService for ChatApi {
         charge.try_grow_to(size)?;
         charge.shrink_to(size);
         let mut response = Response::new(response);
-        response
-            .extensions_mut()
-            .insert(HeldCharge(Arc::new(charge)));
+        response.extensions_mut().insert(HeldCharge::new(charge));
         Ok(response)
     }
 

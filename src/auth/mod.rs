@@ -23,11 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Status};
 
+use crate::config::Config;
 use crate::domain::Identity;
 use crate::error::{Error, Result};
-use crate::config::Config;
 
 pub(crate) mod jwks;
 mod secret;

@@ -290,8 +290,10 @@ impl Metrics {
         self.0.is_some()
     }
 
-    fn grpc(&self) -> Option<&grpc::GrpcMetrics> {
-        self.0.as_ref().map(|m| &m.grpc)
+    /// The series of the gRPC method at `path` (`/package.Service/Method`;
+    /// an unknown path counts as `unknown`); `None` when metrics are off.
+    pub(crate) fn grpc_method(&self, path: &str) -> Option<Arc<grpc::MethodMetrics>> {
+        self.0.as_ref().map(|m| m.grpc.method(path).clone())
     }
 
     /// A write batch of `size` messages was stored in `took`, `fresh` of

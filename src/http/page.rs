@@ -57,17 +57,17 @@ const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../web/dist/index.html"),
+        body: include_bytes!("../../web/dist/index.html"),
     },
     Asset {
         path: "/app.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../web/dist/app.js"),
+        body: include_bytes!("../../web/dist/app.js"),
     },
     Asset {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../web/dist/style.css"),
+        body: include_bytes!("../../web/dist/style.css"),
     },
 ];
 
