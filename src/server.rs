@@ -12,7 +12,7 @@
 //!    chatd spawned has ended, or the grace period is over: one deadline,
 //!    `CHAT_SHUTDOWN_GRACE` after the signal, bounds all of shutdown.
 //!
-//! Connections are accepted by [`crate::connections`] and served by
+//! Connections are accepted by [`crate::net`] and served by
 //! chatd's own serve loop (`serve/mod.rs`).
 
 use std::convert::Infallible;
@@ -43,20 +43,20 @@ use crate::cluster::nodes::{self, Directory};
 use crate::cluster::presence::{self, Presence};
 use crate::cluster::revocations;
 use crate::config::Config;
-use crate::connections::{ConnLimits, incoming};
 use crate::error::{Error, Result};
 use crate::http::{
     BodyLimitLayer, EndOnShutdown, GrpcMetricsLayer, HoldUntilSentLayer, PageLayer, cors,
 };
 use crate::limits::rate::{JOINS, READS, SENDS, UserRate};
 use crate::metrics::Metrics;
+use crate::net::tls::Tls;
+use crate::net::{ConnLimits, incoming};
+use crate::net::{ServeOptions, serve};
 use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rooms::Rooms;
-use crate::serve::{ServeOptions, serve};
 use crate::service::ChatApi;
 use crate::storage::{Location, ServeLock, Store};
-use crate::tls::Tls;
 use crate::writer::Writer;
 
 /// How often health re-checks a database that works (sooner when a call
@@ -119,7 +119,7 @@ impl Application {
             "tokens: HS256, `exp` and `nbf` checked"
         );
         let jwks = crate::auth::load_jwks(&config).await?;
-        let tls = crate::tls::load_configured(&config)?;
+        let tls = crate::net::tls::load_configured(&config)?;
         let keys = match &jwks {
             Some(jwks) => Keys::with_policy(&secret, policy).with_jwks(jwks.clone()),
             None => Keys::with_policy(&secret, policy),
@@ -261,7 +261,7 @@ impl Application {
             tracker.spawn(crate::auth::jwks::refresh(jwks, streams_end.clone()));
         }
         if let Some(tls) = &tls {
-            tracker.spawn(crate::tls::watch(tls.clone(), streams_end.clone()));
+            tracker.spawn(crate::net::tls::watch(tls.clone(), streams_end.clone()));
         }
         let rates = user_rates(&config, &tracker, &streams_end);
         let api = ChatApi {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Status};
 
 use crate::auth::Keys;
-use crate::connections::Connection;
+use crate::net::Connection;
 
 /// A tonic interceptor that verifies the bearer token and leaves the
 /// caller's [`Identity`] in the request extensions. A verified token also

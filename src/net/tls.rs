@@ -10,7 +10,7 @@
 //! certificate) keeps the old certificate and is logged once.
 //!
 //! [`Io`] is an accepted connection whose TLS handshake runs as it is first
-//! read, inside [`crate::connections`]' handshake deadline: a silent client
+//! read, inside [`crate::net`]' handshake deadline: a silent client
 //! is cut at `CHAT_HANDSHAKE_TIMEOUT`, a plaintext one fails at once.
 
 use std::future::Future;
