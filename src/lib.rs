@@ -54,7 +54,6 @@
 //!   (retry or not), and the mapping to gRPC statuses, logged once.
 
 pub mod access;
-pub mod admin;
 mod alloc;
 mod api;
 pub mod auth;
@@ -71,7 +70,6 @@ mod net;
 pub mod proto;
 pub mod rooms;
 pub mod server;
-pub mod service;
 pub mod storage;
 pub mod writer;
 

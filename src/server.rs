@@ -33,8 +33,8 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
 use crate::access::Access;
-use crate::admin::AdminApi;
 use crate::api::Authenticator;
+use crate::api::{AdminApi, ChatApi};
 use crate::auth::jwks::Jwks;
 use crate::auth::{CLOCK_LEEWAY_SECS, Keys, SecretSource, TokenPolicy, load_or_generate_secret};
 use crate::cluster::Cluster;
@@ -55,7 +55,6 @@ use crate::net::{ServeOptions, serve};
 use crate::proto::server::admin_service_server::AdminServiceServer;
 use crate::proto::{self, server::chat_service_server::ChatServiceServer};
 use crate::rooms::Rooms;
-use crate::service::ChatApi;
 use crate::storage::{Location, ServeLock, Store};
 use crate::writer::Writer;
 

@@ -1,5 +1,14 @@
-//! The gRPC services' edge: the token check every call passes.
+//! The gRPC services: proto in, domain through, proto out, and nothing
+//! else.
+//!
+//! - `chat.rs`: chat.v1.ChatService.
+//! - `admin.rs`: chat.v1.AdminService (the app backend's API).
+//! - `authenticate.rs`: the token check in front of both.
 
+mod admin;
 mod authenticate;
+mod chat;
 
-pub use self::authenticate::Authenticator;
+pub(crate) use self::admin::AdminApi;
+pub(crate) use self::authenticate::Authenticator;
+pub(crate) use self::chat::ChatApi;

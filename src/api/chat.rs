@@ -11,8 +11,8 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::admin::wire_visibility;
 use crate::access::Access;
-use crate::admin::wire_visibility;
 use crate::cluster::presence::Presence;
 use crate::domain::{
     ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, NewMessage,
