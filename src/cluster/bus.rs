@@ -15,8 +15,8 @@
 //!   are dropped (counted as invalid), so a room's last seq and its
 //!   streams only move to committed seqs.
 //! - NATS core is at most once, so [`poll_storage`] reads, in one query,
-//!   the newest stored seq of every live room every [`POLL_CONNECTED`]
-//!   (every [`POLL_DISCONNECTED`] while NATS is down, and at once after a
+//!   the newest stored seq of every live room every [`super::POLL_CONNECTED`]
+//!   (every [`super::POLL_DISCONNECTED`] while NATS is down, and at once after a
 //!   reconnection) and publishes locally what the room has not seen. So no
 //!   stream waits longer than that for a committed message.
 
@@ -39,11 +39,6 @@ use crate::proto::{JoinRoomResponse, join_room_response::Event};
 use crate::rooms::Rooms;
 use crate::storage::Store;
 
-/// How often a node compares its live rooms with storage while NATS is
-/// connected: the bound on the delay of a notification NATS lost.
-pub const POLL_CONNECTED: Duration = Duration::from_secs(2);
-/// The same while NATS is down: the delay bound between nodes then.
-pub const POLL_DISCONNECTED: Duration = Duration::from_secs(1);
 /// Batches waiting to be published; beyond that notifications are dropped
 /// (the other nodes' pollers deliver those messages).
 const PUBLISH_QUEUE: usize = 1024;
@@ -320,8 +315,8 @@ fn checked_notice(room: &RoomName, payload: Bytes) -> Option<Vec<(u64, Bytes)>> 
     Some(messages)
 }
 
-/// Compares the live rooms with storage every [`POLL_CONNECTED`] (every
-/// [`POLL_DISCONNECTED`] while NATS is down, at once after a reconnection)
+/// Compares the live rooms with storage every [`super::POLL_CONNECTED`] (every
+/// [`super::POLL_DISCONNECTED`] while NATS is down, at once after a reconnection)
 /// and delivers what the rooms have not seen.
 pub async fn poll_storage(
     cluster: Cluster,
@@ -332,9 +327,9 @@ pub async fn poll_storage(
     let mut failing = false;
     loop {
         let interval = if cluster.link.is_connected() {
-            POLL_CONNECTED
+            super::POLL_CONNECTED
         } else {
-            POLL_DISCONNECTED
+            super::POLL_DISCONNECTED
         };
         tokio::select! {
             () = stop.cancelled() => return,

@@ -52,6 +52,12 @@ use seal::{Keyring, NodeId, Opened, Refusal, Which};
 pub use connect::redact;
 pub use seal::{MAX_SKEW, new_key};
 
+/// How often a node compares its live rooms with storage while NATS is
+/// connected: the bound on the delay of a notification NATS lost.
+pub const POLL_CONNECTED: Duration = Duration::from_secs(2);
+/// The same while NATS is down: the delay bound between nodes then.
+pub const POLL_DISCONNECTED: Duration = Duration::from_secs(1);
+
 /// How long start-up waits for a first connection to NATS. A node that
 /// cannot reach NATS by then serves anyway (sends are stored, streams are
 /// fed from PostgreSQL) and keeps trying in the background.

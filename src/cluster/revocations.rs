@@ -10,7 +10,7 @@
 //!   public room is never revoked).
 //! - NATS core is at most once, so every node also reads the access
 //!   revision (bumped in the revoking transaction) every
-//!   [`bus::POLL_CONNECTED`] ([`bus::POLL_DISCONNECTED`] while NATS is
+//!   [`super::POLL_CONNECTED`] ([`super::POLL_DISCONNECTED`] while NATS is
 //!   down) and, when it moved, re-checks its open streams and cached grants
 //!   in storage ([`crate::access::Access::revalidate`]). So a node that
 //!   missed a notice ends the stream within that interval (plus one
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Cluster, bus};
+use super::Cluster;
 use crate::access::{ANNOUNCE_QUEUE, Access, Revocation};
 use crate::domain::{RoomName, USER_IDS_MAX, user_id_problem};
 use crate::storage::Store;
@@ -106,7 +106,7 @@ async fn follow(cluster: Cluster, access: Arc<Access>, stop: CancellationToken) 
             tracing::debug!("subscribing to revocations failed; retrying");
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(bus::POLL_DISCONNECTED) => continue,
+                () = tokio::time::sleep(super::POLL_DISCONNECTED) => continue,
             }
         };
         loop {
@@ -172,9 +172,9 @@ async fn poll(cluster: Cluster, access: Arc<Access>, store: Store, stop: Cancell
     let mut failing = false;
     loop {
         let interval = if cluster.link.is_connected() {
-            bus::POLL_CONNECTED
+            super::POLL_CONNECTED
         } else {
-            bus::POLL_DISCONNECTED
+            super::POLL_DISCONNECTED
         };
         tokio::select! {
             () = stop.cancelled() => return,
