@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 mod names;
 
-pub use names::{DISPLAY_NAME_MAX_CHARS, display_name};
+pub use names::display_name;
 
 /// The longest room name, in bytes (all allowed characters are ASCII).
 pub const ROOM_NAME_MAX: usize = 64;

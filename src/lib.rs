@@ -53,25 +53,25 @@
 //! - [`error`]: the one error type, the classification of storage errors
 //!   (retry or not), and the mapping to gRPC statuses, logged once.
 
-pub mod access;
+mod access;
 mod alloc;
 mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
-pub mod domain;
-pub mod error;
-pub mod files;
+mod domain;
+mod error;
+mod files;
 mod http;
 mod limits;
 pub mod logs;
-pub mod metrics;
+mod metrics;
 mod net;
 pub mod proto;
-pub mod rooms;
-pub mod server;
-pub mod storage;
-pub mod writer;
+mod rooms;
+mod server;
+mod storage;
+mod writer;
 
 pub use error::{Error, Result};
 pub use server::Application;

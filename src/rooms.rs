@@ -42,7 +42,6 @@ mod wake;
 pub use order::HOLD;
 pub use subscription::Subscription;
 pub use synced::SYNC_WAIT;
-pub use wake::{PRESENCE_EVERY, WAKE_EVERY};
 
 use bytes::Bytes;
 use membership::{Membership, Presence};

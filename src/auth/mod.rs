@@ -33,19 +33,13 @@ mod secret;
 
 use self::jwks::Jwks;
 
-pub use secret::{
-    SECRET_FILE, SECRET_MIN_BYTES, SecretSource, load_or_generate_secret, load_secret,
-};
+pub use secret::{SECRET_FILE, load_secret};
+pub(crate) use secret::{SecretSource, load_or_generate_secret};
 
-/// The longest `sub` claim, in bytes.
-pub const USER_ID_MAX_BYTES: usize = crate::domain::USER_ID_MAX_BYTES;
-/// The longest `name` claim, in characters (after format characters are
-/// stripped).
-pub const DISPLAY_NAME_MAX_CHARS: usize = crate::domain::DISPLAY_NAME_MAX_CHARS;
 /// How far the issuer's clock may be off from chatd's, in seconds: a token
 /// is accepted until `exp + CLOCK_LEEWAY_SECS` and from
 /// `nbf - CLOCK_LEEWAY_SECS`.
-pub const CLOCK_LEEWAY_SECS: u64 = 5;
+pub(crate) const CLOCK_LEEWAY_SECS: u64 = 5;
 
 /// The claims chatd mints.
 #[derive(Debug, Serialize)]
@@ -147,7 +141,7 @@ impl Keys {
     }
 
     /// These keys, also accepting tokens signed with `jwks`' keys.
-    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+    pub(crate) fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
         self.jwks = Some(jwks);
         self
     }
@@ -214,7 +208,7 @@ impl Keys {
     }
 
     /// Reads `authorization: Bearer <token>` from request metadata.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity> {
+    pub(crate) fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity> {
         let value = metadata
             .get("authorization")
             .ok_or_else(|| Error::Unauthenticated("authorization: missing bearer token".into()))?;
@@ -320,7 +314,7 @@ fn identity_from_claims(sub: Option<&str>, name: Option<&str>) -> Result<Identit
 /// Loads the identity provider's keys (`CHAT_JWT_JWKS`) when set, and says
 /// which token claims are checked; start-up fails naming the setting that
 /// does not load. [`jwks::refresh`] keeps them fresh.
-pub async fn load_jwks(config: &Config) -> Result<Option<Arc<Jwks>>> {
+pub(crate) async fn load_jwks(config: &Config) -> Result<Option<Arc<Jwks>>> {
     let jwks = match &config.jwt_jwks {
         Some(spec) => {
             let jwks = Jwks::load(spec).await?;

@@ -65,11 +65,6 @@ impl Quotas {
         }
     }
 
-    /// The per-user byte budget.
-    pub fn max_bytes(&self) -> usize {
-        self.inner.max_bytes as usize
-    }
-
     /// Counts one more open JoinRoom stream of `user`, or refuses it with
     /// RESOURCE_EXHAUSTED when the user has `CHAT_USER_MAX_STREAMS` open.
     pub fn open_stream(&self, user: &Arc<str>) -> Result<StreamSlot> {
@@ -139,6 +134,7 @@ impl Quotas {
     }
 
     /// How many users have something open or charged (for tests).
+    #[cfg(test)]
     pub fn active_users(&self) -> usize {
         self.inner.lock().len()
     }

@@ -54,11 +54,6 @@ pub enum ConnClosed {
 
 impl ConnClosed {
     const LABELS: [&'static str; 2] = ["first_call", "evicted"];
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        Self::LABELS[self as usize]
-    }
 }
 
 /// Why a cluster node dropped a message from NATS.
