@@ -21,14 +21,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::config::Config;
 use crate::domain::{Identity, RoomName, StoredMessage};
 use crate::error::{Error, Result};
-use crate::limits::quota::{Charge, Quotas, StreamSlot};
+use crate::limits::quota::Quotas;
 use crate::metrics::{CatchUp, Metrics};
-use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
+use crate::proto;
 use crate::storage::Store;
 
 mod membership;
@@ -46,7 +45,7 @@ pub use synced::SYNC_WAIT;
 use bytes::Bytes;
 use membership::{Membership, Presence};
 use order::Reorder;
-use ring::{Event, Ring, RingLimits, chunks, encode_message};
+use ring::{Ring, RingLimits, chunks, encode_message};
 use synced::Synced;
 use wake::Deferred;
 

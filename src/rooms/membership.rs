@@ -1,6 +1,16 @@
 //! Who is in a room: members and their presence events, revocation, and a stream's membership.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::ring::{Event, RingLimits};
+use super::{Room, RoomState, Rooms, snapshot};
+use crate::domain::{Identity, RoomName};
+use crate::error::{Error, Result};
+use crate::limits::quota::StreamSlot;
+use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
 
 /// A user present in a room.
 #[derive(Debug)]

@@ -1,7 +1,18 @@
 //! One JoinRoom stream's reader: the ring as a fast path, storage for everything else.
 
-use super::*;
+use std::collections::VecDeque;
+
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::membership::Membership;
+use super::ring::Event;
 use crate::domain::READ_PAGE_BYTES;
+use crate::error::Error;
+use crate::limits::quota::Charge;
+use crate::metrics::CatchUp;
+use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
+use crate::storage::Store;
 
 /// The most messages a catch-up reads from storage at a time (and at most
 /// [`crate::domain::READ_PAGE_BYTES`] of them, by what is stored).
