@@ -30,10 +30,10 @@ use crate::metrics::{CatchUp, Metrics};
 use crate::proto;
 use crate::storage::Store;
 
+mod joined;
 mod membership;
 mod order;
 mod ring;
-mod snapshot;
 mod subscription;
 mod synced;
 mod wake;
@@ -43,7 +43,7 @@ pub use subscription::Subscription;
 pub use synced::SYNC_WAIT;
 
 use bytes::Bytes;
-use membership::{Membership, Presence};
+use membership::{LocalMember, Membership};
 use order::Reorder;
 use ring::{Ring, RingLimits, chunks, encode_message};
 use synced::Synced;
@@ -54,7 +54,7 @@ struct RoomState {
     ring: Ring,
     /// Members by user id, so listings come out in a stable order. Only
     /// streams whose join succeeded count.
-    members: BTreeMap<Arc<str>, Presence>,
+    members: BTreeMap<Arc<str>, LocalMember>,
     /// Users present in the room on other nodes of a cluster (by user id,
     /// with their display name), as [`Rooms::set_remote`] last said. A user
     /// is a member while present here or there; events go out when the
@@ -143,7 +143,7 @@ pub struct Rooms {
     /// Woken when a room starts holding messages behind a gap, for
     /// [`Rooms::fill_gaps`].
     gaps: Notify,
-    /// The next [`Presence::generation`].
+    /// The next [`LocalMember::generation`].
     generations: std::sync::atomic::AtomicU64,
     /// Rooms whose wake-up for messages waits for [`WAKE_EVERY`].
     deferred: Deferred,

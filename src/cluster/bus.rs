@@ -65,7 +65,7 @@ struct Entry {
 
 /// A notification of committed messages of one room, in seq order.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Notice {
+struct CommittedNotice {
     #[prost(message, repeated, tag = "1")]
     entries: Vec<Entry>,
 }
@@ -127,7 +127,7 @@ pub fn spawn_publisher(
 /// Encoded notifications of at most about [`NOTICE_BYTES`] each.
 fn notices(messages: &[(u64, Bytes)]) -> Vec<Bytes> {
     let mut out = Vec::new();
-    let mut notice = Notice::default();
+    let mut notice = CommittedNotice::default();
     let mut bytes = 0;
     for (seq, event) in messages {
         if bytes > 0 && bytes + event.len() > NOTICE_BYTES {
@@ -295,7 +295,7 @@ impl Follower {
 /// A notice's entries if every one is a message of `room` with the entry's
 /// seq, in ascending seq order; `None` otherwise.
 fn checked_notice(room: &RoomName, payload: Bytes) -> Option<Vec<(u64, Bytes)>> {
-    let notice = Notice::decode(payload).ok()?;
+    let notice = CommittedNotice::decode(payload).ok()?;
     if notice.entries.is_empty() {
         return None;
     }
@@ -413,7 +413,7 @@ mod tests {
     }
 
     fn encoded(entries: &[(u64, Bytes)]) -> Bytes {
-        let notice = Notice {
+        let notice = CommittedNotice {
             entries: entries
                 .iter()
                 .map(|(seq, event)| Entry {

@@ -33,7 +33,7 @@ use crate::storage::Store;
 /// A revocation on the wire; no user ids: a room was made private, and
 /// each node re-checks its streams in it.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Notice {
+struct RevocationNotice {
     #[prost(string, tag = "1")]
     room: String,
     #[prost(string, repeated, tag = "2")]
@@ -78,7 +78,7 @@ async fn publish(cluster: Cluster, mut rx: mpsc::Receiver<Revocation>, stop: Can
                 None => return,
             },
         };
-        let notice = Notice {
+        let notice = RevocationNotice {
             room: room.to_string(),
             user_ids: users.iter().map(|u| u.to_string()).collect(),
         };
@@ -144,7 +144,7 @@ async fn follow(cluster: Cluster, access: Arc<Access>, stop: CancellationToken) 
 
 /// A revocation notice's room and users, if valid (else counted).
 fn read(cluster: &Cluster, payload: Bytes) -> Option<(RoomName, Vec<Arc<str>>)> {
-    let checked = Notice::decode(payload)
+    let checked = RevocationNotice::decode(payload)
         .map_err(|e| e.to_string())
         .and_then(|notice| {
             let room = RoomName::parse(&notice.room).map_err(|e| e.to_string())?;

@@ -222,7 +222,7 @@ impl Subscription {
             self.resync_members = false;
             let (joined, ring_end) = {
                 let state = self.guard.room.lock();
-                let joined = super::snapshot::joined(&state, room.as_str(), self.next_seq - 1);
+                let joined = super::joined::joined(&state, room.as_str(), self.next_seq - 1);
                 (joined, state.ring.end())
             };
             // Presence events already in the ring are in this list.

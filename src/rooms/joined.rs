@@ -102,12 +102,12 @@ pub(super) fn joined(state: &RoomState, room: &str, last_seq: u64) -> EncodedEve
 mod tests {
     use tokio_util::sync::CancellationToken;
 
-    use super::super::membership::Presence;
+    use super::super::membership::LocalMember;
     use super::*;
     use crate::proto::{self, join_room_response::Event as WireEvent};
 
-    fn presence(name: &str) -> Presence {
-        Presence {
+    fn presence(name: &str) -> LocalMember {
+        LocalMember {
             display_name: name.into(),
             streams: 1,
             admin: false,
