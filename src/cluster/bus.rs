@@ -146,6 +146,25 @@ fn notices(messages: &[(u64, Bytes)]) -> Vec<Bytes> {
     out
 }
 
+/// Ends the following of rooms that are no longer live here; the live
+/// rooms.
+fn unfollow_gone(
+    rooms: &Rooms,
+    presence: &Presence,
+    followed: &mut HashMap<RoomName, CancellationToken>,
+) -> Vec<RoomName> {
+    let live: Vec<RoomName> = rooms.live().into_iter().map(|(name, _)| name).collect();
+    followed.retain(|room, token| {
+        let keep = live.contains(room);
+        if !keep {
+            token.cancel();
+            presence.forget(room);
+        }
+        keep
+    });
+    live
+}
+
 /// Keeps one subscription per room with streams on this node (two during
 /// a key rotation): subscribes when a room entry appears, unsubscribes when
 /// it goes, and has the presence of new room entries synced. Each room has
@@ -166,15 +185,7 @@ pub async fn follow_rooms(
             // Retries a subscription that failed.
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        let live: Vec<RoomName> = rooms.live().into_iter().map(|(name, _)| name).collect();
-        followed.retain(|room, token| {
-            let keep = live.contains(room);
-            if !keep {
-                token.cancel();
-                presence.forget(room);
-            }
-            keep
-        });
+        let live = unfollow_gone(&rooms, &presence, &mut followed);
         let mut added = Vec::new();
         for room in live {
             if followed.contains_key(&room) {
