@@ -299,3 +299,13 @@ impl Drop for Membership {
         }
     }
 }
+
+impl crate::access::Streams for Rooms {
+    fn local_users(&self, only: Option<&RoomName>) -> Vec<(RoomName, Arc<str>)> {
+        Rooms::local_users(self, only)
+    }
+
+    fn revoke(&self, room: &RoomName, user: &str) -> bool {
+        Rooms::revoke(self, room, user)
+    }
+}
