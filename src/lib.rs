@@ -22,11 +22,13 @@
 //! - [`cluster`]: cluster mode over NATS (`CHAT_NATS_URL`): committed
 //!   messages between nodes with a PostgreSQL poll as the floor,
 //!   cluster-wide presence, revocations of access.
-//! - `access.rs`: may this caller do this here? Private rooms, grants and
-//!   their revocation, admin tokens; cached on the send path.
 //! - `rooms/`: the registry of live rooms: fan-out through a bounded ring,
 //!   this node's members, coalesced wake-ups, and the per-stream reader
 //!   that guarantees exactly-once, gapless delivery.
+//! - `access.rs`: may this caller do this here? Private rooms, grants and
+//!   their revocation, admin tokens; cached on the send path. It ends
+//!   streams through its `Streams` trait, which the room registry
+//!   implements.
 //! - [`auth`]: who is calling: bearer tokens (HS256, or the identity
 //!   provider's keys in `jwks.rs`) and the secret file (`secret.rs`).
 //! - `metrics/`: Prometheus metrics (`CHAT_METRICS_ADDR`): the registry
