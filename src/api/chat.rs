@@ -11,17 +11,17 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::admin::wire_visibility;
 use crate::access::Access;
-use crate::admin::wire_visibility;
 use crate::cluster::presence::Presence;
 use crate::domain::{
     ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, NewMessage,
     ROOMS_PAGE_BYTES, RoomName, RoomsQuery, Visibility, parse_seq,
 };
+use crate::limits::quota::HeldCharge;
+use crate::limits::rate::UserRate;
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
-use crate::quota::HeldCharge;
-use crate::rate::UserRate;
 use crate::rooms::Rooms;
 use crate::storage::Store;
 use crate::writer::Writer;
@@ -171,9 +171,7 @@ impl ChatService for ChatApi {
         charge.try_grow_to(size)?;
         charge.shrink_to(size);
         let mut response = Response::new(response);
-        response
-            .extensions_mut()
-            .insert(HeldCharge(Arc::new(charge)));
+        response.extensions_mut().insert(HeldCharge::new(charge));
         Ok(response)
     }
 
@@ -243,7 +241,7 @@ impl ChatService for ChatApi {
         self.access.check_use(&caller, &room).await?;
         let read_seq = self
             .store
-            .mark_read(&caller.user_id, &room, seq, crate::writer::now_micros())
+            .mark_read(&caller.user_id, &room, seq, crate::domain::now_micros())
             .await?;
         Ok(Response::new(proto::MarkReadResponse { read_seq }))
     }
