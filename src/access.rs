@@ -20,11 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::mpsc;
 
 use crate::config::RoomCreation;
-use crate::domain::{Identity, RoomName, Visibility};
+use crate::domain::{Identity, RoomName, Visibility, now_micros};
 use crate::error::{Error, Result};
-use crate::rooms::Rooms;
 use crate::storage::{Created, Store};
-use crate::writer::now_micros;
 
 /// Entries per generation of each cache (visibility, grants, public rooms
 /// known to be a user's): at most twice this many are kept, about 9 MB per
@@ -94,11 +92,23 @@ struct Grants {
     epoch: u64,
 }
 
+/// The streams open on this node, as access sees them: whose streams are
+/// in which room, and ending a user's streams in a room. The room registry
+/// is one; access names no module above it.
+pub(crate) trait Streams: Send + Sync + std::fmt::Debug {
+    /// (room, user) of every user with a stream here, in `only` or in
+    /// every room.
+    fn local_users(&self, only: Option<&RoomName>) -> Vec<(RoomName, Arc<str>)>;
+    /// Ends `user`'s streams in `room` (PERMISSION_DENIED, `member_left`);
+    /// whether there were any.
+    fn revoke(&self, room: &RoomName, user: &str) -> bool;
+}
+
 /// Access decisions for one node.
 #[derive(Debug)]
 pub struct Access {
     store: Store,
-    rooms: Arc<Rooms>,
+    rooms: Arc<dyn Streams>,
     /// Visibility of rooms that exist (it never changes then).
     visibility: Mutex<Bounded<RoomName, Visibility>>,
     /// Grants seen in storage and not revoked since.
@@ -131,7 +141,7 @@ fn denied(room: &RoomName) -> Error {
 }
 
 impl Access {
-    pub fn new(store: Store, rooms: Arc<Rooms>, creation: RoomCreation) -> Self {
+    pub fn new(store: Store, rooms: Arc<dyn Streams>, creation: RoomCreation) -> Self {
         Access {
             store,
             rooms,

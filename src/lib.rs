@@ -1,84 +1,73 @@
 //! chatd: gRPC chat rooms with durable, gapless history.
 //!
-//! A request flows through these modules:
+//! The modules, from the top down; each imports only modules listed below
+//! it:
 //!
-//! - [`config`]: flags with environment fallbacks (clap).
-//! - [`server`]: [`server::Application`] builds the services and layers
-//!   (gRPC and grpc-web on one port, CORS, reflection, health), runs them,
-//!   and shuts down in order.
-//! - [`web`]: the chat page (built from `web/`, embedded), served by GET
-//!   on the same port, and its address in the start-up log.
-//! - [`connections`]: accepting connections: the handshake deadline, slots
-//!   only handshaken connections hold (the idlest one gives its slot up
-//!   when all are taken), and the per-IP limit.
-//! - `serve`: chatd's own serve loop: hyper's HTTP/1.1 and HTTP/2 per
-//!   connection, the first-call deadline, GOAWAY, shutdown.
-//! - [`limits`]: the request body limits (size and deadline).
-//! - [`shutdown`]: ending never-ending response streams at shutdown.
-//! - [`auth`]: bearer tokens (HS256, or the identity provider's keys), the
-//!   interceptor that turns them into an [`domain::Identity`], and the
-//!   secret file.
-//! - [`jwks`]: an identity provider's keys (JWKS from a file or URL), kept
-//!   fresh by an owned task.
-//! - [`tls`]: the rustls acceptor whose certificate is swapped on reload.
-//! - [`secure`]: loads JWKS and TLS at start-up and starts their tasks.
-//! - [`files`]: chatd's files and directories on disk, created 0600 / 0700.
-//! - [`service`]: chat.v1.ChatService, converting proto to domain and back.
-//! - [`admin`]: chat.v1.AdminService (the app backend's API), the same way.
-//! - [`access`]: may this caller do this here? Private rooms, grants and
-//!   their revocation, admin tokens; cached on the send path.
-//! - [`domain`]: types that parse client input once (`RoomName::parse`, ...).
-//! - [`writer`]: the write path; stores waiting sends as atomic batches
-//!   (group commit; several at once, never two for one room) and publishes
-//!   after commit.
-//! - [`rooms`]: the registry of live rooms: fan-out through a ring bounded in
-//!   slots and bytes (wake-ups of a busy room, for messages and for
-//!   presence, coalesced; on a cluster, messages put back in seq order),
-//!   presence, and the per-stream reader that guarantees exactly-once,
-//!   gapless delivery.
-//! - [`quota`]: per-user limits: open JoinRoom streams and unsent response
-//!   bytes (ListHistory and catch-up pages), held until the client reads.
-//! - [`rate`]: the per-user send and join rates (token buckets per user).
-//! - [`storage`]: PostgreSQL or SQLite through diesel-async; the only
-//!   module that knows SQL or which backend runs. Every call has a deadline
-//!   (`CHAT_DB_TIMEOUT`). Its `guard` holds the lock that keeps a second
-//!   single node off the same database.
+//! - `server/`: [`Application`] builds, wires, routes, serves and shuts
+//!   down in order, each a named step: `mod.rs` (build and run),
+//!   `wire.rs` (rooms, cluster, access, writers, metrics listener),
+//!   `route.rs` (services and layers), `health.rs`, `shutdown.rs`.
+//! - `api/`: chat.v1.ChatService (`chat.rs`) and AdminService (`admin.rs`),
+//!   proto to domain and back, behind the token check (`authenticate.rs`).
+//! - `http/`: what sits between hyper and tonic: the one reader of gRPC
+//!   framing (`frames.rs`), the request body limits (`body_limit.rs`),
+//!   unsent bytes held until sent (`hold_until_sent.rs`), streams ended at
+//!   shutdown (`end_on_shutdown.rs`), the gRPC metrics layer
+//!   (`grpc_metrics.rs`), the chat page (`page.rs`) and CORS (`cors.rs`).
+//! - `net/`: connections: accepting (slots, the per-IP limit), the
+//!   handshake deadline, TLS, and chatd's own serve loop (hyper's HTTP/1.1
+//!   and HTTP/2 per connection, the first-call deadline, GOAWAY).
+//! - `writer.rs`: the write path; stores waiting sends as atomic batches
+//!   (group commit) and publishes after commit.
 //! - [`cluster`]: cluster mode over NATS (`CHAT_NATS_URL`): committed
 //!   messages between nodes with a PostgreSQL poll as the floor,
-//!   cluster-wide presence, and revocations of access.
-//! - [`proto`]: the generated chat.v1 types and the pre-encoded stream item.
-//! - [`metrics`]: Prometheus metrics (`CHAT_METRICS_ADDR`): the registry,
-//!   the gRPC metrics layer and the `/metrics` listener.
-//! - [`logs`]: log output, text or JSON (`CHAT_LOG_FORMAT`).
-//! - [`error`]: the one error type, the classification of storage errors
-//!   (retry or not), and the mapping to gRPC statuses, logged once.
+//!   cluster-wide presence, revocations of access.
+//! - `rooms/`: the registry of live rooms: fan-out through a bounded ring,
+//!   this node's members, coalesced wake-ups, and the per-stream reader
+//!   that guarantees exactly-once, gapless delivery.
+//! - `access.rs`: may this caller do this here? Private rooms, grants and
+//!   their revocation, admin tokens; cached on the send path. It ends
+//!   streams through its `Streams` trait, which the room registry
+//!   implements.
+//! - [`auth`]: who is calling: bearer tokens (HS256, or the identity
+//!   provider's keys in `jwks.rs`) and the secret file (`secret.rs`).
+//! - `metrics/`: Prometheus metrics (`CHAT_METRICS_ADDR`): the registry
+//!   and the `/metrics` listener; it renders readings handed to it (pool,
+//!   NATS state) and imports neither storage nor cluster.
+//! - [`config`]: flags with environment fallbacks (clap).
+//! - `storage/`: PostgreSQL or SQLite through diesel-async; the only
+//!   module that knows SQL or which backend runs, and the only one that
+//!   sees database errors (`failure.rs` classifies them at the boundary).
+//!   Every call has a deadline (`CHAT_DB_TIMEOUT`).
+//! - `limits/`: per-user bounds: open streams and unsent bytes
+//!   (`quota.rs`), send, join and read rates (`rate.rs`).
+//! - `domain.rs`: types that parse client input once (`RoomName::parse`,
+//!   ...). [`proto`]: the generated chat.v1 types and the pre-encoded
+//!   stream item. `error.rs`: the one error type and its gRPC statuses.
+//! - `files.rs` (files created 0600 / 0700), [`logs`] (text or JSON),
+//!   `alloc.rs` (giving freed memory back to the system).
+//!
+//! Only what the binary, the tests and the bench use is public.
 
-pub mod access;
-pub mod admin;
+mod access;
+mod alloc;
+mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
-pub mod connections;
-pub mod domain;
-pub mod error;
-pub mod files;
-pub mod jwks;
-pub mod limits;
+mod domain;
+mod error;
+mod files;
+mod http;
+mod limits;
 pub mod logs;
-pub mod metrics;
+mod metrics;
+mod net;
 pub mod proto;
-pub mod quota;
-pub mod rate;
-pub mod rooms;
-pub mod secure;
-pub(crate) mod serve;
-pub mod server;
-pub mod service;
-pub mod shutdown;
-pub mod storage;
-pub mod tls;
-pub mod web;
-pub mod writer;
+mod rooms;
+mod server;
+mod storage;
+mod writer;
 
 pub use error::{Error, Result};
 pub use server::Application;

@@ -14,28 +14,27 @@
 //! whatever it would otherwise miss (a replay on resume, a reader the ring
 //! left behind, or a seq that never came through the ring). Such catch-up
 //! pages are bounded in bytes and charged to the user's budget
-//! ([`crate::quota`]).
+//! ([`crate::limits::quota`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::config::Config;
 use crate::domain::{Identity, RoomName, StoredEvent};
 use crate::error::{Error, Result};
+use crate::limits::quota::Quotas;
 use crate::metrics::{CatchUp, Metrics};
-use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
-use crate::quota::{Charge, Quotas, StreamSlot};
+use crate::proto;
 use crate::storage::Store;
 
 mod ephemeral;
+mod joined;
 mod membership;
 mod order;
 mod ring;
-mod snapshot;
 mod subscription;
 mod synced;
 mod wake;
@@ -43,14 +42,13 @@ mod wake;
 pub use order::HOLD;
 pub use subscription::Subscription;
 pub use synced::SYNC_WAIT;
-pub use wake::{PRESENCE_EVERY, WAKE_EVERY};
 
 use bytes::Bytes;
-pub use ephemeral::{EPHEMERAL_ROOM_MEMBERS, Outgoing, OutgoingKind, SWEEP_EVERY};
-use membership::{Membership, Presence};
+pub use ephemeral::{Outgoing, OutgoingKind};
+use membership::{LocalMember, Membership};
 use order::Reorder;
 pub use ring::Durable;
-use ring::{Event, Ring, RingLimits, chunks, encode_durable};
+use ring::{Ring, RingLimits, chunks, encode_durable};
 use synced::Synced;
 use wake::Deferred;
 
@@ -59,7 +57,7 @@ struct RoomState {
     ring: Ring,
     /// Members by user id, so listings come out in a stable order. Only
     /// streams whose join succeeded count.
-    members: BTreeMap<Arc<str>, Presence>,
+    members: BTreeMap<Arc<str>, LocalMember>,
     /// Users present in the room on other nodes of a cluster (by user id,
     /// with their display name), as [`Rooms::set_remote`] last said. A user
     /// is a member while present here or there; events go out when the
@@ -153,7 +151,7 @@ pub struct Rooms {
     /// Woken when a room starts holding messages behind a gap, for
     /// [`Rooms::fill_gaps`].
     gaps: Notify,
-    /// The next [`Presence::generation`].
+    /// The next [`LocalMember::generation`].
     generations: std::sync::atomic::AtomicU64,
     /// Rooms whose wake-up for messages waits for [`WAKE_EVERY`].
     deferred: Deferred,
@@ -405,40 +403,7 @@ impl Rooms {
         let slot = self.quotas.open_stream(&identity.user_id)?;
         // Taking the ring position first: anything published later is read
         // from the ring, anything earlier is in storage before we read it.
-        let (entry, cursor, cached_last) = {
-            let mut registry = self.map();
-            if registry.closed {
-                return Err(Error::ShuttingDown);
-            }
-            let entry = registry
-                .rooms
-                .entry(room.clone())
-                .or_insert_with(|| {
-                    self.changed.notify_one();
-                    self.metrics.room_live(true);
-                    let synced = if self.ordered {
-                        Synced::Pending
-                    } else {
-                        Synced::Done
-                    };
-                    Arc::new(Room {
-                        name: room.clone(),
-                        state: Mutex::new(RoomState {
-                            synced,
-                            ..RoomState::default()
-                        }),
-                        notify: Notify::new(),
-                        synced: Notify::new(),
-                    })
-                })
-                .clone();
-            let mut state = entry.lock();
-            state.streams += 1;
-            let cursor = state.ring.end();
-            let cached_last = state.last_seq;
-            drop(state);
-            (entry, cursor, cached_last)
-        };
+        let (entry, cursor, cached_last) = self.enter(&room)?;
         // From here on, dropping the guard undoes the join.
         let mut guard = Membership {
             rooms: self.clone(),
@@ -461,22 +426,7 @@ impl Rooms {
                 state.learn_last_seq(read)
             }
         };
-        let start_after = match resume_after {
-            Some(n) if n > last_seq => {
-                // The cache may trail storage after a failed write whose
-                // commit went through; ask storage before refusing.
-                let stored = store.last_seq(&room).await?;
-                if n > stored {
-                    return Err(Error::OutOfRange {
-                        field: "resume_after_seq",
-                        reason: format!("{n} is beyond the room's last seq {stored}"),
-                    });
-                }
-                n
-            }
-            Some(n) => n,
-            None => last_seq,
-        };
+        let start_after = start_after(&store, &room, resume_after, last_seq).await?;
         // On a cluster, the first joins of a room wait (bounded) for the
         // other nodes' members, so that `joined` lists them.
         self.wait_synced(&guard.room).await;
@@ -496,6 +446,47 @@ impl Rooms {
             pending: VecDeque::from([joined]),
             page_charge: None,
             done: false,
+        })
+    }
+
+    /// Counts one more stream in `room`'s entry (made live if it was not),
+    /// with the ring position the stream starts at and the room's cached
+    /// last seq.
+    fn enter(&self, room: &RoomName) -> Result<(Arc<Room>, u64, Option<u64>)> {
+        let mut registry = self.map();
+        if registry.closed {
+            return Err(Error::ShuttingDown);
+        }
+        let entry = registry
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| self.new_room(room))
+            .clone();
+        let mut state = entry.lock();
+        state.streams += 1;
+        let cursor = state.ring.end();
+        let cached_last = state.last_seq;
+        drop(state);
+        Ok((entry, cursor, cached_last))
+    }
+
+    /// A room entry just made live.
+    fn new_room(&self, room: &RoomName) -> Arc<Room> {
+        self.changed.notify_one();
+        self.metrics.room_live(true);
+        let synced = if self.ordered {
+            Synced::Pending
+        } else {
+            Synced::Done
+        };
+        Arc::new(Room {
+            name: room.clone(),
+            state: Mutex::new(RoomState {
+                synced,
+                ..RoomState::default()
+            }),
+            notify: Notify::new(),
+            synced: Notify::new(),
         })
     }
 }
@@ -526,6 +517,32 @@ pub fn encode_batch<T: Durable>(messages: &[&T]) -> Vec<(RoomName, Vec<(u64, Byt
             )
         })
         .collect()
+}
+
+/// The seq a stream starts after: `resume_after` when given (refused
+/// past the room's last seq), else the room's last seq.
+async fn start_after(
+    store: &Store,
+    room: &RoomName,
+    resume_after: Option<u64>,
+    last_seq: u64,
+) -> Result<u64> {
+    match resume_after {
+        Some(n) if n > last_seq => {
+            // The cache may trail storage after a failed write whose
+            // commit went through; ask storage before refusing.
+            let stored = store.last_seq(room).await?;
+            if n > stored {
+                return Err(Error::OutOfRange {
+                    field: "resume_after_seq",
+                    reason: format!("{n} is beyond the room's last seq {stored}"),
+                });
+            }
+            Ok(n)
+        }
+        Some(n) => Ok(n),
+        None => Ok(last_seq),
+    }
 }
 
 #[cfg(test)]

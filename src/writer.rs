@@ -22,7 +22,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -31,7 +31,9 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::bus::Publisher;
-use crate::domain::{Changed, Identity, NewChange, NewMessage, RoomName, StoredMessage};
+use crate::domain::{
+    Changed, Identity, NewChange, NewMessage, RoomName, StoredMessage, now_micros,
+};
 use crate::error::{Error, Failure, Result};
 use crate::rooms::{Durable, Rooms, encode_batch};
 use crate::storage::{Appended, Store};
@@ -431,11 +433,4 @@ fn logged(e: &Error, size: usize) -> Failure {
         }
     }
     failure
-}
-
-/// Now, in microseconds since the Unix epoch: the precision storage keeps.
-pub(crate) fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

@@ -15,8 +15,8 @@
 //!   are dropped (counted as invalid), so a room's last seq and its
 //!   streams only move to committed seqs.
 //! - NATS core is at most once, so [`poll_storage`] reads, in one query,
-//!   the newest stored seq of every live room every [`POLL_CONNECTED`]
-//!   (every [`POLL_DISCONNECTED`] while NATS is down, and at once after a
+//!   the newest stored seq of every live room every [`super::POLL_CONNECTED`]
+//!   (every [`super::POLL_DISCONNECTED`] while NATS is down, and at once after a
 //!   reconnection) and publishes locally what the room has not seen. So no
 //!   stream waits longer than that for a committed message.
 
@@ -39,11 +39,6 @@ use crate::proto::{JoinRoomResponse, join_room_response::Event};
 use crate::rooms::Rooms;
 use crate::storage::Store;
 
-/// How often a node compares its live rooms with storage while NATS is
-/// connected: the bound on the delay of a notification NATS lost.
-pub const POLL_CONNECTED: Duration = Duration::from_secs(2);
-/// The same while NATS is down: the delay bound between nodes then.
-pub const POLL_DISCONNECTED: Duration = Duration::from_secs(1);
 /// Batches waiting to be published; beyond that notifications are dropped
 /// (the other nodes' pollers deliver those messages).
 const PUBLISH_QUEUE: usize = 1024;
@@ -70,7 +65,7 @@ struct Entry {
 
 /// A notification of committed messages of one room, in seq order.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Notice {
+struct CommittedNotice {
     #[prost(message, repeated, tag = "1")]
     entries: Vec<Entry>,
 }
@@ -132,7 +127,7 @@ pub fn spawn_publisher(
 /// Encoded notifications of at most about [`NOTICE_BYTES`] each.
 fn notices(messages: &[(u64, Bytes)]) -> Vec<Bytes> {
     let mut out = Vec::new();
-    let mut notice = Notice::default();
+    let mut notice = CommittedNotice::default();
     let mut bytes = 0;
     for (seq, event) in messages {
         if bytes > 0 && bytes + event.len() > NOTICE_BYTES {
@@ -149,6 +144,25 @@ fn notices(messages: &[(u64, Bytes)]) -> Vec<Bytes> {
         out.push(Bytes::from(notice.encode_to_vec()));
     }
     out
+}
+
+/// Ends the following of rooms that are no longer live here; the live
+/// rooms.
+fn unfollow_gone(
+    rooms: &Rooms,
+    presence: &Presence,
+    followed: &mut HashMap<RoomName, CancellationToken>,
+) -> Vec<RoomName> {
+    let live: Vec<RoomName> = rooms.live().into_iter().map(|(name, _)| name).collect();
+    followed.retain(|room, token| {
+        let keep = live.contains(room);
+        if !keep {
+            token.cancel();
+            presence.forget(room);
+        }
+        keep
+    });
+    live
 }
 
 /// Keeps one subscription per room with streams on this node (two during
@@ -171,15 +185,7 @@ pub async fn follow_rooms(
             // Retries a subscription that failed.
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        let live: Vec<RoomName> = rooms.live().into_iter().map(|(name, _)| name).collect();
-        followed.retain(|room, token| {
-            let keep = live.contains(room);
-            if !keep {
-                token.cancel();
-                presence.forget(room);
-            }
-            keep
-        });
+        let live = unfollow_gone(&rooms, &presence, &mut followed);
         let mut added = Vec::new();
         for room in live {
             if followed.contains_key(&room) {
@@ -308,7 +314,7 @@ impl Follower {
 /// message, an edit, a deletion, a reaction change) with the entry's seq,
 /// in ascending seq order; `None` otherwise.
 fn checked_notice(room: &RoomName, payload: Bytes) -> Option<Vec<(u64, Bytes)>> {
-    let notice = Notice::decode(payload).ok()?;
+    let notice = CommittedNotice::decode(payload).ok()?;
     if notice.entries.is_empty() {
         return None;
     }
@@ -334,8 +340,8 @@ fn checked_notice(room: &RoomName, payload: Bytes) -> Option<Vec<(u64, Bytes)>> 
     Some(messages)
 }
 
-/// Compares the live rooms with storage every [`POLL_CONNECTED`] (every
-/// [`POLL_DISCONNECTED`] while NATS is down, at once after a reconnection)
+/// Compares the live rooms with storage every [`super::POLL_CONNECTED`] (every
+/// [`super::POLL_DISCONNECTED`] while NATS is down, at once after a reconnection)
 /// and delivers what the rooms have not seen.
 pub async fn poll_storage(
     cluster: Cluster,
@@ -346,9 +352,9 @@ pub async fn poll_storage(
     let mut failing = false;
     loop {
         let interval = if cluster.link.is_connected() {
-            POLL_CONNECTED
+            super::POLL_CONNECTED
         } else {
-            POLL_DISCONNECTED
+            super::POLL_DISCONNECTED
         };
         tokio::select! {
             () = stop.cancelled() => return,
@@ -432,7 +438,7 @@ mod tests {
     }
 
     fn encoded(entries: &[(u64, Bytes)]) -> Bytes {
-        let notice = Notice {
+        let notice = CommittedNotice {
             entries: entries
                 .iter()
                 .map(|(seq, event)| Entry {

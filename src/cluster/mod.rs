@@ -23,14 +23,14 @@
 //! nodes' announcements and `<cluster>.sync` presence requests; every node
 //! subscribes to those three.
 
-pub mod bus;
+pub(crate) mod bus;
 pub(crate) mod connect;
 pub(crate) mod drops;
 pub(crate) mod ephemeral;
 pub(crate) mod members;
 pub(crate) mod nodes;
-pub mod presence;
-pub mod revocations;
+pub(crate) mod presence;
+pub(crate) mod revocations;
 pub(crate) mod seal;
 pub(crate) mod sync;
 
@@ -50,13 +50,20 @@ use crate::metrics::{Metrics, NatsDrop};
 use drops::Drops;
 use seal::{Keyring, NodeId, Opened, Refusal, Which};
 
-pub use connect::redact;
-pub use seal::{MAX_SKEW, new_key};
+pub(crate) use connect::redact;
+pub(crate) use seal::MAX_SKEW;
+pub use seal::new_key;
+
+/// How often a node compares its live rooms with storage while NATS is
+/// connected: the bound on the delay of a notification NATS lost.
+pub(crate) const POLL_CONNECTED: Duration = Duration::from_secs(2);
+/// The same while NATS is down: the delay bound between nodes then.
+pub(crate) const POLL_DISCONNECTED: Duration = Duration::from_secs(1);
 
 /// How long start-up waits for a first connection to NATS. A node that
 /// cannot reach NATS by then serves anyway (sends are stored, streams are
 /// fed from PostgreSQL) and keeps trying in the background.
-pub const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 /// Messages a subscription may hold before NATS drops further ones for it
 /// (a slow consumer): bounded, and what it drops the poller finds.
 const SUBSCRIPTION_CAPACITY: usize = 4096;
@@ -73,7 +80,7 @@ const TOKEN_CACHE: usize = 16_384;
 
 /// What this node knows about its NATS connection.
 #[derive(Debug, Default)]
-pub struct Link {
+pub(crate) struct Link {
     connected: AtomicBool,
     /// Milliseconds since `epoch` when the current connection was made.
     connected_at_ms: AtomicU64,
@@ -94,12 +101,12 @@ impl Link {
     }
 
     /// Whether NATS is connected now.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
 
     /// How long the current connection has lasted; `None` while down.
-    pub fn connected_for(&self) -> Option<Duration> {
+    pub(crate) fn connected_for(&self) -> Option<Duration> {
         if !self.is_connected() {
             return None;
         }
@@ -109,12 +116,12 @@ impl Link {
 
     /// Resolves after the next (re)connection (at once if one happened
     /// since the last call).
-    pub async fn reconnected(&self) {
+    pub(crate) async fn reconnected(&self) {
         self.connected_event.notified().await;
     }
 
     /// [`Self::reconnected`] for the presence task.
-    pub async fn reconnected_for_presence(&self) {
+    pub(crate) async fn reconnected_for_presence(&self) {
         self.presence_event.notified().await;
     }
 
@@ -139,7 +146,7 @@ impl Link {
 /// A connection to the cluster: the NATS client, this node's id, the keys
 /// and the subject names.
 #[derive(Clone, Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// Private: every payload goes through [`Cluster::publish`] (sealed)
     /// and comes back through [`Cluster::open`].
     client: async_nats::Client,
@@ -161,7 +168,7 @@ impl Cluster {
     /// for a first connection; if NATS is not reachable by then, returns
     /// anyway and keeps trying in the background. Connection changes are
     /// logged; URLs only ever redacted.
-    pub async fn connect(config: &Config, url: &str, metrics: Metrics) -> Result<Cluster> {
+    pub(crate) async fn connect(config: &Config, url: &str, metrics: Metrics) -> Result<Cluster> {
         let (current, previous) =
             config
                 .cluster_keys()
@@ -212,11 +219,6 @@ impl Cluster {
             drops: Arc::new(Drops::new(metrics)),
             link,
         })
-    }
-
-    /// This node's id (random per start).
-    pub fn node_id(&self) -> String {
-        self.node.to_string()
     }
 
     /// A subject that carries no room: `<cluster>.<name>`.
@@ -332,14 +334,14 @@ impl Cluster {
     }
 
     /// Closes the connection after flushing what is queued (bounded).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.drain()).await;
     }
 }
 
 /// Checks the cluster settings that name files (`CHAT_NATS_CREDS`,
 /// `CHAT_NATS_CA`) and the URL, so that a bad one stops start-up.
-pub async fn check_settings(config: &Config) -> Result<()> {
+pub(crate) async fn check_settings(config: &Config) -> Result<()> {
     let Some(url) = &config.nats_url else {
         return Ok(());
     };

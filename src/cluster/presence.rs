@@ -38,13 +38,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Cluster;
 use super::members::{
     self, Checked, MAX_NODES_PER_ROOM, MAX_REMOTE_BYTES, MAX_REMOTE_MEMBERS, MemberMap, Snapshot,
 };
 use super::nodes::Directory;
 use super::seal::{MAX_SKEW, NodeId, Opened};
 use super::sync::{self, Answer, SyncRequest};
-use super::{Cluster, bus};
 use crate::domain::RoomName;
 use crate::rooms::Rooms;
 
@@ -465,7 +465,7 @@ pub async fn serve_requests(presence: Arc<Presence>, stop: CancellationToken) {
             tracing::debug!("subscribing to presence sync requests failed; retrying");
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(bus::POLL_DISCONNECTED) => continue,
+                () = tokio::time::sleep(super::POLL_DISCONNECTED) => continue,
             }
         };
         loop {

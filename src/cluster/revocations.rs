@@ -10,7 +10,7 @@
 //!   public room is never revoked).
 //! - NATS core is at most once, so every node also reads the access
 //!   revision (bumped in the revoking transaction) every
-//!   [`bus::POLL_CONNECTED`] ([`bus::POLL_DISCONNECTED`] while NATS is
+//!   [`super::POLL_CONNECTED`] ([`super::POLL_DISCONNECTED`] while NATS is
 //!   down) and, when it moved, re-checks its open streams and cached grants
 //!   in storage ([`crate::access::Access::revalidate`]). So a node that
 //!   missed a notice ends the stream within that interval (plus one
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Cluster, bus};
+use super::Cluster;
 use crate::access::{ANNOUNCE_QUEUE, Access, Revocation};
 use crate::domain::{RoomName, USER_IDS_MAX, user_id_problem};
 use crate::storage::Store;
@@ -33,7 +33,7 @@ use crate::storage::Store;
 /// A revocation on the wire; no user ids: a room was made private, and
 /// each node re-checks its streams in it.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Notice {
+struct RevocationNotice {
     #[prost(string, tag = "1")]
     room: String,
     #[prost(string, repeated, tag = "2")]
@@ -78,7 +78,7 @@ async fn publish(cluster: Cluster, mut rx: mpsc::Receiver<Revocation>, stop: Can
                 None => return,
             },
         };
-        let notice = Notice {
+        let notice = RevocationNotice {
             room: room.to_string(),
             user_ids: users.iter().map(|u| u.to_string()).collect(),
         };
@@ -106,7 +106,7 @@ async fn follow(cluster: Cluster, access: Arc<Access>, stop: CancellationToken) 
             tracing::debug!("subscribing to revocations failed; retrying");
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(bus::POLL_DISCONNECTED) => continue,
+                () = tokio::time::sleep(super::POLL_DISCONNECTED) => continue,
             }
         };
         loop {
@@ -144,7 +144,7 @@ async fn follow(cluster: Cluster, access: Arc<Access>, stop: CancellationToken) 
 
 /// A revocation notice's room and users, if valid (else counted).
 fn read(cluster: &Cluster, payload: Bytes) -> Option<(RoomName, Vec<Arc<str>>)> {
-    let checked = Notice::decode(payload)
+    let checked = RevocationNotice::decode(payload)
         .map_err(|e| e.to_string())
         .and_then(|notice| {
             let room = RoomName::parse(&notice.room).map_err(|e| e.to_string())?;
@@ -172,9 +172,9 @@ async fn poll(cluster: Cluster, access: Arc<Access>, store: Store, stop: Cancell
     let mut failing = false;
     loop {
         let interval = if cluster.link.is_connected() {
-            bus::POLL_CONNECTED
+            super::POLL_CONNECTED
         } else {
-            bus::POLL_DISCONNECTED
+            super::POLL_DISCONNECTED
         };
         tokio::select! {
             () = stop.cancelled() => return,
@@ -186,7 +186,7 @@ async fn poll(cluster: Cluster, access: Arc<Access>, store: Store, stop: Cancell
             if seen != Some(revision) {
                 access.revalidate().await?;
             }
-            Ok::<_, crate::Error>(revision)
+            Ok::<_, crate::error::Error>(revision)
         };
         let checked = tokio::select! {
             () = stop.cancelled() => return,

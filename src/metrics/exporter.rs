@@ -173,12 +173,12 @@ async fn respond<B>(request: &hyper::Request<B>, shared: &Shared) -> hyper::Resp
 /// their listener bound (and its address, with the real port).
 pub async fn bind(
     config: &crate::config::Config,
-) -> crate::Result<(Metrics, Option<(TcpListener, std::net::SocketAddr)>)> {
+) -> crate::error::Result<(Metrics, Option<(TcpListener, std::net::SocketAddr)>)> {
     let Some(addr) = config.metrics_addr else {
         return Ok((Metrics::off(), None));
     };
     let cannot = |e: std::io::Error| {
-        crate::Error::Config(format!("CHAT_METRICS_ADDR: cannot listen on {addr}: {e}"))
+        crate::error::Error::Config(format!("CHAT_METRICS_ADDR: cannot listen on {addr}: {e}"))
     };
     let listener = TcpListener::bind(addr).await.map_err(cannot)?;
     let bound = listener.local_addr().map_err(cannot)?;

@@ -54,11 +54,6 @@ pub enum ConnClosed {
 
 impl ConnClosed {
     const LABELS: [&'static str; 2] = ["first_call", "evicted"];
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        Self::LABELS[self as usize]
-    }
 }
 
 /// Why a cluster node dropped a message from NATS.
@@ -133,12 +128,21 @@ struct NatsMetrics {
     dropped: [Counter; 3],
 }
 
-/// What a scrape reads at that moment rather than counting as it happens.
-pub struct Sources {
-    pub store: crate::storage::Store,
-    /// Cluster only: the NATS connection's state.
-    pub link: Option<Arc<crate::cluster::Link>>,
+/// What a scrape reads at that moment rather than counting as it happens,
+/// handed in by whoever owns the pool and the NATS connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readings {
+    /// The database pool: connections open, its limit, idle, callers waiting.
+    pub pool_size: usize,
+    pub pool_max_size: usize,
+    pub pool_idle: usize,
+    pub pool_waiters: usize,
+    /// Cluster only: whether the NATS connection is up.
+    pub nats_connected: Option<bool>,
 }
+
+/// Takes the [`Readings`] at each scrape.
+pub type Sources = Box<dyn Fn() -> Readings + Send + Sync>;
 
 impl Metrics {
     /// Metrics off: nothing is recorded.
@@ -281,8 +285,10 @@ impl Metrics {
         self.0.is_some()
     }
 
-    fn grpc(&self) -> Option<&grpc::GrpcMetrics> {
-        self.0.as_ref().map(|m| &m.grpc)
+    /// The series of the gRPC method at `path` (`/package.Service/Method`;
+    /// an unknown path counts as `unknown`); `None` when metrics are off.
+    pub(crate) fn grpc_method(&self, path: &str) -> Option<Arc<grpc::MethodMetrics>> {
+        self.0.as_ref().map(|m| m.grpc.method(path).clone())
     }
 
     /// A write batch of `size` messages was stored in `took`, `fresh` of
@@ -380,13 +386,13 @@ impl Metrics {
     /// from `sources` first. `None` when metrics are off.
     pub fn render(&self, sources: &Sources) -> Option<Result<String, std::fmt::Error>> {
         let m = self.0.as_ref()?;
-        let pool = sources.store.pool_status();
-        m.pool_size.set(pool.size as i64);
-        m.pool_max_size.set(pool.max_size as i64);
-        m.pool_idle.set(pool.available as i64);
-        m.pool_waiters.set(pool.waiting as i64);
-        if let (Some(nats), Some(link)) = (&m.nats, &sources.link) {
-            nats.connected.set(i64::from(link.is_connected()));
+        let readings = sources();
+        m.pool_size.set(readings.pool_size as i64);
+        m.pool_max_size.set(readings.pool_max_size as i64);
+        m.pool_idle.set(readings.pool_idle as i64);
+        m.pool_waiters.set(readings.pool_waiters as i64);
+        if let (Some(nats), Some(connected)) = (&m.nats, readings.nats_connected) {
+            nats.connected.set(i64::from(connected));
         }
         let mut out = String::with_capacity(16 * 1024);
         Some(prometheus_client::encoding::text::encode(&mut out, &m.registry).map(|()| out))

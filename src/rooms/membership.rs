@@ -1,10 +1,21 @@
 //! Who is in a room: members and their presence events, revocation, and a stream's membership.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// A user present in a room.
+use tokio_util::sync::CancellationToken;
+
+use super::ring::{Event, RingLimits};
+use super::{Room, RoomState, Rooms, joined};
+use crate::domain::{Identity, RoomName};
+use crate::error::{Error, Result};
+use crate::limits::quota::StreamSlot;
+use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
+
+/// A user present in a room on this node (the cluster-wide view is
+/// `cluster::presence::Presence`).
 #[derive(Debug)]
-pub(super) struct Presence {
+pub(super) struct LocalMember {
     pub(super) display_name: Arc<str>,
     /// How many of the user's streams are open in this room: the user leaves
     /// when the last one closes.
@@ -24,7 +35,7 @@ pub(super) struct Presence {
 impl Room {
     /// The room's members here and on other nodes, by user id.
     pub(super) fn members(state: &RoomState) -> Vec<proto::Member> {
-        snapshot::member_list(state)
+        joined::member_list(state)
             .map(|(id, name)| proto::Member {
                 user_id: id.to_string(),
                 display_name: name.to_string(),
@@ -171,7 +182,7 @@ pub(super) struct Membership {
     pub(super) identity: Identity,
     /// Whether the join succeeded and counts in the room's members.
     pub(super) member: bool,
-    /// The presence this stream counts in ([`Presence::generation`]) and
+    /// The presence this stream counts in ([`LocalMember::generation`]) and
     /// its revocation, once a member.
     pub(super) generation: u64,
     pub(super) revoked: CancellationToken,
@@ -193,7 +204,7 @@ impl Membership {
         let presence = state
             .members
             .entry(self.identity.user_id.clone())
-            .or_insert_with(|| Presence {
+            .or_insert_with(|| LocalMember {
                 display_name: self.identity.display_name.clone(),
                 streams: 0,
                 admin: false,
@@ -217,7 +228,7 @@ impl Membership {
             );
         }
         let snapshot = (
-            snapshot::joined(&state, self.room.name.as_str(), last_seq),
+            joined::joined(&state, self.room.name.as_str(), last_seq),
             state.ring.end(),
         );
         let wake = news && self.rooms.wake_for_presence(&self.room, &mut state);
@@ -286,5 +297,15 @@ impl Drop for Membership {
         if left {
             self.rooms.presence_changed(&self.room.name);
         }
+    }
+}
+
+impl crate::access::Streams for Rooms {
+    fn local_users(&self, only: Option<&RoomName>) -> Vec<(RoomName, Arc<str>)> {
+        Rooms::local_users(self, only)
+    }
+
+    fn revoke(&self, room: &RoomName, user: &str) -> bool {
+        Rooms::revoke(self, room, user)
     }
 }

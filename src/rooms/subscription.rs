@@ -1,7 +1,18 @@
 //! One JoinRoom stream's reader: the ring as a fast path, storage for everything else.
 
-use super::*;
-use crate::domain::{MessageState, READ_PAGE_BYTES, StoredEvent};
+use std::collections::{HashMap, VecDeque};
+
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::membership::Membership;
+use super::ring::Event;
+use crate::domain::{MessageState, READ_PAGE_BYTES, ReactionCount, StoredEvent};
+use crate::error::Error;
+use crate::limits::quota::Charge;
+use crate::metrics::CatchUp;
+use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
+use crate::storage::Store;
 
 /// The most messages a catch-up reads from storage at a time (and at most
 /// [`crate::domain::READ_PAGE_BYTES`] of them, by what is stored).
@@ -203,9 +214,34 @@ impl Subscription {
             // later comes through the ring, whose position we took first.
             self.catching_up = false;
         }
+        let bytes = self.queue_page(page, &mut reactions)?;
+        if bytes > charge.bytes() {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
+                grown = charge.grow_to(bytes) => grown?,
+            }
+        }
+        charge.shrink_to(bytes);
+        self.page_charge = Some(charge);
+        if !self.catching_up && self.resync_members {
+            self.resync_members = false;
+            self.resync();
+        }
+        Ok(())
+    }
+
+    /// Queues a page read from storage; its encoded size. A seq that is
+    /// not the next one owed is a gap in storage: an internal error.
+    fn queue_page(
+        &mut self,
+        page: Vec<StoredEvent>,
+        reactions: &mut HashMap<u64, Vec<ReactionCount>>,
+    ) -> std::result::Result<usize, Status> {
         let mut bytes = 0;
         for stored in page {
             if stored.seq() != self.next_seq {
+                let room = &self.guard.room.name;
                 tracing::error!(room = %room, expected = self.next_seq, found = stored.seq(), "gap in stored seqs");
                 return Err(Status::internal("internal error"));
             }
@@ -223,26 +259,20 @@ impl Subscription {
             bytes += event.0.len();
             self.pending.push_back(event);
         }
-        if bytes > charge.bytes() {
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
-                grown = charge.grow_to(bytes) => grown?,
-            }
-        }
-        charge.shrink_to(bytes);
-        self.page_charge = Some(charge);
-        if !self.catching_up && self.resync_members {
-            self.resync_members = false;
-            let (joined, ring_end) = {
-                let state = self.guard.room.lock();
-                let joined = super::snapshot::joined(&state, room.as_str(), self.next_seq - 1);
-                (joined, state.ring.end())
-            };
-            // Presence events already in the ring are in this list.
-            self.presence_from = ring_end;
-            self.pending.push_back(joined);
-        }
-        Ok(())
+        Ok(bytes)
+    }
+
+    /// Queues the room's member list as of now (after a catch-up that
+    /// missed presence events).
+    fn resync(&mut self) {
+        let room = &self.guard.room.name;
+        let (joined, ring_end) = {
+            let state = self.guard.room.lock();
+            let joined = super::joined::joined(&state, room.as_str(), self.next_seq - 1);
+            (joined, state.ring.end())
+        };
+        // Presence events already in the ring are in this list.
+        self.presence_from = ring_end;
+        self.pending.push_back(joined);
     }
 }

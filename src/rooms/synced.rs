@@ -9,9 +9,11 @@
 //! the answers bring later arrive as `member_joined`. On a single node a
 //! room is synced from the start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::*;
+use super::{Room, Rooms};
+use crate::domain::RoomName;
 
 /// The longest a join waits for the other nodes' members of a room the
 /// node has just started following.

@@ -1,5 +1,6 @@
 //! Unit tests of the registry and its ring.
 
+use super::wake::{PRESENCE_EVERY, WAKE_EVERY};
 use super::*;
 use crate::domain::StoredMessage;
 use clap::Parser;

@@ -21,11 +21,15 @@
 //! then receives the changes of the interval in one write. Revocations and
 //! shutdown wake at once (and take anything queued with them).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::*;
+use super::{Room, RoomState, Rooms};
 
 /// The shortest interval between two wake-ups of a room for messages.
 pub const WAKE_EVERY: Duration = Duration::from_millis(2);

@@ -1,6 +1,11 @@
 //! A batch of sends as storage plans it: which messages are new, which repeat an idempotency key, and the answers in batch order.
 
-use super::*;
+use std::collections::HashMap;
+
+use super::Appended;
+use super::models::MessageRow;
+use crate::domain::{NewMessage, StoredMessage};
+use crate::error::{Error, Result};
 
 /// The batch write, which differs per backend: stores `batch` atomically
 /// and returns, in its order, each message as stored (see

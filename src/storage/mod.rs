@@ -23,7 +23,9 @@
 //!   their last message of the batch (and so makes the room theirs).
 
 mod batch;
+mod failure;
 mod guard;
+mod location;
 mod models;
 mod postgres;
 mod prepared;
@@ -31,7 +33,6 @@ mod schema;
 mod sqlite;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -51,6 +52,7 @@ use crate::error::{Error, Failure, Result};
 
 use self::batch::AppendBatch;
 pub use self::guard::ServeLock;
+pub use self::location::Location;
 pub use self::sqlite::Synchronous;
 
 /// Batches one PostgreSQL writer may run at once on separate connections
@@ -61,64 +63,6 @@ const PG_CONCURRENT_BATCHES: usize = 4;
 /// The most rooms [`Store::last_seqs`] asks for in one query (SQLite
 /// allows 32,766 bound parameters).
 const LAST_SEQS_CHUNK: usize = 10_000;
-
-/// The file name of the default SQLite database in the data directory.
-pub const DEFAULT_SQLITE_FILE: &str = "chat.db";
-
-/// Where history lives, as chosen by `DATABASE_URL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// `postgres://…` or `postgresql://…`.
-    Postgres(String),
-    /// `sqlite://PATH`, or `$CHAT_DATA_DIR/chat.db` when unset.
-    Sqlite(PathBuf),
-}
-
-impl Location {
-    /// Parses `DATABASE_URL`; `None` selects SQLite in `data_dir`.
-    pub fn parse(url: Option<&str>, data_dir: &Path) -> std::result::Result<Self, String> {
-        match url {
-            None => Ok(Location::Sqlite(data_dir.join(DEFAULT_SQLITE_FILE))),
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Ok(Location::Postgres(url.to_owned()))
-            }
-            Some(url) => match url.strip_prefix("sqlite://") {
-                Some("") => Err("sqlite:// needs a path, e.g. sqlite://./chat.db".into()),
-                Some(path) => Ok(Location::Sqlite(PathBuf::from(path))),
-                None => Err("must start with postgres://, postgresql:// or sqlite://".into()),
-            },
-        }
-    }
-
-    /// The backend's name and where its data lives, for logs (without any
-    /// password; a SQLite path made absolute, so an operator finds it).
-    pub fn describe(&self) -> (&'static str, String) {
-        match self {
-            Location::Postgres(url) => ("PostgreSQL", redact_password(url)),
-            Location::Sqlite(path) => (
-                "SQLite",
-                std::path::absolute(path)
-                    .unwrap_or_else(|_| path.clone())
-                    .display()
-                    .to_string(),
-            ),
-        }
-    }
-}
-
-/// `url` with any password replaced by `***`.
-fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
 
 /// The outcome of appending one message of a batch.
 #[derive(Debug, Clone)]
@@ -587,29 +531,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn locations() {
-        let dir = Path::new("/data");
-        assert_eq!(
-            Location::parse(None, dir),
-            Ok(Location::Sqlite("/data/chat.db".into()))
-        );
-        assert_eq!(
-            Location::parse(Some("sqlite://./x.db"), dir),
-            Ok(Location::Sqlite("./x.db".into()))
-        );
-        assert_eq!(
-            Location::parse(Some("sqlite:///abs/x.db"), dir),
-            Ok(Location::Sqlite("/abs/x.db".into()))
-        );
-        assert!(matches!(
-            Location::parse(Some("postgresql://h/db"), dir),
-            Ok(Location::Postgres(_))
-        ));
-        assert!(Location::parse(Some("sqlite://"), dir).is_err());
-        assert!(Location::parse(Some("mysql://h/db"), dir).is_err());
-    }
-
-    #[test]
     fn pages_fit_their_bytes_and_take_at_least_one() {
         assert_eq!(fitting([10, 10, 10], 2, 1 << 20), 2);
         assert_eq!(fitting([10, 10, 10], 10, 1 << 20), 3);
@@ -619,15 +540,5 @@ mod tests {
         let big = vec![(5, 3_000_000), (4, 3_000_000), (3, 1)];
         assert_eq!(seq_range(&big), Some((3, 5)));
         assert_eq!(seq_range(&[]), None);
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_password("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact_password("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_password("postgres://h/db"), "postgres://h/db");
     }
 }

@@ -288,13 +288,9 @@ async fn try_append(
     let seqs = if fresh.is_empty() {
         Vec::new()
     } else {
-        match append_fresh(conn, &fresh, sent_at_micros).await {
-            Ok(seqs) => seqs,
-            Err(Error::Database(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                info,
-            ))) if info.constraint_name() == Some(KEY_INDEX) => return Ok(None),
-            Err(e) => return Err(e),
+        match append_fresh(conn, &fresh, sent_at_micros).await? {
+            Some(seqs) => seqs,
+            None => return Ok(None),
         }
     };
     assemble(batch, plans, seqs, sent_at_micros).map(Some)
@@ -339,7 +335,7 @@ async fn append_fresh(
     conn: &mut AsyncPgConnection,
     fresh: &[&NewMessage],
     sent_at_micros: i64,
-) -> Result<Vec<i64>> {
+) -> Result<Option<Vec<i64>>> {
     let rooms: Vec<&str> = fresh.iter().map(|m| m.room.as_str()).collect();
     let sender_ids: Vec<&str> = fresh.iter().map(|m| &*m.sender.user_id).collect();
     let sender_names: Vec<&str> = fresh.iter().map(|m| &*m.sender.display_name).collect();
@@ -353,7 +349,7 @@ async fn append_fresh(
         .iter()
         .map(|m| super::to_i64(m.reply_to_seq))
         .collect::<Result<Vec<i64>>>()?;
-    let assigned: Vec<Assigned> = Cached::new(
+    let loaded: diesel::QueryResult<Vec<Assigned>> = Cached::new(
         APPEND_SQL,
         vec![
             Bind::Texts(&rooms),
@@ -367,7 +363,15 @@ async fn append_fresh(
         ],
     )
     .load(conn)
-    .await?;
+    .await;
+    let assigned = match loaded {
+        Ok(assigned) => assigned,
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            info,
+        )) if info.constraint_name() == Some(KEY_INDEX) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     // An INSERT without ON CONFLICT stores every row or fails as a whole,
     // so this holds; it checks that the rows map back 1:1.
     let in_order = assigned
@@ -381,7 +385,7 @@ async fn append_fresh(
             fresh.len()
         )));
     }
-    Ok(assigned.into_iter().map(|a| a.seq).collect())
+    Ok(Some(assigned.into_iter().map(|a| a.seq).collect()))
 }
 
 #[cfg(test)]

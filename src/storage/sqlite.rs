@@ -181,39 +181,10 @@ fn write_batch(
     batch: &[NewMessage],
     sent_at_micros: i64,
 ) -> Result<Vec<Appended>> {
-    // One probe of the key index per key (a statement prepared once): the
-    // cost does not grow with the rooms' history.
-    let (rooms, senders, ids) = lookup_keys(batch);
-    let mut stored = Vec::new();
-    for ((room, sender), id) in rooms.into_iter().zip(senders).zip(ids) {
-        stored.extend(
-            messages::table
-                .filter(messages::room.eq(room))
-                .filter(messages::sender_id.eq(sender))
-                .filter(messages::client_message_id.eq(id))
-                .select(MessageRow::as_select())
-                .first(conn)
-                .optional()?,
-        );
-    }
+    let stored = stored_keys(conn, batch)?;
     let plans = plan(batch, &keys_of(stored)?);
     let fresh = fresh_of(batch, &plans);
-    // Messages per room, rooms in a fixed order.
-    let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
-    for m in &fresh {
-        *counts.entry(m.room.as_str()).or_default() += 1;
-    }
-    let mut next_seq: HashMap<&str, i64> = HashMap::new();
-    for (room, n) in &counts {
-        let top: i64 = diesel::insert_into(rooms::table)
-            .values((rooms::name.eq(room), rooms::last_seq.eq(n)))
-            .on_conflict(rooms::name)
-            .do_update()
-            .set(rooms::last_seq.eq(rooms::last_seq + excluded(rooms::last_seq)))
-            .returning(rooms::last_seq)
-            .get_result(conn)?;
-        next_seq.insert(room, top - n + 1);
-    }
+    let mut next_seq = reserve_seqs(conn, &fresh)?;
     let mut rows = Vec::with_capacity(fresh.len());
     for m in &fresh {
         let slot = next_seq
@@ -247,6 +218,51 @@ fn write_batch(
     mark_senders(conn, &rows, sent_at_micros)?;
     let seqs = rows.iter().map(|r| r.seq).collect();
     assemble(batch, plans, seqs, sent_at_micros)
+}
+
+/// The stored messages that repeat an idempotency key of `batch`.
+fn stored_keys(conn: &mut SqliteConnection, batch: &[NewMessage]) -> Result<Vec<MessageRow>> {
+    // One probe of the key index per key (a statement prepared once): the
+    // cost does not grow with the rooms' history.
+    let (rooms, senders, ids) = lookup_keys(batch);
+    let mut stored = Vec::new();
+    for ((room, sender), id) in rooms.into_iter().zip(senders).zip(ids) {
+        stored.extend(
+            messages::table
+                .filter(messages::room.eq(room))
+                .filter(messages::sender_id.eq(sender))
+                .filter(messages::client_message_id.eq(id))
+                .select(MessageRow::as_select())
+                .first(conn)
+                .optional()?,
+        );
+    }
+    Ok(stored)
+}
+
+/// Bumps each touched room's counter once; the first seq of each room's
+/// share of `fresh`, by room.
+fn reserve_seqs<'a>(
+    conn: &mut SqliteConnection,
+    fresh: &[&'a NewMessage],
+) -> Result<HashMap<&'a str, i64>> {
+    // Messages per room, rooms in a fixed order.
+    let mut counts: std::collections::BTreeMap<&str, i64> = Default::default();
+    for m in fresh {
+        *counts.entry(m.room.as_str()).or_default() += 1;
+    }
+    let mut next_seq: HashMap<&str, i64> = HashMap::new();
+    for (room, n) in &counts {
+        let top: i64 = diesel::insert_into(rooms::table)
+            .values((rooms::name.eq(room), rooms::last_seq.eq(n)))
+            .on_conflict(rooms::name)
+            .do_update()
+            .set(rooms::last_seq.eq(rooms::last_seq + excluded(rooms::last_seq)))
+            .returning(rooms::last_seq)
+            .get_result(conn)?;
+        next_seq.insert(room, top - n + 1);
+    }
+    Ok(next_seq)
 }
 
 /// Moves each sender's read marker to their last new message of each room

@@ -6,9 +6,11 @@
 //! prost writes for the same `JoinRoomResponse` (a unit test holds them
 //! equal).
 
+use bytes::Bytes;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use super::*;
+use super::RoomState;
+use crate::proto::EncodedEvent;
 
 /// The room's members here and on other nodes as (user id, display name),
 /// in user id order; a user present in both counts once, with this node's
@@ -98,10 +100,14 @@ pub(super) fn joined(state: &RoomState, room: &str, last_seq: u64) -> EncodedEve
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tokio_util::sync::CancellationToken;
 
-    fn presence(name: &str) -> Presence {
-        Presence {
+    use super::super::membership::LocalMember;
+    use super::*;
+    use crate::proto::{self, join_room_response::Event as WireEvent};
+
+    fn presence(name: &str) -> LocalMember {
+        LocalMember {
             display_name: name.into(),
             streams: 1,
             admin: false,

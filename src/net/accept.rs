@@ -23,15 +23,12 @@
 //!   Connections whose calls are all in flight are never evicted.
 //! - With a per-IP limit, a connection from an address that already has
 //!   that many open is closed at once.
-//! - With TLS ([`crate::tls`]), the TLS handshake comes first and counts
+//! - With TLS ([`crate::net::tls`]), the TLS handshake comes first and counts
 //!   against the same deadline; the HTTP handshake is followed in the
 //!   decrypted bytes.
 //!
 //! Every connection carries a `Connection` handle, which the serve loop
 //! (`serve/mod.rs`) watches and puts into its requests.
-
-mod handshake;
-mod slots;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,12 +46,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::sync::PollSemaphore;
 
+use super::handshake::Handshake;
+use super::slots::{Connection, Slot, Slots};
+use super::tls::{Io, Tls};
 use crate::metrics::Metrics;
-use crate::tls::{Io, Tls};
-use handshake::Handshake;
-pub use handshake::MAX_HTTP1_HEAD;
-pub(crate) use slots::Connection;
-use slots::{Slot, Slots};
 
 /// The limits [`incoming`] enforces.
 #[derive(Debug, Clone, Copy)]

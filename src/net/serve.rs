@@ -1,6 +1,6 @@
 //! chatd's own accept and serve loop, in place of tonic's `Server`.
 //!
-//! [`serve`] takes connections from [`crate::connections::incoming`] and
+//! [`serve`] takes connections from [`crate::net::incoming`] and
 //! serves each with hyper's HTTP/1.1-or-HTTP/2 connection (hyper-util's
 //! `auto` builder, configured as tonic's server configured it) in a task of
 //! its own. Connection tasks and hyper's per-stream tasks belong to one
@@ -12,7 +12,7 @@
 //!   getting its slot is asked to go away: HTTP/2 GOAWAY, or HTTP/1.1 closes
 //!   after its current response. Health checks and reflection need no
 //!   token and do not count.
-//! - **evicted**: [`crate::connections`] asked it to give its slot up to a
+//! - **evicted**: [`crate::net`] asked it to give its slot up to a
 //!   new client.
 //! - Either way, a connection still open [`FORCE_CLOSE_AFTER`] later is
 //!   closed unless an authenticated call of its is still in flight (a
@@ -21,8 +21,6 @@
 //! - **shutdown**: at the signal the listener closes, connections without
 //!   a slot close at once and the others get GOAWAY; whatever is still open
 //!   when the grace is over is closed.
-
-mod calls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,9 +39,10 @@ use tokio_util::task::TaskTracker;
 use tonic::body::Body;
 use tonic::codegen::StdError;
 
-use crate::connections::{Conn, Connection};
+use super::accept::Conn;
+use super::calls::Calls;
+use super::slots::Connection;
 use crate::metrics::ConnClosed;
-use calls::Calls;
 
 /// How long a connection chatd asked to go away may take to close before
 /// it is closed (unless an authenticated call of its is in flight).

@@ -25,7 +25,7 @@ use tokio_util::sync::PollSemaphore;
 use crate::metrics::{ConnClosed, Metrics};
 
 /// What one closed connection is counted as freeing, towards the allocator
-/// trim ([`crate::quota::note_freed`]): about what an idle HTTP/2
+/// trim ([`crate::alloc::note_freed`]): about what an idle HTTP/2
 /// connection holds (buffers, HTTP/2 state, its task).
 const CONNECTION_FREES: usize = 32 * 1024;
 
@@ -244,7 +244,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.slots.lock().remove(&self.id);
         self.slots.metrics.connection_open(false);
-        crate::quota::note_freed(CONNECTION_FREES);
+        crate::alloc::note_freed(CONNECTION_FREES);
     }
 }
 

@@ -33,6 +33,8 @@ use tokio::time::Sleep;
 use tonic::Status;
 use tonic::body::Body;
 
+use super::frames::{Event, Frames};
+
 /// Limits every request body to `max_bytes`, and its first message to
 /// `timeout`.
 #[derive(Debug, Clone, Copy)]
@@ -82,9 +84,7 @@ where
                 inner: body,
                 remaining: max_bytes,
                 max_bytes,
-                prefix: [0; 5],
-                prefix_len: 0,
-                skip: 0,
+                frames: Frames::default(),
                 whole_body,
                 deadline: Some(Box::pin(tokio::time::sleep(timeout))),
                 timeout,
@@ -99,12 +99,8 @@ struct LimitedBody {
     /// Bytes the body may still carry.
     remaining: usize,
     max_bytes: usize,
-    /// The gRPC message prefix being read: a flag byte and a big-endian
-    /// u32 length.
-    prefix: [u8; 5],
-    prefix_len: usize,
-    /// Bytes of the current message still to pass before the next prefix.
-    skip: usize,
+    /// Where the body stands in the gRPC framing.
+    frames: Frames,
     /// Whether the deadline covers the whole body (true) or only its first
     /// message.
     whole_body: bool,
@@ -135,54 +131,41 @@ impl LimitedBody {
     /// Follows the gRPC framing through `data`; errs on a message whose
     /// announced length is over the limit. Ends the deadline once a whole
     /// message has passed.
-    fn check_framing(&mut self, mut data: &[u8]) -> Result<(), Status> {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len());
-                self.skip -= n;
-                data = &data[n..];
-                if self.skip == 0 {
-                    self.message_done();
-                }
-                continue;
+    fn check_framing(&mut self, data: &[u8]) -> Result<(), Status> {
+        let mut frames = std::mem::take(&mut self.frames);
+        let checked = frames.feed(data, |event| match event {
+            Event::Start { flag, len } => self.check_start(flag, len),
+            Event::End => {
+                self.message_done();
+                Ok(())
             }
-            let n = (5 - self.prefix_len).min(data.len());
-            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
-            self.prefix_len += n;
-            data = &data[n..];
-            if self.prefix_len == 5 {
-                match self.prefix[0] {
-                    0 => {}
-                    // A request with `grpc-encoding` is answered by tonic
-                    // (UNIMPLEMENTED: chatd takes no compression) before
-                    // its body is read; without one, tonic would call the
-                    // flag an INTERNAL error, which is the client's.
-                    1 => {
-                        return Err(Status::unimplemented(
-                            "compressed messages are not supported: send them uncompressed (compressed flag 0, no grpc-encoding)",
-                        ));
-                    }
-                    flag => {
-                        return Err(Status::invalid_argument(format!(
-                            "malformed gRPC message: flag byte {flag:#04x} (0 for an uncompressed message)"
-                        )));
-                    }
-                }
-                let len = u32::from_be_bytes([
-                    self.prefix[1],
-                    self.prefix[2],
-                    self.prefix[3],
-                    self.prefix[4],
-                ]);
-                self.prefix_len = 0;
-                self.skip = len as usize;
-                if self.skip > self.max_bytes {
-                    return Err(self.too_large());
-                }
-                if self.skip == 0 {
-                    self.message_done();
-                }
+        });
+        self.frames = frames;
+        checked
+    }
+
+    /// Refuses a compressed message, an undefined flag byte or a length
+    /// over the limit.
+    fn check_start(&self, flag: u8, len: u32) -> Result<(), Status> {
+        match flag {
+            0 => {}
+            // A request with `grpc-encoding` is answered by tonic
+            // (UNIMPLEMENTED: chatd takes no compression) before its body
+            // is read; without one, tonic would call the flag an INTERNAL
+            // error, which is the client's.
+            1 => {
+                return Err(Status::unimplemented(
+                    "compressed messages are not supported: send them uncompressed (compressed flag 0, no grpc-encoding)",
+                ));
             }
+            flag => {
+                return Err(Status::invalid_argument(format!(
+                    "malformed gRPC message: flag byte {flag:#04x} (0 for an uncompressed message)"
+                )));
+            }
+        }
+        if len as usize > self.max_bytes {
+            return Err(self.too_large());
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //!   user's budget of unsent responses (`CHAT_USER_BUFFER_BYTES`): a
 //!   ListHistory page or a JoinRoom catch-up page is charged before it is
 //!   read and stays charged until it has left the server (for a unary call,
-//!   until its response body is dropped: see [`HoldUntilSentLayer`]).
+//!   until its response body is dropped: see `http::HoldUntilSentLayer`).
 //!
 //! - [`Quotas::read_slot`] lets at most [`READS_PER_USER`] of a user's
 //!   storage reads (JoinRoom catch-up pages, ListHistory, ListRooms) run at
@@ -18,16 +18,10 @@
 //! open, so the map does not grow with every user ever seen.
 
 use std::collections::HashMap;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::Status;
-use tonic::body::Body;
 
 use crate::error::{Error, Result};
 
@@ -69,11 +63,6 @@ impl Quotas {
                 max_bytes: max_bytes.max(1),
             }),
         }
-    }
-
-    /// The per-user byte budget.
-    pub fn max_bytes(&self) -> usize {
-        self.inner.max_bytes as usize
     }
 
     /// Counts one more open JoinRoom stream of `user`, or refuses it with
@@ -145,6 +134,7 @@ impl Quotas {
     }
 
     /// How many users have something open or charged (for tests).
+    #[cfg(test)]
     pub fn active_users(&self) -> usize {
         self.inner.lock().len()
     }
@@ -202,7 +192,7 @@ impl Drop for UserRef {
 }
 
 /// What one closed stream (with its room) is counted as freeing, towards
-/// [`TRIM_AFTER_BYTES`]: a generous estimate of a stream's cost.
+/// [`crate::alloc::TRIM_AFTER_BYTES`]: a generous estimate of a stream's cost.
 const STREAM_FREES: usize = 16 * 1024;
 
 /// One open JoinRoom stream of a user; dropping it frees the slot.
@@ -212,48 +202,7 @@ pub struct StreamSlot(UserRef);
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.state.streams.fetch_sub(1, Ordering::AcqRel);
-        note_freed(STREAM_FREES);
-    }
-}
-
-/// Freed bytes after which chatd asks the allocator to give free memory
-/// back to the system.
-const TRIM_AFTER_BYTES: usize = 8 * 1024 * 1024;
-/// Bytes freed (by count of charges and streams) since the last trim.
-static FREED: AtomicUsize = AtomicUsize::new(0);
-/// Whether a trim is running.
-static TRIMMING: AtomicBool = AtomicBool::new(false);
-
-/// Notes that about `bytes` were freed. glibc's malloc keeps freed memory
-/// in its arenas (10,000 closed streams left their ~35 MB resident), so
-/// after every [`TRIM_AFTER_BYTES`] freed, one `malloc_trim` runs on the
-/// blocking pool (never two at once) and returns the free pages. Closed
-/// connections count here too ([`crate::connections`]).
-pub(crate) fn note_freed(bytes: usize) {
-    let total = FREED.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    if total < TRIM_AFTER_BYTES || TRIMMING.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    FREED.store(0, Ordering::Relaxed);
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            // Ends by itself within milliseconds; the runtime waits for it.
-            drop(runtime.spawn_blocking(|| {
-                trim_allocator();
-                TRIMMING.store(false, Ordering::Release);
-            }));
-        }
-        Err(_) => TRIMMING.store(false, Ordering::Release),
-    }
-}
-
-/// Returns the allocator's free memory to the system.
-fn trim_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; it has no
-    // preconditions and may be called from any thread.
-    unsafe {
-        libc::malloc_trim(0);
+        crate::alloc::note_freed(STREAM_FREES);
     }
 }
 
@@ -280,7 +229,7 @@ pub struct Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        note_freed(self.permit.num_permits());
+        crate::alloc::note_freed(self.permit.num_permits());
     }
 }
 
@@ -348,86 +297,20 @@ impl Charge {
 
 /// A charge travelling with a unary response: put into the tonic
 /// `Response`'s extensions by the handler, moved into the response body by
-/// [`HoldUntilSentLayer`], and given back when that body is dropped (when
+/// `http::HoldUntilSentLayer`, and given back when that body is dropped (when
 /// hyper has handed the last data to HTTP/2 and asks for the trailers,
 /// which it does only once the client's flow-control window has taken most
 /// of the data), or when the call is abandoned.
 #[derive(Debug, Clone)]
-pub struct HeldCharge(pub Arc<Charge>);
-
-/// Moves a response's [`HeldCharge`] from its extensions into its body.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HoldUntilSentLayer;
-
-impl<S> tower::Layer<S> for HoldUntilSentLayer {
-    type Service = HoldUntilSent<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        HoldUntilSent { inner }
-    }
+pub struct HeldCharge {
+    _charge: Arc<Charge>,
 }
 
-/// See [`HoldUntilSentLayer`].
-#[derive(Debug, Clone)]
-pub struct HoldUntilSent<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for HoldUntilSent<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = Pin<
-        Box<dyn std::future::Future<Output = std::result::Result<Self::Response, S::Error>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            Ok(match response.extensions_mut().remove::<HeldCharge>() {
-                None => response,
-                Some(charge) => response.map(|inner| {
-                    Body::new(ChargedBody {
-                        inner,
-                        _charge: charge,
-                    })
-                }),
-            })
-        })
-    }
-}
-
-/// A response body that keeps its charge until it is dropped.
-struct ChargedBody {
-    inner: Body,
-    _charge: HeldCharge,
-}
-
-impl HttpBody for ChargedBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Status>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl HeldCharge {
+    pub fn new(charge: Charge) -> Self {
+        HeldCharge {
+            _charge: Arc::new(charge),
+        }
     }
 }
 

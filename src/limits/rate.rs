@@ -109,6 +109,7 @@ impl UserRate {
     }
 
     /// Users with a bucket that is not full (for tests and metrics).
+    #[cfg(test)]
     pub fn tracked_users(&self) -> usize {
         self.limiter.as_ref().map_or(0, |l| {
             l.retain_recent();

@@ -11,8 +11,8 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::admin::wire_visibility;
 use crate::access::Access;
-use crate::admin::wire_visibility;
 use crate::cluster::presence::Presence;
 use crate::domain::{
     ChangeKind, ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, MarkersQuery,
@@ -20,10 +20,10 @@ use crate::domain::{
     Visibility, parse_seq,
 };
 use crate::error::Error;
+use crate::limits::quota::HeldCharge;
+use crate::limits::rate::UserRate;
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
-use crate::quota::HeldCharge;
-use crate::rate::UserRate;
 use crate::rooms::Rooms;
 use crate::storage::Store;
 use crate::writer::Writer;
@@ -206,9 +206,7 @@ impl ChatService for ChatApi {
         charge.try_grow_to(size)?;
         charge.shrink_to(size);
         let mut response = Response::new(response);
-        response
-            .extensions_mut()
-            .insert(HeldCharge(Arc::new(charge)));
+        response.extensions_mut().insert(HeldCharge::new(charge));
         Ok(response)
     }
 
@@ -283,7 +281,7 @@ impl ChatService for ChatApi {
                 &caller.display_name,
                 &room,
                 seq,
-                crate::writer::now_micros(),
+                crate::domain::now_micros(),
             )
             .await?;
         // The room hears of it when it moved (coalesced per user and second).

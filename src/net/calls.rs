@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 use tonic::Status;
 use tonic::body::Body;
 
-use crate::connections::Connection;
+use super::slots::Connection;
 use crate::error::Error;
 
 /// Wraps a connection's service; see the module docs.

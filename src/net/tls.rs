@@ -10,7 +10,7 @@
 //! certificate) keeps the old certificate and is logged once.
 //!
 //! [`Io`] is an accepted connection whose TLS handshake runs as it is first
-//! read, inside [`crate::connections`]' handshake deadline: a silent client
+//! read, inside [`crate::net`]' handshake deadline: a silent client
 //! is cut at `CHAT_HANDSHAKE_TIMEOUT`, a plaintext one fails at once.
 
 use std::future::Future;
@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 
 /// How often the certificate and key files are checked for changes.
@@ -179,6 +180,20 @@ impl Hangup {
             return;
         }
         std::future::pending::<()>().await
+    }
+}
+
+/// The TLS of `config` (`CHAT_TLS_CERT`, `CHAT_TLS_KEY`), when both are
+/// set; start-up fails naming the file that does not load. [`watch`] keeps
+/// the certificate fresh.
+pub fn load_configured(config: &Config) -> Result<Option<Tls>> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Tls::load(cert, key)?;
+            tracing::info!(cert = %cert.display(), "TLS only (CHAT_TLS_CERT), ALPN h2 and http/1.1; reloaded when the files change or on SIGHUP");
+            Ok(Some(tls))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Bearer-token identity: HS256 JWTs verified against one secret, and
-//! RS256 / ES256 / EdDSA JWTs from an identity provider ([`crate::jwks`]).
+//! RS256 / ES256 / EdDSA JWTs from an identity provider ([`jwks`]).
 //!
 //! The token's header decides: `alg: HS256` is checked against the secret,
 //! RS256, ES256 and EdDSA against the provider key its `kid` names, which
@@ -23,28 +23,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Status};
 
-use crate::connections::Connection;
+use crate::config::Config;
 use crate::domain::Identity;
 use crate::error::{Error, Result};
-use crate::jwks::Jwks;
 
+pub(crate) mod jwks;
 mod secret;
 
-pub use secret::{
-    SECRET_FILE, SECRET_MIN_BYTES, SecretSource, load_or_generate_secret, load_secret,
-};
+use self::jwks::Jwks;
 
-/// The longest `sub` claim, in bytes.
-pub const USER_ID_MAX_BYTES: usize = crate::domain::USER_ID_MAX_BYTES;
-/// The longest `name` claim, in characters (after format characters are
-/// stripped).
-pub const DISPLAY_NAME_MAX_CHARS: usize = crate::domain::DISPLAY_NAME_MAX_CHARS;
+pub use secret::{SECRET_FILE, load_secret};
+pub(crate) use secret::{SecretSource, load_or_generate_secret};
+
 /// How far the issuer's clock may be off from chatd's, in seconds: a token
 /// is accepted until `exp + CLOCK_LEEWAY_SECS` and from
 /// `nbf - CLOCK_LEEWAY_SECS`.
-pub const CLOCK_LEEWAY_SECS: u64 = 5;
+pub(crate) const CLOCK_LEEWAY_SECS: u64 = 5;
 
 /// The claims chatd mints.
 #[derive(Debug, Serialize)]
@@ -146,7 +141,7 @@ impl Keys {
     }
 
     /// These keys, also accepting tokens signed with `jwks`' keys.
-    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+    pub(crate) fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
         self.jwks = Some(jwks);
         self
     }
@@ -180,7 +175,7 @@ impl Keys {
 
     /// The identity provider's key for a token with `header`, which must
     /// name it by `kid` and use its algorithm.
-    fn provider_key(&self, header: &Header) -> Result<crate::jwks::VerifyingKey> {
+    fn provider_key(&self, header: &Header) -> Result<jwks::VerifyingKey> {
         let refuse = |why: String| Err(Error::Unauthenticated(format!("authorization: {why}")));
         let alg = header.alg;
         let Some(jwks) = &self.jwks else {
@@ -213,7 +208,7 @@ impl Keys {
     }
 
     /// Reads `authorization: Bearer <token>` from request metadata.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity> {
+    pub(crate) fn authenticate(&self, metadata: &MetadataMap) -> Result<Identity> {
         let value = metadata
             .get("authorization")
             .ok_or_else(|| Error::Unauthenticated("authorization: missing bearer token".into()))?;
@@ -316,22 +311,29 @@ fn identity_from_claims(sub: Option<&str>, name: Option<&str>) -> Result<Identit
     })
 }
 
-/// A tonic interceptor that verifies the bearer token and leaves the
-/// caller's [`Identity`] in the request extensions. A verified token also
-/// marks the request's connection as authenticated, which lets it keep its
-/// slot past `CHAT_FIRST_CALL_TIMEOUT` (see the serve loop, `serve/mod.rs`).
-#[derive(Clone, Debug)]
-pub struct Authenticator(pub Arc<Keys>);
-
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
-        let identity = self.0.authenticate(request.metadata())?;
-        if let Some(connection) = request.extensions().get::<Arc<Connection>>() {
-            connection.mark_authenticated();
+/// Loads the identity provider's keys (`CHAT_JWT_JWKS`) when set, and says
+/// which token claims are checked; start-up fails naming the setting that
+/// does not load. [`jwks::refresh`] keeps them fresh.
+pub(crate) async fn load_jwks(config: &Config) -> Result<Option<Arc<Jwks>>> {
+    let jwks = match &config.jwt_jwks {
+        Some(spec) => {
+            let jwks = Jwks::load(spec).await?;
+            tracing::info!(
+                source = %jwks.describe(),
+                kids = ?jwks.kids(),
+                "tokens: also RS256, ES256 and EdDSA from the identity provider (CHAT_JWT_JWKS)"
+            );
+            Some(jwks)
         }
-        request.extensions_mut().insert(identity);
-        Ok(request)
+        None => None,
+    };
+    if let Some(issuer) = &config.secret.jwt_issuer {
+        tracing::info!(issuer, "tokens: `iss` must be CHAT_JWT_ISSUER");
     }
+    if let Some(audience) = &config.secret.jwt_audience {
+        tracing::info!(audience, "tokens: `aud` must name CHAT_JWT_AUDIENCE");
+    }
+    Ok(jwks)
 }
 
 #[cfg(test)]

@@ -57,28 +57,28 @@ const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../web/dist/index.html"),
+        body: include_bytes!("../../web/dist/index.html"),
     },
     Asset {
         path: "/app.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../web/dist/app.js"),
+        body: include_bytes!("../../web/dist/app.js"),
     },
     Asset {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../web/dist/style.css"),
+        body: include_bytes!("../../web/dist/style.css"),
     },
     Asset {
         path: "/favicon.svg",
         content_type: "image/svg+xml",
-        body: include_bytes!("../web/dist/favicon.svg"),
+        body: include_bytes!("../../web/dist/favicon.svg"),
     },
     // Browsers and tools that ignore the page's icon link ask for this one.
     Asset {
         path: "/favicon.ico",
         content_type: "image/svg+xml",
-        body: include_bytes!("../web/dist/favicon.svg"),
+        body: include_bytes!("../../web/dist/favicon.svg"),
     },
 ];
 
