@@ -20,6 +20,7 @@ from grpc_tools import protoc
 
 STEP = 10.0  # seconds any one step may take
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"
+LIVE_ONLY = {"typing", "read_marker"}
 
 
 def generate_stubs(out: str) -> None:
@@ -52,13 +53,18 @@ class Stream:
         self.call = call
 
     async def next(self, what: str):
-        response = await asyncio.wait_for(self.call.read(), STEP)
-        if response is grpc.aio.EOF:
-            raise AssertionError(f"stream ended while waiting for {what}")
-        kind = response.WhichOneof("event")
-        if kind != what:
-            raise AssertionError(f"expected {what}, got {kind}: {response}")
-        return getattr(response, what)
+        """The next event, which must be `what`. Typing and read markers (live-only
+        events that come whenever someone types or reads) are skipped unless asked for."""
+        while True:
+            response = await asyncio.wait_for(self.call.read(), STEP)
+            if response is grpc.aio.EOF:
+                raise AssertionError(f"stream ended while waiting for {what}")
+            kind = response.WhichOneof("event")
+            if kind != what and kind in LIVE_ONLY:
+                continue
+            if kind != what:
+                raise AssertionError(f"expected {what}, got {kind}: {response}")
+            return getattr(response, what)
 
     def cancel(self) -> None:
         self.call.cancel()
