@@ -12,35 +12,28 @@
 //! - cluster_attack/setup.rs: key rotation, start-up refusals, the
 //!   cluster-key command, NATS with a password and with TLS.
 
-#[macro_use]
-mod helpers;
-
-#[path = "cluster_attack/access.rs"]
 mod access;
-#[path = "cluster_attack/messages.rs"]
 mod messages;
-#[path = "cluster_attack/presence.rs"]
 mod presence;
-#[path = "cluster_attack/setup.rs"]
 mod setup;
-#[path = "cluster_attack/wire.rs"]
 mod wire;
 
 use std::time::Duration;
 
+use crate::helpers::cluster::{CLUSTER_KEY, Nats, unique_cluster};
+use crate::helpers::metrics::{sample, scrape, wait_for};
+use crate::helpers::{TestDb, TestServer, config, next_event, within};
 use chatd::proto::JoinRoomResponse;
 use chatd::proto::join_room_response::Event;
-use helpers::cluster::{CLUSTER_KEY, Nats, unique_cluster};
-use helpers::metrics::{sample, scrape, wait_for};
-use helpers::{TestDb, TestServer, config, next_event, within};
 use tonic::Streaming;
 use wire::TestKey;
 
 /// A cluster under attack: nodes with metrics on, a NATS of the test's
 /// own and a raw client on it.
 pub struct Attack {
-    pub db: TestDb,
-    pub nats: Nats,
+    /// The database and the NATS server, held for the attack's life.
+    _db: TestDb,
+    _nats: Nats,
     pub cluster: String,
     pub nodes: Vec<TestServer>,
     /// The attacker's NATS client: no key, no node id.
@@ -63,8 +56,8 @@ impl Attack {
             .await
             .expect("a raw NATS client");
         Attack {
-            db,
-            nats,
+            _db: db,
+            _nats: nats,
             cluster,
             nodes,
             raw,

@@ -4,43 +4,38 @@
 //! provider token, and TLS for gRPC and grpc-web with a certificate swapped
 //! under open streams (secure/tls.rs).
 
-#[macro_use]
-mod helpers;
-
-#[path = "secure/limits.rs"]
 mod limits;
-#[path = "secure/tls.rs"]
 mod tls;
 
 on_both_backends! {
-    a_send_over_the_rate_is_refused_and_not_stored: crate::limits::a_send_over_the_rate_is_refused_and_not_stored,
-    the_stream_cap_names_its_limit: crate::limits::the_stream_cap_names_its_limit,
-    a_join_over_the_rate_is_refused_and_leaves_no_trace: crate::limits::a_join_over_the_rate_is_refused_and_leaves_no_trace,
-    reads_over_the_rate_are_refused_and_others_unaffected: crate::limits::reads_over_the_rate_are_refused_and_others_unaffected,
-    many_resumes_of_one_user_all_complete: crate::limits::many_resumes_of_one_user_all_complete,
-    provider_tokens_from_a_jwks_file: crate::provider_tokens_from_a_jwks_file,
-    every_bad_provider_token_is_unauthenticated: crate::every_bad_provider_token_is_unauthenticated,
-    provider_keys_from_a_url_rotate_in: crate::provider_keys_from_a_url_rotate_in,
-    grpc_and_grpc_web_over_tls: crate::tls::grpc_and_grpc_web_over_tls,
-    a_certificate_swapped_under_an_open_stream: crate::tls::a_certificate_swapped_under_an_open_stream,
-    a_plaintext_or_silent_client_on_the_tls_port_fails: crate::tls::a_plaintext_or_silent_client_on_the_tls_port_fails,
+    a_send_over_the_rate_is_refused_and_not_stored: crate::secure::limits::a_send_over_the_rate_is_refused_and_not_stored,
+    the_stream_cap_names_its_limit: crate::secure::limits::the_stream_cap_names_its_limit,
+    a_join_over_the_rate_is_refused_and_leaves_no_trace: crate::secure::limits::a_join_over_the_rate_is_refused_and_leaves_no_trace,
+    reads_over_the_rate_are_refused_and_others_unaffected: crate::secure::limits::reads_over_the_rate_are_refused_and_others_unaffected,
+    many_resumes_of_one_user_all_complete: crate::secure::limits::many_resumes_of_one_user_all_complete,
+    provider_tokens_from_a_jwks_file: crate::secure::provider_tokens_from_a_jwks_file,
+    every_bad_provider_token_is_unauthenticated: crate::secure::every_bad_provider_token_is_unauthenticated,
+    provider_keys_from_a_url_rotate_in: crate::secure::provider_keys_from_a_url_rotate_in,
+    grpc_and_grpc_web_over_tls: crate::secure::tls::grpc_and_grpc_web_over_tls,
+    a_certificate_swapped_under_an_open_stream: crate::secure::tls::a_certificate_swapped_under_an_open_stream,
+    a_plaintext_or_silent_client_on_the_tls_port_fails: crate::secure::tls::a_plaintext_or_silent_client_on_the_tls_port_fails,
 }
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::helpers::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chatd::proto::{self, chat_service_client::ChatServiceClient};
-use helpers::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tonic::Code;
 
-const RSA_KEY: &str = include_str!("fixtures/rsa-test-key.pem");
-const RSA_PUBLIC_KEY: &str = include_str!("fixtures/rsa-test-key.pub.pem");
-const RSA_JWK: &str = include_str!("fixtures/rsa-test-key.jwk.json");
+const RSA_KEY: &str = include_str!("../../fixtures/rsa-test-key.pem");
+const RSA_PUBLIC_KEY: &str = include_str!("../../fixtures/rsa-test-key.pub.pem");
+const RSA_JWK: &str = include_str!("../../fixtures/rsa-test-key.jwk.json");
 const ISSUER: &str = "https://idp.example";
 const AUDIENCE: &str = "chatd";
 

@@ -6,10 +6,10 @@ use chatd::proto::RoomVisibility;
 use chatd::proto::join_room_response::Event;
 use prost::Message as _;
 
-use crate::Attack;
+use crate::cluster_attack::Attack;
+use crate::cluster_attack::wire::{Snapshot, WireMember};
 use crate::helpers::access::{admin, create, grant};
 use crate::helpers::{join, list_members, next_event, user_ids};
-use crate::wire::{Snapshot, WireMember};
 
 fn member(id: &str, name: &str) -> WireMember {
     WireMember {
@@ -105,6 +105,7 @@ async fn forged_presence_adds_no_member() {
 /// 4 MiB limit still joins, and the room counts no more than the bounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_floods_stay_within_the_bounds() {
+    let _heavy = crate::helpers::heavy().await;
     let attack = Attack::start("flood", 2).await;
     let room = "crowd";
     let mut watches = Vec::new();

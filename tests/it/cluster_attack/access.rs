@@ -6,10 +6,10 @@ use chatd::proto::RoomVisibility;
 use futures_util::StreamExt;
 use prost::Message as _;
 
+use crate::cluster_attack::wire::{Revocation, SyncRequest};
+use crate::cluster_attack::{Attack, FAKE_NODE, next_message_not};
 use crate::helpers::access::{admin, create, grant};
 use crate::helpers::{join, list_members, send, within};
-use crate::wire::{Revocation, SyncRequest};
-use crate::{Attack, FAKE_NODE, next_message_not};
 
 /// Revocations in clear, and sealed ones (a compromised node) naming a
 /// public room's user and a private room's user who still holds a grant,

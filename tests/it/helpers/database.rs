@@ -132,10 +132,6 @@ pub struct Process {
 }
 
 impl Process {
-    pub async fn start(db_url: &str, dir: &std::path::Path) -> Process {
-        Self::spawn(db_url, &[], Some(dir)).await
-    }
-
     /// The binary on `db_url` with the test flags plus `extra`, and
     /// `CHAT_DATA_DIR` = `dir` when given.
     pub async fn spawn(db_url: &str, extra: &[&str], dir: Option<&std::path::Path>) -> Process {

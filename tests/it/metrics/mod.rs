@@ -4,31 +4,27 @@
 //! the metrics port itself and the binary's JSON log lines and listening
 //! sockets in `port`.
 
-#[macro_use]
-#[path = "../helpers/mod.rs"]
-mod helpers;
-
 mod connections;
 mod port;
 
 use std::collections::HashSet;
 
-use chatd::proto;
-use helpers::cluster::{Nats, node_args, unique_cluster};
-use helpers::connections::frame;
-use helpers::metrics::{metered_server, metrics_of, sample, scrape, wait_for};
-use helpers::{
+use crate::helpers::cluster::{Nats, node_args, unique_cluster};
+use crate::helpers::connections::frame;
+use crate::helpers::metrics::{metered_server, metrics_of, sample, scrape, wait_for};
+use crate::helpers::{
     Backend, TestDb, TestServer, config, join, next_message, send, send_request, within,
 };
+use chatd::proto;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 on_both_backends! {
-    unary_calls_are_counted_with_their_codes: crate::unary_calls_are_counted_with_their_codes,
-    join_streams_are_counted_while_open_and_when_cancelled: crate::join_streams_are_counted_while_open_and_when_cancelled,
-    grpc_web_calls_are_counted_under_the_same_names: crate::grpc_web_calls_are_counted_under_the_same_names,
-    unknown_methods_share_one_fixed_label: crate::unknown_methods_share_one_fixed_label,
-    a_slow_reader_counts_lag_catchups: crate::a_slow_reader_counts_lag_catchups,
+    unary_calls_are_counted_with_their_codes: crate::metrics::unary_calls_are_counted_with_their_codes,
+    join_streams_are_counted_while_open_and_when_cancelled: crate::metrics::join_streams_are_counted_while_open_and_when_cancelled,
+    grpc_web_calls_are_counted_under_the_same_names: crate::metrics::grpc_web_calls_are_counted_under_the_same_names,
+    unknown_methods_share_one_fixed_label: crate::metrics::unknown_methods_share_one_fixed_label,
+    a_slow_reader_counts_lag_catchups: crate::metrics::a_slow_reader_counts_lag_catchups,
 }
 
 const CHAT: (&str, &str) = ("grpc_service", "chat.v1.ChatService");
@@ -409,7 +405,7 @@ async fn a_cluster_reports_nats_state_and_missed_notifications() {
         "{text}"
     );
     // A call that ends on this node, so handled_total has a series.
-    helpers::list_members(&mut reader, "r").await;
+    crate::helpers::list_members(&mut reader, "r").await;
     nats.restart().await;
     let text = wait_for(metrics, "chatd_nats_connected", &[], |v| v == Some(1.0)).await;
     // Every family is in this scrape (a cluster node that has served

@@ -5,16 +5,14 @@
 //! agree across nodes, the send rate is per node, admin tokens pass on
 //! every node, and revocations end streams on the other nodes.
 
-mod helpers;
-
 use std::collections::HashSet;
 
+use crate::helpers::access::*;
+use crate::helpers::cluster::{Nats, SHARED_NATS, node_args, start_nodes, unique_cluster};
+use crate::helpers::*;
 use chatd::proto::admin_service_client::AdminServiceClient;
 use chatd::proto::join_room_response::Event;
 use chatd::proto::{self, RoomVisibility};
-use helpers::access::*;
-use helpers::cluster::{Nats, SHARED_NATS, node_args, start_nodes, unique_cluster};
-use helpers::*;
 use tonic::{Code, Status};
 
 /// Every ChatService call that names a room, as `client` makes it on

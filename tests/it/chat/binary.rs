@@ -7,7 +7,7 @@ use std::time::Duration;
 use chatd::proto;
 use tonic::Code;
 
-use crate::helpers::{self, *};
+use crate::helpers::*;
 
 /// Kills the child process if the test ends before it exits.
 struct KillOnDrop(Option<std::process::Child>);
@@ -72,7 +72,7 @@ pub async fn token_command_and_server_share_a_generated_secret(backend: Backend)
         server.channel().await,
         Bearer::new(&token),
     );
-    let sent = helpers::send(&mut client, "lobby", "hi").await;
+    let sent = crate::helpers::send(&mut client, "lobby", "hi").await;
     assert_eq!(sent.sender.unwrap().display_name, "Dave");
     server.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
@@ -100,7 +100,7 @@ impl Process {
         let pid = child.0.as_ref().unwrap().id();
         // The start-up log names the address.
         let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
-        let addr_rx = helpers::follow_stderr(stderr, None);
+        let addr_rx = crate::helpers::follow_stderr(stderr, None);
         let addr = within(addr_rx).await.expect("chatd printed its address");
         Process { child, pid, addr }
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 use chatd::proto;
 use tonic::Code;
 
+use crate::chat::support::assert_invalid;
 use crate::helpers::*;
-use crate::support::assert_invalid;
 
 pub async fn tokens_are_required_and_checked(backend: Backend) {
     use chatd::auth::Keys;

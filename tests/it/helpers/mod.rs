@@ -4,8 +4,6 @@
 //! Every await in the tests goes through [`within`], so a hang fails the
 //! test instead of blocking the suite.
 
-#![allow(dead_code)]
-
 /// Runs each named test body once on PostgreSQL and once on SQLite: the
 /// tests are `postgres::NAME` and `sqlite::NAME`.
 #[allow(unused_macros)]
@@ -67,6 +65,41 @@ pub async fn within<F: Future>(fut: F) -> F::Output {
         Ok(out) => out,
         Err(_) => panic!("a test step took longer than {STEP:?}"),
     }
+}
+
+/// Awaits every future of `tasks` at once, in this task, and returns their
+/// outputs in the order given. The first one to fail (panic) unwinds
+/// through here and drops the others before they can fail too, so a test
+/// whose hundred clients all time out reports one failure, not a hundred.
+pub async fn all_or_first_failure<F: Future>(tasks: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    use futures_util::StreamExt;
+    tasks
+        .into_iter()
+        .collect::<futures_util::stream::FuturesOrdered<F>>()
+        .collect()
+        .await
+}
+
+/// How long a heavy test may wait for the others to finish.
+const HEAVY_WAIT: Duration = Duration::from_secs(900);
+
+/// Held by the heavy tests (thousands of streams or connections, floods
+/// through several nodes) while they run: one at a time, so on a small
+/// machine they do not starve each other (or the others) past their
+/// deadlines.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    match tokio::time::timeout(HEAVY_WAIT, HEAVY.lock()).await {
+        Ok(guard) => guard,
+        Err(_) => panic!("waited {HEAVY_WAIT:?} for the other heavy tests"),
+    }
+}
+
+/// Whether this is CI (`CI` set and not empty): a test that needs what the
+/// machine may lack (root for a tmpfs, nginx) fails there instead of
+/// skipping.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
 /// The admin URL tests create their databases with.
@@ -471,82 +504,4 @@ pub fn user_ids(members: &[proto::Member]) -> Vec<&str> {
     members.iter().map(|m| m.user_id.as_str()).collect()
 }
 
-/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to
-/// make the database unreachable for chatd without stopping it.
-pub struct DbProxy {
-    pub addr: SocketAddr,
-    cut: tokio::sync::watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl DbProxy {
-    pub async fn start() -> DbProxy {
-        let upstream = upstream_addr(&admin_url());
-        let listener = within(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .await
-            .expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let (cut, cut_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            // Every connection task is aborted with this set when the proxy
-            // is dropped.
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if *cut_rx.borrow() {
-                    continue; // refused: dropped at once
-                }
-                let mut cut_rx = cut_rx.clone();
-                let upstream = upstream.clone();
-                conns.spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        DbProxy { addr, cut, task }
-    }
-
-    /// The test database's URL through this proxy.
-    pub fn url_for(&self, db: &TestDb) -> String {
-        let admin = admin_url();
-        let (scheme, rest) = admin.split_once("://").unwrap_or(("postgres", &admin));
-        let userinfo = rest
-            .rsplit_once('@')
-            .map(|(u, _)| format!("{u}@"))
-            .unwrap_or_default();
-        format!("{scheme}://{userinfo}{}/{}", self.addr, db.pg_name())
-    }
-
-    /// Drops every open connection and refuses new ones.
-    pub fn cut(&self) {
-        let _ = self.cut.send(true);
-    }
-
-    pub fn restore(&self) {
-        let _ = self.cut.send(false);
-    }
-}
-
-impl Drop for DbProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// `host:port` of a postgres URL.
-fn upstream_addr(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let host = rest.split(['/', '?']).next().unwrap_or("127.0.0.1");
-    if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:5432")
-    }
-}
 pub mod database;

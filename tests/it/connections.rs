@@ -2,36 +2,33 @@
 //! may lock everyone out, nothing is held forever, and shutdown keeps to
 //! its grace period.
 
-#[macro_use]
-mod helpers;
-
 on_both_backends! {
-    silent_sockets_cannot_lock_clients_out: crate::silent_sockets_cannot_lock_clients_out,
-    a_slow_http1_head_is_closed_at_the_deadline: crate::a_slow_http1_head_is_closed_at_the_deadline,
-    slots_are_held_by_handshaken_connections: crate::slots_are_held_by_handshaken_connections,
+    silent_sockets_cannot_lock_clients_out: crate::connections::silent_sockets_cannot_lock_clients_out,
+    a_slow_http1_head_is_closed_at_the_deadline: crate::connections::a_slow_http1_head_is_closed_at_the_deadline,
+    slots_are_held_by_handshaken_connections: crate::connections::slots_are_held_by_handshaken_connections,
     a_handshaken_idle_connection_outlives_the_handshake_deadline:
-        crate::a_handshaken_idle_connection_outlives_the_handshake_deadline,
-    per_ip_limit_closes_the_extra_connection: crate::per_ip_limit_closes_the_extra_connection,
-    a_request_body_that_never_finishes_is_ended: crate::a_request_body_that_never_finishes_is_ended,
+        crate::connections::a_handshaken_idle_connection_outlives_the_handshake_deadline,
+    per_ip_limit_closes_the_extra_connection: crate::connections::per_ip_limit_closes_the_extra_connection,
+    a_request_body_that_never_finishes_is_ended: crate::connections::a_request_body_that_never_finishes_is_ended,
     a_grpc_web_text_body_that_never_finishes_is_ended:
-        crate::a_grpc_web_text_body_that_never_finishes_is_ended,
-    the_body_deadline_never_cuts_a_stream: crate::the_body_deadline_never_cuts_a_stream,
-    shutdown_takes_at_most_the_grace: crate::shutdown_takes_at_most_the_grace,
-    idle_connections_cannot_hold_every_slot: crate::idle_connections_cannot_hold_every_slot,
+        crate::connections::a_grpc_web_text_body_that_never_finishes_is_ended,
+    the_body_deadline_never_cuts_a_stream: crate::connections::the_body_deadline_never_cuts_a_stream,
+    shutdown_takes_at_most_the_grace: crate::connections::shutdown_takes_at_most_the_grace,
+    idle_connections_cannot_hold_every_slot: crate::connections::idle_connections_cannot_hold_every_slot,
     the_idlest_connection_gives_its_slot_up_and_busy_ones_never:
-        crate::the_idlest_connection_gives_its_slot_up_and_busy_ones_never,
+        crate::connections::the_idlest_connection_gives_its_slot_up_and_busy_ones_never,
     only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadline:
-        crate::only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadline,
+        crate::connections::only_an_authenticated_call_keeps_a_connection_past_the_first_call_deadline,
     the_clients_grpc_timeout_ends_a_call_not_yet_answered:
-        crate::the_clients_grpc_timeout_ends_a_call_not_yet_answered,
+        crate::connections::the_clients_grpc_timeout_ends_a_call_not_yet_answered,
 }
 
 use std::time::{Duration, Instant};
 
+use crate::helpers::connections::*;
+use crate::helpers::*;
 use bytes::Bytes;
 use chatd::proto;
-use helpers::connections::*;
-use helpers::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;

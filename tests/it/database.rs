@@ -4,14 +4,12 @@
 //! answers UNAVAILABLE within its deadline, says NOT_SERVING, logs a failure
 //! once, and recovers by itself.
 
-mod helpers;
-
 use std::time::{Duration, Instant};
 
+use crate::helpers::database::{FaultProxy, Mode, Process};
+use crate::helpers::*;
 use chatd::proto;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use helpers::database::{FaultProxy, Mode, Process};
-use helpers::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -342,10 +340,14 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Writes zeros to `path` until the filesystem is full.
+/// Appends zeros to `path` until the filesystem is full.
 fn fill(path: &std::path::Path) {
     use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     let chunk = vec![0u8; 4096];
     while f.write_all(&chunk).is_ok() {}
     let _ = f.sync_all();
@@ -354,6 +356,11 @@ fn fill(path: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_is_unavailable_not_serving_and_logged_once_per_batch() {
     let Some(fs) = Tmpfs::mount("2m") else {
+        // CI runs as root and must run it; elsewhere (no root) it is skipped.
+        assert!(
+            !in_ci(),
+            "CI is set, yet a tmpfs cannot be mounted (needs root): the full-disk test cannot run"
+        );
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); full-disk test not run");
         return;
     };
@@ -372,6 +379,10 @@ async fn full_disk_is_unavailable_not_serving_and_logged_once_per_batch() {
     for i in 0..7 {
         send(&mut c, &format!("f{i}"), "room").await;
     }
+    // A connection of the test's own, open while the disk is full: when
+    // chatd closed its last connection, SQLite would checkpoint and delete
+    // the write-ahead log, free its space, and the disk would not stay full.
+    let held = hold_sqlite(&data.join("chat.db"));
     let filler = fs.0.join("filler");
     fill(&filler);
     // Many concurrent sends of 4 KB: the writer batches them.
@@ -402,6 +413,8 @@ async fn full_disk_is_unavailable_not_serving_and_logged_once_per_batch() {
         "only {failed} of 200 sends failed on a full disk"
     );
     health_becomes(&mut watch, ServingStatus::NotServing).await;
+    // Whatever the failed batches left free (a partial page) is taken too.
+    fill(&filler);
     // It stays so while the disk is full, though SELECT 1 still works:
     // health re-checks every second (no event to wait for here), so after
     // 2.5 s at least two probe writes have failed.
@@ -436,4 +449,82 @@ async fn full_disk_is_unavailable_not_serving_and_logged_once_per_batch() {
     assert_eq!(seqs(&newest_page(&mut c, "f").await.messages), [1, 2]);
     drop(c);
     drop(chatd);
+    drop(held);
+}
+
+/// An open SQLite connection to `path` that has read from it, so SQLite
+/// counts it among the database's connections.
+fn hold_sqlite(path: &std::path::Path) -> diesel::SqliteConnection {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    let mut conn = diesel::SqliteConnection::establish(&path.display().to_string())
+        .expect("open the test's SQLite connection");
+    conn.batch_execute("PRAGMA busy_timeout = 5000; SELECT count(*) FROM messages;")
+        .expect("read through the test's SQLite connection");
+    conn
+}
+
+/// PostgreSQL only: the fault proxy in front of it cuts it, as an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_is_unavailable_then_recovers() {
+    use tokio_stream::StreamExt;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let db = TestDb::postgres().await;
+    let proxy = FaultProxy::start().await;
+    // The health watch below has a connection of its own, which makes no
+    // authenticated call: it must outlive CHAT_FIRST_CALL_TIMEOUT.
+    let flags = ["--first-call-timeout", "10m"];
+    let server = TestServer::start_with(config(&proxy.url_for(&db), &flags)).await;
+    let mut c = server.client("alice").await;
+    assert_eq!(send(&mut c, "o", "before").await.seq, 1);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let mut watch = within(health.watch(tonic_health::pb::HealthCheckRequest {
+        service: "chat.v1.ChatService".into(),
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    proxy.set(Mode::Cut);
+    let status = send_request(
+        &mut c,
+        proto::SendMessageRequest {
+            room: "o".into(),
+            content: "during".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        !status.message().to_lowercase().contains("sql"),
+        "{status:?}"
+    );
+    let status = within(c.list_history(proto::ListHistoryRequest {
+        room: "o".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+
+    proxy.set(Mode::Forward);
+    assert_eq!(
+        within(watch.next()).await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    // Health saw the database answer again; calls work again too.
+    assert_eq!(send(&mut c, "o", "after").await.seq, 2);
+    let page = newest_page(&mut c, "o").await;
+    assert_eq!(seqs(&page.messages), [1, 2]);
+    server.shutdown().await.unwrap();
 }

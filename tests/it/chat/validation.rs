@@ -3,8 +3,8 @@
 use chatd::proto::{self, ContentType};
 use tonic::Code;
 
+use crate::chat::support::assert_invalid;
 use crate::helpers::*;
-use crate::support::assert_invalid;
 
 pub async fn every_validation_rule_names_its_field(backend: Backend) {
     let db = TestDb::create(backend).await;

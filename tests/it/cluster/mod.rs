@@ -1,14 +1,14 @@
 //! Several chatd nodes as one service over NATS and one PostgreSQL
 //! (issue 8): delivery, the PostgreSQL fallback, presence, node death.
 
-mod helpers;
+mod storage;
 
 use std::time::Duration;
 
+use crate::helpers::cluster::{Nats, NodeProcess, SHARED_NATS, start_nodes, unique_cluster};
+use crate::helpers::{Client, TestDb, all_or_first_failure, heavy, join, next_event, send, within};
 use chatd::proto::join_room_response::Event;
 use chatd::proto::{self, JoinRoomResponse};
-use helpers::cluster::{Nats, NodeProcess, SHARED_NATS, start_nodes, unique_cluster};
-use helpers::{Client, TestDb, join, next_event, send, within};
 use tonic::Streaming;
 
 /// Reads `stream` until it has `count` messages and returns their seqs,
@@ -49,6 +49,7 @@ async fn assert_no_message_for(stream: &mut Streaming<JoinRoomResponse>, quiet: 
 /// every node write to one room at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_on_every_node_see_every_message_once_in_order() {
+    let _heavy = heavy().await;
     let db = TestDb::postgres().await;
     let cluster = unique_cluster("order");
     let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 3).await;
@@ -65,15 +66,13 @@ async fn streams_on_every_node_see_every_message_once_in_order() {
     let mut senders = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let mut c = node.client(&format!("sender{i}")).await;
-        senders.push(tokio::spawn(async move {
+        senders.push(async move {
             for k in 0..PER_SENDER {
                 send(&mut c, "all.hands", &format!("{i}-{k}")).await;
             }
-        }));
+        });
     }
-    for s in senders {
-        within(s).await.expect("sender");
-    }
+    all_or_first_failure(senders).await;
     let total = PER_SENDER * nodes.len();
     let expected: Vec<u64> = (1..=total as u64).collect();
     for (_, stream) in &mut streams {
@@ -209,8 +208,8 @@ async fn assert_no_presence_for(stream: &mut Streaming<JoinRoomResponse>, quiet:
 async fn wait_members(client: &mut Client, room: &str, expected: &[&str]) {
     within(async {
         loop {
-            let members = helpers::list_members(client, room).await;
-            if helpers::user_ids(&members) == expected {
+            let members = crate::helpers::list_members(client, room).await;
+            if crate::helpers::user_ids(&members) == expected {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -230,7 +229,7 @@ async fn presence_spans_nodes_and_a_user_on_two_nodes_is_one_member() {
     let room = "team";
     let mut obs = nodes[0].client("obs").await;
     let (mut watch, joined) = join(&mut obs, room, None).await;
-    assert_eq!(helpers::user_ids(&joined.members), vec!["obs"]);
+    assert_eq!(crate::helpers::user_ids(&joined.members), vec!["obs"]);
 
     let mut alice1 = nodes[1].client("alice").await;
     let (phone, _) = join(&mut alice1, room, None).await;
@@ -242,9 +241,9 @@ async fn presence_spans_nodes_and_a_user_on_two_nodes_is_one_member() {
         wait_members(&mut c, room, &["alice", "obs"]).await;
     }
     // A node with no stream in the room asks the others.
-    let extra = helpers::TestServer::start_with(helpers::config(
+    let extra = crate::helpers::TestServer::start_with(crate::helpers::config(
         &db.url,
-        &helpers::cluster::node_args(SHARED_NATS, &cluster, "3s"),
+        &crate::helpers::cluster::node_args(SHARED_NATS, &cluster, "3s"),
     ))
     .await;
     let mut c = extra.client("lister").await;

@@ -1,37 +1,36 @@
 //! Who may do what (issue 9) on one node, on both backends: private rooms,
 //! AdminService, ListRooms, MarkRead, revocations. On a cluster:
-//! tests/access_cluster.rs.
+//! `access::cluster` (access/cluster.rs).
 
-#[macro_use]
-mod helpers;
+mod cluster;
 
 on_both_backends! {
     private_room_refuses_every_rpc_without_a_grant:
-        crate::private_room_refuses_every_rpc_without_a_grant,
-    admin_service_needs_an_admin_token: crate::admin_service_needs_an_admin_token,
-    create_room_rules: crate::create_room_rules,
-    grant_rules: crate::grant_rules,
+        crate::access::private_room_refuses_every_rpc_without_a_grant,
+    admin_service_needs_an_admin_token: crate::access::admin_service_needs_an_admin_token,
+    create_room_rules: crate::access::create_room_rules,
+    grant_rules: crate::access::grant_rules,
     revoke_ends_live_streams_and_refuses_the_next_call:
-        crate::revoke_ends_live_streams_and_refuses_the_next_call,
-    list_rooms_order_paging_and_unread: crate::list_rooms_order_paging_and_unread,
+        crate::access::revoke_ends_live_streams_and_refuses_the_next_call,
+    list_rooms_order_paging_and_unread: crate::access::list_rooms_order_paging_and_unread,
     unread_count_is_exact_to_999_and_caps_at_1000:
-        crate::unread_count_is_exact_to_999_and_caps_at_1000,
-    mark_read_is_monotonic_and_bounded: crate::mark_read_is_monotonic_and_bounded,
+        crate::access::unread_count_is_exact_to_999_and_caps_at_1000,
+    mark_read_is_monotonic_and_bounded: crate::access::mark_read_is_monotonic_and_bounded,
     create_private_racing_sends_keeps_no_unchecked_message:
-        crate::create_private_racing_sends_keeps_no_unchecked_message,
+        crate::access::create_private_racing_sends_keeps_no_unchecked_message,
     creating_a_room_private_ends_streams_opened_while_it_was_public:
-        crate::creating_a_room_private_ends_streams_opened_while_it_was_public,
+        crate::access::creating_a_room_private_ends_streams_opened_while_it_was_public,
     mark_read_of_invented_rooms_is_not_found_and_creates_nothing:
-        crate::mark_read_of_invented_rooms_is_not_found_and_creates_nothing,
+        crate::access::mark_read_of_invented_rooms_is_not_found_and_creates_nothing,
     only_the_backend_creates_rooms_when_configured:
-        crate::only_the_backend_creates_rooms_when_configured,
+        crate::access::only_the_backend_creates_rooms_when_configured,
 }
 
+use crate::helpers::access::*;
+use crate::helpers::*;
 use chatd::proto::admin_service_client::AdminServiceClient;
 use chatd::proto::join_room_response::Event;
 use chatd::proto::{self, RoomVisibility};
-use helpers::access::*;
-use helpers::*;
 use tonic::Code;
 
 /// Every ChatService call on a private room answers PERMISSION_DENIED

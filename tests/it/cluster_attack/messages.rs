@@ -5,10 +5,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tonic::Code;
 
+use crate::cluster_attack::wire::{Entry, Notice, TestKey, notice};
+use crate::cluster_attack::{Attack, FAKE_NODE, next_message_not, no_message_for};
 use crate::helpers::cluster::OTHER_KEY;
 use crate::helpers::{join, send, within};
-use crate::wire::{Entry, Notice, TestKey, notice};
-use crate::{Attack, FAKE_NODE, next_message_not, no_message_for};
 
 /// A forged notice for the next seq (unsealed, and sealed with another
 /// key), an altered copy of a real notice and a real notice moved to

@@ -7,20 +7,17 @@
 //! backend, and a PostgreSQL server answers the many concurrent reads
 //! faster than one SQLite file.
 
-#[macro_use]
-mod helpers;
-
 on_both_backends! {
-    a_failed_join_is_never_announced: crate::a_failed_join_is_never_announced,
-    a_user_may_hold_at_most_100_streams: crate::a_user_may_hold_at_most_100_streams,
+    a_failed_join_is_never_announced: crate::memory::a_failed_join_is_never_announced,
+    a_user_may_hold_at_most_100_streams: crate::memory::a_user_may_hold_at_most_100_streams,
 }
 
 use std::time::{Duration, Instant};
 
+use crate::helpers::memory::{Chatd, grpc_request, header_status, mib};
+use crate::helpers::*;
 use chatd::proto::{self, join_room_response::Event};
 use futures_util::StreamExt;
-use helpers::memory::{Chatd, grpc_request, header_status, mib};
-use helpers::*;
 use tonic::Code;
 
 const MIB: u64 = 1024 * 1024;
@@ -107,20 +104,16 @@ async fn a_user_may_hold_at_most_100_streams(backend: Backend) {
 /// Stores `n` messages of `len` bytes in `room`, several senders at once.
 async fn seed(chatd: &Chatd, room: &str, n: usize, len: usize) {
     let channel = chatd.channel().await;
-    let mut tasks = Vec::new();
-    for s in 0..8 {
+    all_or_first_failure((0..8).map(|s| {
         let mut client = Chatd::client(channel.clone(), &format!("seeder{s}"));
-        let room = room.to_string();
-        tasks.push(tokio::spawn(async move {
+        async move {
             for i in (s..n).step_by(8) {
                 let text = format!("{i:06} {}", "x".repeat(len - 7));
-                send(&mut client, &room, &text).await;
+                send(&mut client, room, &text).await;
             }
-        }));
-    }
-    for task in tasks {
-        within(task).await.unwrap();
-    }
+        }
+    }))
+    .await;
 }
 
 /// The largest RSS seen while `until` is pending and for `settle` after.
@@ -150,6 +143,7 @@ async fn peak_rss_while<F: std::future::Future>(
 /// Stalled resuming JoinRoom streams held 256-message pages each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_raises_rss_by_at_most_256_mb() {
+    let _heavy = heavy().await;
     const CALLS_PER_CONNECTION: usize = 500;
     const RESUMES_PER_CONNECTION: usize = 50;
     let db = TestDb::postgres().await;
@@ -262,6 +256,7 @@ async fn settled_rss(chatd: &Chatd, start: u64, margin: u64) -> u64 {
 /// 921 MB (80 KB a room), and it stayed near 900 MB after they closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_rooms_cost_at_most_16_kb_each_and_memory_comes_back() {
+    let _heavy = heavy().await;
     const CONNECTIONS: usize = 10;
     const USERS: usize = 100;
     const ROOMS_PER_USER: usize = 100;
@@ -282,29 +277,24 @@ async fn ten_thousand_rooms_cost_at_most_16_kb_each_and_memory_comes_back() {
     }
     // Each user (100 streams, the per-user cap) on one connection, ten
     // users per connection: 1,000 streams a connection.
-    let mut tasks = Vec::new();
-    for user in 0..USERS {
+    let users = (0..USERS).map(|user| {
         let client = Chatd::client(channels[user % CONNECTIONS].clone(), &format!("u{user}"));
-        tasks.push(tokio::spawn(async move {
-            futures_util::stream::iter(0..ROOMS_PER_USER)
-                .map(|r| {
-                    let mut client = client.clone();
-                    async move { join(&mut client, &format!("room-{user}-{r}"), None).await.0 }
-                })
-                .buffer_unordered(8)
-                .collect::<Vec<_>>()
-                .await
-        }));
-    }
-    let mut streams = Vec::new();
-    for task in tasks {
-        streams.extend(
-            tokio::time::timeout(Duration::from_secs(120), task)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+        futures_util::stream::iter(0..ROOMS_PER_USER)
+            .map(move |r| {
+                let mut client = client.clone();
+                async move { join(&mut client, &format!("room-{user}-{r}"), None).await.0 }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+    });
+    // One failure (a join past its step) ends the other users' joins.
+    let streams: Vec<_> =
+        tokio::time::timeout(Duration::from_secs(120), all_or_first_failure(users))
+            .await
+            .expect("10,000 joins within 120 s")
+            .into_iter()
+            .flatten()
+            .collect();
     assert_eq!(streams.len(), USERS * ROOMS_PER_USER);
     let open = chatd.rss();
     let per_room = open.saturating_sub(start) / streams.len() as u64;
@@ -344,7 +334,8 @@ async fn ten_thousand_rooms_cost_at_most_16_kb_each_and_memory_comes_back() {
 /// closed: chatd hands their memory back and RSS returns near its start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_idle_connections_give_their_memory_back() {
-    use helpers::connections::{Watched, call, frame, untokened_request, whole_body};
+    let _heavy = heavy().await;
+    use crate::helpers::connections::{Watched, call, frame, untokened_request, whole_body};
     // This process holds the client side of every connection (and chatd,
     // which raises its own limit the same way, the server side).
     let files = rlimit::increase_nofile_limit(10_000 + 1024).expect("open-files limit");

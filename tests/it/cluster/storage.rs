@@ -2,15 +2,13 @@
 //! processes"): idempotent sends conflict-safe across nodes, migrations
 //! serialized, a second single node refused, SQLite never shared.
 
-mod helpers;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::helpers::{Backend, TestDb, TestServer, config, send_request, within};
 use chatd::proto;
 use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use helpers::{Backend, TestDb, TestServer, config, send_request, within};
 
 /// A NATS URL for cluster nodes. Application::build does not connect to
 /// it, so these tests need no NATS; nodes that serve connect (when the
@@ -32,7 +30,7 @@ fn named_cluster_config(db: &TestDb, name: &str) -> chatd::config::Config {
             "--cluster-name",
             name,
             "--cluster-key",
-            helpers::cluster::CLUSTER_KEY,
+            crate::helpers::cluster::CLUSTER_KEY,
         ],
     )
 }
@@ -357,9 +355,9 @@ async fn sqlite_with_nats_url_is_refused() {
     let output = within(tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
             .arg("serve")
-            .args(helpers::server_args(&url))
+            .args(crate::helpers::server_args(&url))
             .env("CHAT_NATS_URL", NATS)
-            .env("CHAT_CLUSTER_KEY", helpers::cluster::CLUSTER_KEY)
+            .env("CHAT_CLUSTER_KEY", crate::helpers::cluster::CLUSTER_KEY)
             .env("CHAT_DATA_DIR", &dir)
             .output()
     }))

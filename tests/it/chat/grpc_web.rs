@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use prost::Message as _;
 
 use crate::helpers::connections::frame;
-use crate::helpers::{self, *};
+use crate::helpers::*;
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
@@ -334,7 +334,8 @@ pub async fn unary_and_streaming_over_http1(backend: Backend) {
             other => panic!("expected joined, got {other:?}"),
         };
         // A message sent now over native gRPC reaches the browser stream.
-        let live = helpers::send(&mut native, "web", &format!("live to {content_type}")).await;
+        let live =
+            crate::helpers::send(&mut native, "web", &format!("live to {content_type}")).await;
         assert_eq!(live.seq, last_seq + 1);
         let (trailer, event) = next_frame().await;
         assert!(!trailer);
@@ -405,13 +406,13 @@ pub async fn a_compressed_message_is_a_client_error(backend: Backend) {
         assert!(status.contains(needle), "flag {flag}: {status}");
 
         // gRPC over HTTP/2.
-        let mut h2 = helpers::connections::h2_connect(server.addr).await;
-        let (got, message) = helpers::connections::call(
+        let mut h2 = crate::helpers::connections::h2_connect(server.addr).await;
+        let (got, message) = crate::helpers::connections::call(
             &mut h2,
-            helpers::connections::request(
+            crate::helpers::connections::request(
                 "/chat.v1.ChatService/ListMembers",
                 &token,
-                helpers::connections::whole_body(flagged(flag)),
+                crate::helpers::connections::whole_body(flagged(flag)),
             ),
         )
         .await;

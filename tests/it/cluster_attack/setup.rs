@@ -5,10 +5,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
+use crate::cluster_attack::{Attack, message_at, next_message_not};
 use crate::helpers::cluster::{CLUSTER_KEY, Nats, NodeProcess, OTHER_KEY, unique_cluster};
 use crate::helpers::metrics::{sample, scrape, wait_for};
 use crate::helpers::{TestDb, TestServer, config, join, send, within};
-use crate::{Attack, message_at, next_message_not};
 
 /// A third key, unrelated to the cluster's.
 const STRANGER_KEY: &str = "c3RyYW5nZXIncyBjbHVzdGVyIGtleSwgMzIgYnl0ZXM=";

@@ -2,20 +2,17 @@
 //! headers, anything unknown is 404, and gRPC, grpc-web, CORS and health on
 //! the same port and connection work as before.
 
-#[macro_use]
-mod helpers;
-
 on_both_backends! {
     the_page_and_its_assets_are_served_with_strict_headers:
-        crate::the_page_and_its_assets_are_served_with_strict_headers,
+        crate::web::the_page_and_its_assets_are_served_with_strict_headers,
     unknown_paths_are_404_and_grpc_paths_do_not_answer_get:
-        crate::unknown_paths_are_404_and_grpc_paths_do_not_answer_get,
+        crate::web::unknown_paths_are_404_and_grpc_paths_do_not_answer_get,
     grpc_grpc_web_cors_and_health_still_route_beside_the_page:
-        crate::grpc_grpc_web_cors_and_health_still_route_beside_the_page,
+        crate::web::grpc_grpc_web_cors_and_health_still_route_beside_the_page,
 }
 
+use crate::helpers::*;
 use bytes::Bytes;
-use helpers::*;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -182,7 +179,7 @@ async fn grpc_grpc_web_cors_and_health_still_route_beside_the_page(backend: Back
     assert_eq!(preflight.status, 200);
     assert_eq!(header(&preflight, "access-control-allow-origin"), "*");
 
-    let send = helpers::connections::frame(&chatd::proto::SendMessageRequest {
+    let send = crate::helpers::connections::frame(&chatd::proto::SendMessageRequest {
         room: "web-page".into(),
         content: "beside the page".into(),
         ..Default::default()

@@ -2,16 +2,16 @@
 //! hold, `chatd token` never making up a secret, absolute paths at start-up
 //! and private files on disk.
 
-#[macro_use]
-mod helpers;
+mod required;
 
 on_both_backends! {
-    tokens_without_exp_are_refused_unless_allowed: crate::tokens_without_exp_are_refused_unless_allowed,
-    a_token_not_yet_valid_is_refused: crate::a_token_not_yet_valid_is_refused,
-    format_characters_in_sub_are_refused: crate::format_characters_in_sub_are_refused,
-    format_characters_are_stripped_from_name: crate::format_characters_are_stripped_from_name,
-    a_token_with_an_aud_claim_is_accepted: crate::a_token_with_an_aud_claim_is_accepted,
-    each_refusal_says_what_is_wrong: crate::each_refusal_says_what_is_wrong,
+    tokens_are_required_and_checked: crate::tokens::required::tokens_are_required_and_checked,
+    tokens_without_exp_are_refused_unless_allowed: crate::tokens::tokens_without_exp_are_refused_unless_allowed,
+    a_token_not_yet_valid_is_refused: crate::tokens::a_token_not_yet_valid_is_refused,
+    format_characters_in_sub_are_refused: crate::tokens::format_characters_in_sub_are_refused,
+    format_characters_are_stripped_from_name: crate::tokens::format_characters_are_stripped_from_name,
+    a_token_with_an_aud_claim_is_accepted: crate::tokens::a_token_with_an_aud_claim_is_accepted,
+    each_refusal_says_what_is_wrong: crate::tokens::each_refusal_says_what_is_wrong,
 }
 
 use std::io::{BufRead, BufReader};
@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::helpers::*;
 use chatd::proto::{self, chat_service_client::ChatServiceClient};
-use helpers::*;
 use serde_json::json;
 use tonic::Code;
 
