@@ -16,6 +16,7 @@
 //! - `memory`: memory bounded whatever one client does.
 //! - `metrics`: Prometheus metrics and JSON logs.
 //! - `web`: the chat page on the gRPC port.
+//! - `nginx`: docs/nginx/chatd.conf in front of three nodes.
 //! - `secure`: rate limits, identity providers, TLS.
 
 #[macro_use]
@@ -29,6 +30,7 @@ mod connections;
 mod database;
 mod memory;
 mod metrics;
+mod nginx;
 mod secure;
 mod tokens;
 mod web;
