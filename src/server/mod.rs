@@ -284,7 +284,7 @@ fn log_serving(
         tracing::info!(%url, "Prometheus metrics (CHAT_METRICS_ADDR)");
     }
     tracing::info!(
-        "mint a token with `chatd token <user-id> [--name NAME]`, then call with `authorization: Bearer <token>`"
+        "mint a token with `chatd token <user-id> [--name NAME]` (in a checkout: `cargo run --release -- token <user-id>`), then call with `authorization: Bearer <token>`"
     );
     crate::http::log_page_address(addr, page_keys, log_format);
 }

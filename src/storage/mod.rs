@@ -33,6 +33,7 @@ mod schema;
 mod sqlite;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -190,15 +191,41 @@ const PG_PROBE_WRITE: &str = "BEGIN; \
 
 /// [`PG_PROBE_WRITE`] in SQLite's dialect.
 ///
-/// It truncates the write-ahead log first: space the log already holds
-/// (from commits before the disk filled) would otherwise take the probe's
-/// row while the batches, which need more, keep failing.
-const SQLITE_PROBE_WRITE: &str = "PRAGMA wal_checkpoint(TRUNCATE); \
-     BEGIN IMMEDIATE; \
+/// It may succeed on a full disk: a batch that failed there left its
+/// rolled-back frames in the write-ahead log, which keeps its size, and the
+/// probe's row takes that space. So [`probe_new_space`] follows it. (It
+/// never truncates the log: that frees space the probe would then take,
+/// while the batches, which need more, keep failing.)
+const SQLITE_PROBE_WRITE: &str = "BEGIN IMMEDIATE; \
      INSERT INTO messages (room, seq, sender_id, sender_name, content_type, content, sent_at_micros) \
      VALUES ('', 1, '', '', 1, hex(randomblob(32768)), 0); \
      DELETE FROM messages WHERE room = ''; \
      COMMIT;";
+
+/// Whether the disk under the SQLite file at `db` takes new data: a file
+/// of 64 KiB of random bytes (not compressible) next to it, synced, then
+/// removed. See [`SQLITE_PROBE_WRITE`].
+async fn probe_new_space(db: &Path, deadline: tokio::time::Instant) -> Result<()> {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-probe");
+    let file = PathBuf::from(name);
+    let write = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut bytes = vec![0u8; 64 * 1024];
+        let _ = getrandom::fill(&mut bytes);
+        let written = std::fs::File::create(&file).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&file);
+        written.map_err(|e| Error::Internal(format!("writing {}: {e}", file.display())))
+    });
+    match tokio::time::timeout_at(deadline, write).await {
+        Ok(Ok(written)) => written,
+        Ok(Err(e)) => Err(Error::Internal(format!("the disk probe stopped: {e}"))),
+        Err(_) => Err(Error::TimedOut("writing the disk probe")),
+    }
+}
 
 impl Store {
     /// A pool of at most `max_connections` connections. Connections are
@@ -279,6 +306,9 @@ impl Store {
             use diesel_async::SimpleAsyncConnection;
             conn.batch_execute(sql).await?;
         })?;
+        if let Location::Sqlite(path) = &*self.location {
+            probe_new_space(path, deadline).await?;
+        }
         self.state.writes_failing.store(false, Ordering::Relaxed);
         Ok(())
     }
