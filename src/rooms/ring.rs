@@ -82,6 +82,16 @@ pub(super) enum Event {
 }
 
 impl Event {
+    /// A live-only event's bytes and the user whose streams leave it out
+    /// (presence: the user it is about); `None` for messages.
+    pub(super) fn live_only(&self) -> Option<(Option<&Arc<str>>, &Bytes)> {
+        match self {
+            Event::Presence { user_id, bytes } => Some((Some(user_id), bytes)),
+            Event::Ephemeral { skip, bytes } => Some((skip.as_ref(), bytes)),
+            Event::Messages(_) => None,
+        }
+    }
+
     /// Bytes counted against the ring's byte limit.
     pub(super) fn size(&self) -> usize {
         EVENT_OVERHEAD

@@ -132,21 +132,15 @@ impl Subscription {
             let position = self.cursor;
             self.cursor += 1;
             progressed = true;
+            if let Some((skip, bytes)) = ring.events[index].live_only() {
+                if position >= self.presence_from && skip != Some(&self.guard.identity.user_id) {
+                    taken += bytes.len();
+                    self.pending.push_back(EncodedEvent(bytes.clone()));
+                }
+                continue;
+            }
             match &ring.events[index] {
-                Event::Presence { user_id, bytes } => {
-                    if position >= self.presence_from && *user_id != self.guard.identity.user_id {
-                        taken += bytes.len();
-                        self.pending.push_back(EncodedEvent(bytes.clone()));
-                    }
-                }
-                Event::Ephemeral { skip, bytes } => {
-                    if position >= self.presence_from
-                        && skip.as_ref() != Some(&self.guard.identity.user_id)
-                    {
-                        taken += bytes.len();
-                        self.pending.push_back(EncodedEvent(bytes.clone()));
-                    }
-                }
+                Event::Presence { .. } | Event::Ephemeral { .. } => {}
                 Event::Messages(batch) => {
                     for (seq, bytes) in batch.iter() {
                         if *seq < self.next_seq {

@@ -17,7 +17,7 @@ use super::schema::{message_events, messages, reactions, rooms};
 use super::{Backend, Store, fitting, to_i64};
 use crate::domain::{
     ChangeKind, ChangeWhat, Changed, Content, MessageState, NewChange, REACTIONS_PER_MESSAGE_MAX,
-    READ_PAGE_BYTES, ReactionCount, RoomName, StoredChange, StoredEvent, StoredMessage,
+    READ_PAGE_BYTES, Reaction, ReactionCount, RoomName, StoredChange, StoredEvent, StoredMessage,
 };
 use crate::error::{Error, Result};
 
@@ -48,10 +48,6 @@ fn plan(
     distinct: (usize, bool),
 ) -> Result<Option<Plan>> {
     let actor = &*change.actor.user_id;
-    let deleted = |what: &str| Error::FailedPrecondition {
-        field: "message_seq",
-        reason: format!("message {} is deleted: it takes no {what}", row.seq),
-    };
     match &change.kind {
         ChangeKind::Edit {
             content,
@@ -64,7 +60,10 @@ fn plan(
                 )));
             }
             if row.deleted {
-                return Err(deleted("edits"));
+                return Err(Error::FailedPrecondition {
+                    field: "message_seq",
+                    reason: format!("message {} is deleted: it takes no edits", row.seq),
+                });
             }
             let parsed =
                 Content::parse(i32::from(row.kind.code()), content.clone(), *max_text_bytes)?;
@@ -82,29 +81,40 @@ fn plan(
             }
             Ok((!row.deleted).then_some(Plan::Delete))
         }
-        ChangeKind::React { reaction, add } => {
-            if row.deleted {
-                return Err(deleted("reactions"));
-            }
-            if *add == held {
-                return Ok(None);
-            }
-            let (count, present) = distinct;
-            if *add && !present && count >= REACTIONS_PER_MESSAGE_MAX {
-                return Err(Error::FailedPrecondition {
-                    field: "reaction",
-                    reason: format!(
-                        "message {} holds {REACTIONS_PER_MESSAGE_MAX} distinct reactions, the most a message may hold",
-                        row.seq
-                    ),
-                });
-            }
-            Ok(Some(Plan::React {
-                reaction: reaction.as_str().to_owned(),
-                add: *add,
-            }))
-        }
+        ChangeKind::React { reaction, add } => plan_reaction(row, reaction, *add, held, distinct),
     }
+}
+
+/// [`plan`] for a reaction added (`add`) or removed.
+fn plan_reaction(
+    row: &StoredMessage,
+    reaction: &Reaction,
+    add: bool,
+    held: bool,
+    (count, present): (usize, bool),
+) -> Result<Option<Plan>> {
+    if row.deleted {
+        return Err(Error::FailedPrecondition {
+            field: "message_seq",
+            reason: format!("message {} is deleted: it takes no reactions", row.seq),
+        });
+    }
+    if add == held {
+        return Ok(None);
+    }
+    if add && !present && count >= REACTIONS_PER_MESSAGE_MAX {
+        return Err(Error::FailedPrecondition {
+            field: "reaction",
+            reason: format!(
+                "message {} holds {REACTIONS_PER_MESSAGE_MAX} distinct reactions, the most a message may hold",
+                row.seq
+            ),
+        });
+    }
+    Ok(Some(Plan::React {
+        reaction: reaction.as_str().to_owned(),
+        add,
+    }))
 }
 
 /// A message's reactions as `viewer` sees them, from its rows
@@ -394,12 +404,23 @@ impl Store {
     ) -> Result<(Vec<StoredEvent>, bool)> {
         let after = to_i64(after)?;
         let take = i64::from(limit) + 1;
-        let name = room.as_str();
-        // (seq, stored bytes) of the candidates in each table.
+        let sizes = self.event_sizes(room.as_str(), after, take).await?;
+        let fit = fitting(sizes.iter().map(|s| s.1), limit as usize, READ_PAGE_BYTES);
+        let more = sizes.len() > fit;
+        let Some(&(last, _)) = sizes[..fit].last() else {
+            return Ok((Vec::new(), false));
+        };
+        let events = self.events_between(room.as_str(), after, last).await?;
+        Ok((events, more))
+    }
+
+    /// The seqs and stored bytes of `room`'s first `take` events after
+    /// `after`, messages and changes together, ascending.
+    async fn event_sizes(&self, room: &str, after: i64, take: i64) -> Result<Vec<(i64, i64)>> {
         type Sizes = Vec<(i64, i64)>;
         let (from_messages, from_changes): (Sizes, Sizes) = with_conn!(self, |conn| {
             let m = messages::table
-                .filter(messages::room.eq(name))
+                .filter(messages::room.eq(room))
                 .filter(messages::seq.gt(after))
                 .order(messages::seq.asc())
                 .limit(take)
@@ -407,7 +428,7 @@ impl Store {
                 .load(conn)
                 .await?;
             let c = message_events::table
-                .filter(message_events::room.eq(name))
+                .filter(message_events::room.eq(room))
                 .filter(message_events::seq.gt(after))
                 .order(message_events::seq.asc())
                 .limit(take)
@@ -416,24 +437,24 @@ impl Store {
                 .await?;
             (m, c)
         });
-        let mut sizes: Vec<(i64, i64)> = from_messages.into_iter().chain(from_changes).collect();
+        let mut sizes: Sizes = from_messages.into_iter().chain(from_changes).collect();
         sizes.sort_unstable();
-        sizes.truncate(take as usize);
-        let fit = fitting(sizes.iter().map(|s| s.1), limit as usize, READ_PAGE_BYTES);
-        let more = sizes.len() > fit;
-        let Some(&(last, _)) = sizes[..fit].last() else {
-            return Ok((Vec::new(), false));
-        };
+        sizes.truncate(usize::try_from(take).unwrap_or(usize::MAX));
+        Ok(sizes)
+    }
+
+    /// `room`'s events with seqs in `after + 1 ..= last`, ascending.
+    async fn events_between(&self, room: &str, after: i64, last: i64) -> Result<Vec<StoredEvent>> {
         let (messages, changes): (Vec<MessageRow>, Vec<ChangeRow>) = with_conn!(self, |conn| {
             let m = messages::table
-                .filter(messages::room.eq(name))
+                .filter(messages::room.eq(room))
                 .filter(messages::seq.gt(after))
                 .filter(messages::seq.le(last))
                 .select(MessageRow::as_select())
                 .load(conn)
                 .await?;
             let c = message_events::table
-                .filter(message_events::room.eq(name))
+                .filter(message_events::room.eq(room))
                 .filter(message_events::seq.gt(after))
                 .filter(message_events::seq.le(last))
                 .select(ChangeRow::as_select())
@@ -451,6 +472,6 @@ impl Store {
             )
             .collect::<Result<Vec<StoredEvent>>>()?;
         events.sort_unstable_by_key(StoredEvent::seq);
-        Ok((events, more))
+        Ok(events)
     }
 }
