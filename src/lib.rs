@@ -18,13 +18,16 @@
 //!   handshake deadline, TLS, and chatd's own serve loop (hyper's HTTP/1.1
 //!   and HTTP/2 per connection, the first-call deadline, GOAWAY).
 //! - `writer.rs`: the write path; stores waiting sends as atomic batches
-//!   (group commit) and publishes after commit.
+//!   (group commit), and changes of messages (edits, deletions, reactions)
+//!   one at a time in the same order, and publishes after commit.
 //! - [`cluster`]: cluster mode over NATS (`CHAT_NATS_URL`): committed
-//!   messages between nodes with a PostgreSQL poll as the floor,
-//!   cluster-wide presence, revocations of access.
+//!   messages and their changes between nodes with a PostgreSQL poll as
+//!   the floor, cluster-wide presence, typing and read markers
+//!   (`ephemeral.rs`), revocations of access.
 //! - `rooms/`: the registry of live rooms: fan-out through a bounded ring,
-//!   this node's members, coalesced wake-ups, and the per-stream reader
-//!   that guarantees exactly-once, gapless delivery.
+//!   this node's members, typing flags and read markers (`ephemeral.rs`,
+//!   live only), coalesced wake-ups, and the per-stream reader that
+//!   guarantees exactly-once, gapless delivery of every durable event.
 //! - `access.rs`: may this caller do this here? Private rooms, grants and
 //!   their revocation, admin tokens; cached on the send path. It ends
 //!   streams through its `Streams` trait, which the room registry
@@ -37,8 +40,10 @@
 //! - [`config`]: flags with environment fallbacks (clap).
 //! - `storage/`: PostgreSQL or SQLite through diesel-async; the only
 //!   module that knows SQL or which backend runs, and the only one that
-//!   sees database errors (`failure.rs` classifies them at the boundary).
-//!   Every call has a deadline (`CHAT_DB_TIMEOUT`).
+//!   sees database errors (`failure.rs` classifies them at the boundary);
+//!   `changes.rs` stores edits, deletions and reactions as events and
+//!   reads messages and changes back in seq order. Every call has a
+//!   deadline (`CHAT_DB_TIMEOUT`).
 //! - `limits/`: per-user bounds: open streams and unsent bytes
 //!   (`quota.rs`), send, join and read rates (`rate.rs`).
 //! - `domain.rs`: types that parse client input once (`RoomName::parse`,

@@ -243,19 +243,34 @@ impl ChatService for ChatApi {
         // short when older, larger messages do not).
         let fit = (ROOMS_PAGE_BYTES / self.rooms.message_bound()).max(1);
         query.limit = query.limit.min(u32::try_from(fit).unwrap_or(u32::MAX));
-        let page = {
+        let (page, mut reactions) = {
             let _turn = self.rooms.quotas().read_slot(&caller.user_id).await?;
-            self.store.list_rooms(&caller.user_id, &query).await?
+            let page = self.store.list_rooms(&caller.user_id, &query).await?;
+            // The last messages' reactions, as the caller sees them.
+            let last: Vec<(&RoomName, u64)> = page
+                .rooms
+                .iter()
+                .filter_map(|r| r.last_message.as_ref().map(|m| (&r.room, m.seq)))
+                .collect();
+            let reactions = self.store.reactions_of_each(&last, &caller.user_id).await?;
+            (page, reactions)
         };
         Ok(Response::new(proto::ListRoomsResponse {
             rooms: page
                 .rooms
-                .iter()
+                .into_iter()
                 .map(|r| proto::RoomSummary {
                     room: r.room.to_string(),
                     visibility: wire_visibility(r.visibility),
                     last_seq: r.last_seq,
-                    last_message: r.last_message.as_ref().map(proto::Message::from),
+                    last_message: r.last_message.map(|message| {
+                        proto::Message::from(&MessageState {
+                            reactions: reactions
+                                .remove(&(r.room.to_string(), message.seq))
+                                .unwrap_or_default(),
+                            message,
+                        })
+                    }),
                     read_seq: r.read_seq,
                     unread_count: r.unread_count,
                 })

@@ -107,9 +107,15 @@ fn small(state: &RoomState) -> bool {
 }
 
 impl Rooms {
-    /// Puts an ephemeral event into `room`'s ring here (if it has streams
-    /// here and is small enough): for every stream but `skip`'s.
-    fn push_ephemeral(&self, room: &RoomName, event: WireEvent, skip: Option<&Arc<str>>) {
+    /// Puts an ephemeral event (made only when it goes somewhere) into
+    /// `room`'s ring here, if it has streams here and is small enough: for
+    /// every stream but `skip`'s.
+    fn push_ephemeral(
+        &self,
+        room: &RoomName,
+        skip: Option<&Arc<str>>,
+        event: impl FnOnce() -> WireEvent,
+    ) {
         let Some(room) = self.get(room) else { return };
         let wake = {
             let mut state = room.lock();
@@ -118,7 +124,7 @@ impl Rooms {
             }
             let event = Event::Ephemeral {
                 skip: skip.cloned(),
-                bytes: EncodedEvent::encode(event).0,
+                bytes: EncodedEvent::encode(event()).0,
             };
             state.ring.push(event, self.limits);
             self.wake_for_presence(&room, &mut state)
@@ -129,11 +135,12 @@ impl Rooms {
     }
 
     fn push_typing(&self, room: &RoomName, user: &Arc<str>, name: &str, typing: bool) {
-        let event = WireEvent::Typing(proto::Typing {
-            member: member(user, name),
-            typing,
+        self.push_ephemeral(room, Some(user), || {
+            WireEvent::Typing(proto::Typing {
+                member: member(user, name),
+                typing,
+            })
         });
-        self.push_ephemeral(room, event, Some(user));
     }
 
     /// SetTyping of `who` in `room`, or (`typing = false`) its end: sent
@@ -280,11 +287,12 @@ impl Rooms {
     }
 
     fn push_marker(&self, room: &RoomName, user: &str, name: &str, seq: u64) {
-        let event = WireEvent::ReadMarker(proto::ReadMarker {
-            member: member(user, name),
-            seq,
+        self.push_ephemeral(room, None, || {
+            WireEvent::ReadMarker(proto::ReadMarker {
+                member: member(user, name),
+                seq,
+            })
         });
-        self.push_ephemeral(room, event, None);
     }
 
     /// Ends the typing flags that expired (telling the other nodes of the
@@ -346,6 +354,9 @@ impl Rooms {
     }
 
     fn relay_typing(&self, room: &RoomName, user: &str, name: &str, typing: bool) {
+        if self.ephemeral_out.get().is_none() {
+            return;
+        }
         let event = WireEvent::Typing(proto::Typing {
             member: member(user, name),
             typing,
@@ -354,6 +365,9 @@ impl Rooms {
     }
 
     fn relay_marker(&self, room: &RoomName, user: &str, name: &str, seq: u64) {
+        if self.ephemeral_out.get().is_none() {
+            return;
+        }
         let event = WireEvent::ReadMarker(proto::ReadMarker {
             member: member(user, name),
             seq,

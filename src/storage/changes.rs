@@ -391,6 +391,56 @@ impl Store {
         }))
     }
 
+    /// The reactions of one message in each of several rooms (`messages`:
+    /// room and message seq), as `viewer` sees them, by (room, seq).
+    pub async fn reactions_of_each(
+        &self,
+        messages: &[(&RoomName, u64)],
+        viewer: &str,
+    ) -> Result<HashMap<(String, u64), Vec<ReactionCount>>> {
+        if messages.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rooms: Vec<&str> = messages.iter().map(|(r, _)| r.as_str()).collect();
+        let seqs = messages
+            .iter()
+            .map(|(_, s)| to_i64(*s))
+            .collect::<Result<Vec<i64>>>()?;
+        let rows: Vec<(String, i64, String, String, i64)> = with_conn!(self, |conn| {
+            reactions::table
+                .filter(reactions::room.eq_any(&rooms))
+                .filter(reactions::message_seq.eq_any(&seqs))
+                .select((
+                    reactions::room,
+                    reactions::message_seq,
+                    reactions::reaction,
+                    reactions::user_id,
+                    reactions::added_seq,
+                ))
+                .load(conn)
+                .await?
+        });
+        // The query takes every room's seqs; keep each room's own message.
+        let wanted: std::collections::HashSet<(&str, i64)> =
+            rooms.iter().copied().zip(seqs.iter().copied()).collect();
+        let mut by_room: HashMap<String, Vec<(i64, String, String, i64)>> = HashMap::new();
+        for (room, seq, reaction, user, added) in rows {
+            if wanted.contains(&(room.as_str(), seq)) {
+                by_room
+                    .entry(room)
+                    .or_default()
+                    .push((seq, reaction, user, added));
+            }
+        }
+        let mut out = HashMap::new();
+        for (room, rows) in by_room {
+            for (seq, counts) in group_reactions(rows, viewer) {
+                out.insert((room.clone(), seq), counts);
+            }
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` durable events of `room` (messages and changes) with
     /// seq > `after`, ascending, and at most [`READ_PAGE_BYTES`] (each
     /// counted by its stored content, as [`Store::history`] does; at least

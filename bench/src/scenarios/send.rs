@@ -170,6 +170,26 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
         preload(ctx, &a, rooms, senders)?;
     }
     let channels = ctx.channels(connections).await?;
+    let room_names: Vec<String> = (0..rooms).map(|r| ctx.room(r)).collect();
+    // `--op edit|react`: each sender's own message per room, sent before
+    // the clock starts (all senders at once).
+    let mut setup = JoinSet::new();
+    for i in 0..senders {
+        let mut client = ctx.client(channels[i % connections].clone(), &format!("sender-{i}"))?;
+        let (op, names) = (a.op, room_names.clone());
+        setup.spawn(async move {
+            let own = match op {
+                Op::Send => vec![0; names.len()],
+                Op::Edit | Op::React => own_messages(&mut client, &names).await?,
+            };
+            Ok::<_, String>((i, client, own))
+        });
+    }
+    let mut prepared = Vec::with_capacity(senders);
+    while let Some(done) = setup.join_next().await {
+        prepared.push(done.map_err(|e| e.to_string())??);
+    }
+    prepared.sort_by_key(|(i, _, _)| *i);
     let acked = Arc::new(AtomicU64::new(0));
     let per_sender_rate = a.rate / senders as f64;
     let padding = "x".repeat(a.payload);
@@ -178,16 +198,10 @@ pub async fn send(ctx: &Context, a: SendArgs) -> Result<Report> {
     let deadline = start + a.duration;
     let progress = Progress::start("send", "acks", acked.clone());
     let mut set = JoinSet::new();
-    for i in 0..senders {
-        let channel = channels[i % connections].clone();
-        let mut client = ctx.client(channel, &format!("sender-{i}"))?;
+    for (i, client, own) in prepared {
         let idempotent = a.idempotent;
-        let room_names: Vec<String> = (0..rooms).map(|r| ctx.room(r)).collect();
+        let room_names = room_names.clone();
         let op = a.op;
-        let own = match op {
-            Op::Send => vec![0; rooms],
-            Op::Edit | Op::React => own_messages(&mut client, &room_names).await?,
-        };
         let acked = acked.clone();
         let padding = padding.clone();
         set.spawn(async move {

@@ -567,3 +567,121 @@ pub async fn read_markers_are_coalesced_and_listed(backend: Backend) {
     );
     server.shutdown().await.unwrap();
 }
+
+pub async fn changes_count_against_the_send_rate_and_need_the_room(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(
+        &db.url,
+        &["--user-send-rate", "1", "--user-send-burst", "3"],
+    ))
+    .await;
+    let mut alice = server.client("alice").await;
+    let first = send(&mut alice, "rate", "first").await;
+    // One send spent; edits and reactions spend the rest of the burst.
+    let mut changes = 0;
+    let refused = loop {
+        let result = if changes % 2 == 0 {
+            edit(&mut alice, "rate", first.seq, &format!("edit {changes}")).await
+        } else {
+            react(&mut alice, "rate", first.seq, "👍", changes % 4 == 1).await
+        };
+        match result {
+            Ok(_) => changes += 1,
+            Err(status) => break status,
+        }
+        assert!(changes < 50, "no change was refused");
+    };
+    assert!(changes >= 2, "the burst was not allowed: {changes}");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().starts_with("CHAT_USER_SEND_RATE"),
+        "{refused:?}"
+    );
+    server.shutdown().await.unwrap();
+
+    // A private room: a change needs what a send needs there (a grant).
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut admin = crate::helpers::access::admin(&server).await;
+    crate::helpers::access::create(&mut admin, "team", proto::RoomVisibility::Private)
+        .await
+        .unwrap();
+    crate::helpers::access::grant(&mut admin, "team", &["alice"])
+        .await
+        .unwrap();
+    let mut alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let said = send(&mut alice, "team", "members only").await;
+    for denied in [
+        react(&mut bob, "team", said.seq, "👍", true).await,
+        edit(&mut bob, "team", said.seq, "x").await,
+        delete(&mut bob, "team", said.seq).await,
+    ] {
+        let status = denied.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let status = within(bob.set_typing(proto::SetTypingRequest {
+        room: "team".into(),
+        typing: true,
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // ListRooms shows the last message with its reactions, `mine` for the caller.
+    react(&mut alice, "team", said.seq, "🎉", true)
+        .await
+        .unwrap();
+    let rooms = within(alice.list_rooms(proto::ListRoomsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .rooms;
+    let last = rooms[0].last_message.as_ref().expect("last message");
+    assert_eq!(counts(last), [("🎉", 1, true)]);
+    server.shutdown().await.unwrap();
+}
+
+/// Over 200 members present, typing and read markers are not sent (SetTyping
+/// still answers OK); at 200 they are.
+pub async fn typing_and_read_markers_stay_out_of_large_rooms(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let mut watcher = server.client("watcher").await;
+    let (mut watch, _) = join(&mut watcher, "large", None).await;
+    // 199 more members: 200 present.
+    let mut members = Vec::new();
+    for i in 0..199 {
+        let mut c = server.client(&format!("member{i:03}")).await;
+        let (stream, _) = join(&mut c, "large", None).await;
+        members.push((c, stream));
+    }
+    let mut typist = members[0].0.clone();
+    set_typing(&mut typist, "large", true).await;
+    // Wait for it past the presence events of the joins.
+    assert_eq!(
+        next_typing(&mut watch).await,
+        ("member000".to_string(), true)
+    );
+    set_typing(&mut typist, "large", false).await;
+    assert_eq!(
+        next_typing(&mut watch).await,
+        ("member000".to_string(), false)
+    );
+    // One more: 201 present. Nothing live-only comes before the message.
+    let mut last = server.client("member199").await;
+    let (_extra, _) = join(&mut last, "large", None).await;
+    set_typing(&mut typist, "large", true).await;
+    let sent = send(&mut typist, "large", "in a large room").await;
+    loop {
+        match next_any_event(&mut watch).await {
+            Event::MemberJoined(_) | Event::MemberLeft(_) => continue,
+            Event::Message(m) => {
+                assert_eq!(m.seq, sent.seq);
+                break;
+            }
+            other => panic!("a large room got {other:?}"),
+        }
+    }
+    drop(members);
+    server.shutdown().await.unwrap();
+}

@@ -48,4 +48,8 @@ on_both_backends! {
     typing_reaches_the_others_ends_on_send_and_expires:
         crate::chat::lifecycle::typing_reaches_the_others_ends_on_send_and_expires,
     read_markers_are_coalesced_and_listed: crate::chat::lifecycle::read_markers_are_coalesced_and_listed,
+    changes_count_against_the_send_rate_and_need_the_room:
+        crate::chat::lifecycle::changes_count_against_the_send_rate_and_need_the_room,
+    typing_and_read_markers_stay_out_of_large_rooms:
+        crate::chat::lifecycle::typing_and_read_markers_stay_out_of_large_rooms,
 }
