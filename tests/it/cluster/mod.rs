@@ -6,7 +6,9 @@ mod storage;
 use std::time::Duration;
 
 use crate::helpers::cluster::{Nats, NodeProcess, SHARED_NATS, start_nodes, unique_cluster};
-use crate::helpers::{Client, TestDb, all_or_first_failure, heavy, join, next_event, send, within};
+use crate::helpers::{
+    Client, TestDb, all_or_first_failure, heavy, join, next_any_event, next_event, send, within,
+};
 use chatd::proto::join_room_response::Event;
 use chatd::proto::{self, JoinRoomResponse};
 use tonic::Streaming;
@@ -533,4 +535,54 @@ async fn typing_crosses_nodes_and_ends_when_its_node_dies() {
         "{:?}",
         died.elapsed()
     );
+}
+
+/// Read markers through any node: a marker moved on one node (MarkRead,
+/// or the user's own message) reaches a stream on another, coalesced on
+/// the node that moved it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_markers_cross_nodes() {
+    let db = TestDb::postgres().await;
+    let cluster = unique_cluster("markers");
+    let nodes = start_nodes(&db, SHARED_NATS, &cluster, "3s", 2).await;
+    let mut watcher = nodes[0].client("watcher").await;
+    let (mut stream, _) = join(&mut watcher, "rm", None).await;
+    let mut alice = nodes[1].client("alice").await;
+    // Alice's node follows the room once she has a stream there; her
+    // messages move her marker. Send until one of her markers arrives.
+    let (_alices, _) = join(&mut alice, "rm", None).await;
+    let mut newest = 0;
+    let mut seen = None;
+    for i in 0..10 {
+        newest = send(&mut alice, "rm", &format!("m{i}")).await.seq;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(Some(r))) = tokio::time::timeout_at(deadline, stream.message()).await {
+            if let Some(Event::ReadMarker(m)) = r.event {
+                assert_eq!(m.member.as_ref().expect("member").user_id, "alice");
+                seen = Some(m.seq);
+                break;
+            }
+        }
+        if seen.is_some() {
+            break;
+        }
+    }
+    let first = seen.expect("no read marker crossed the nodes");
+    assert!((1..=newest).contains(&first), "{first} of {newest}");
+    // MarkRead by bob on that node: the other node hears it.
+    let mut bob = nodes[1].client("bob").await;
+    within(bob.mark_read(proto::MarkReadRequest {
+        room: "rm".into(),
+        seq: newest,
+    }))
+    .await
+    .expect("mark_read");
+    loop {
+        if let Event::ReadMarker(m) = next_any_event(&mut stream).await
+            && m.member.as_ref().expect("member").user_id == "bob"
+        {
+            assert_eq!(m.seq, newest);
+            break;
+        }
+    }
 }
