@@ -457,6 +457,49 @@ async fn edits_and_reactions_through_any_node_reach_every_node_once_in_order() {
         (reactions[0].reaction.as_str(), reactions[0].count),
         ("👍", 2)
     );
+
+    // A reply through node C and the deletion of what it answers through
+    // node A: every stream gets both, in order, once.
+    let reply = within(reader.send_message(proto::SendMessageRequest {
+        room: room.into(),
+        content: "agreed".into(),
+        reply_to_seq: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect("reply")
+    .into_inner()
+    .message
+    .expect("message");
+    assert_eq!((reply.seq, reply.reply_to_seq), (5, 1));
+    let tombstone = within(alice.delete_message(proto::DeleteMessageRequest {
+        room: room.into(),
+        message_seq: 1,
+    }))
+    .await
+    .expect("delete")
+    .into_inner()
+    .message
+    .expect("message");
+    assert!(tombstone.deleted && tombstone.content.is_empty());
+    for (_, stream) in &mut streams {
+        assert!(
+            matches!(next_durable(stream).await, Event::Message(m) if m.seq == 5 && m.reply_to_seq == 1)
+        );
+        assert!(
+            matches!(next_durable(stream).await, Event::MessageDeleted(d) if d.seq == 6 && d.message_seq == 1)
+        );
+    }
+}
+
+/// The stream's next durable event (presence skipped).
+async fn next_durable(stream: &mut Streaming<JoinRoomResponse>) -> Event {
+    loop {
+        match next_event(stream).await {
+            Event::MemberJoined(_) | Event::MemberLeft(_) => {}
+            other => return other,
+        }
+    }
 }
 
 /// Typing through any node: a flag set on one node reaches a stream on
