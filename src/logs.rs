@@ -22,9 +22,14 @@ pub fn init(format: LogFormat) -> Result<(), String> {
             .map_err(|e| format!("RUST_LOG: invalid filter {spec:?}: {e}"))?,
         Err(_) => EnvFilter::new("info"),
     };
+    // A log line that cannot be written (stderr closed: a log collector
+    // restarted, a pipe reader gone) is dropped. The subscriber's default
+    // reports it with `eprintln!` to the same closed stderr, which panics:
+    // one closed pipe would stop the server.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder

@@ -339,13 +339,15 @@ async fn start_chatd(cwd: &Path, script: &str) -> (KillOnDrop, Vec<String>) {
     let mut child = KillOnDrop(child);
     let stderr = child.0.stderr.take().unwrap();
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel::<String>(64);
+    // Reads chatd's stderr until chatd exits, also after the test stops
+    // listening: a reader that left would close the pipe under chatd,
+    // whose next log line would then fail (and its later lines, which say
+    // what happened, would be lost).
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             eprintln!("chatd: {line}");
-            if lines_tx.blocking_send(line).is_err() {
-                break;
-            }
+            let _ = lines_tx.blocking_send(line);
         }
     });
     let mut startup = Vec::new();
@@ -480,4 +482,55 @@ async fn an_open_data_directory_is_warned_about_and_left_alone() {
     );
     assert_eq!(mode(&data.join("chat.db")), 0o600, "database");
     assert_eq!(mode(&data.join("jwt-secret")), 0o600, "secret");
+}
+
+/// chatd keeps serving when its stderr goes away (a log collector that
+/// restarts, a pipe reader gone): lines it cannot write are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_does_not_stop_the_server() {
+    let cwd = TempDir::new("closedstderr");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .current_dir(&cwd.0)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    // Read up to the address, then close the pipe before the rest of the
+    // start-up lines (the page's address, the token hint) are written.
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines.next()?.ok()?;
+            if let Some(rest) = line.split(" addr=").nth(1) {
+                return rest.split_whitespace().next().map(str::to_string);
+            }
+        }
+    });
+    let addr = within(addr)
+        .await
+        .unwrap()
+        .expect("chatd logged its address");
+    let output = Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args(["token", "closed", "--ttl", "10m"])
+        .current_dir(&cwd.0)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let channel = within(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect(),
+    )
+    .await
+    .expect("chatd still listens");
+    let mut client = ChatServiceClient::with_interceptor(channel, Bearer::new(&token));
+    send(&mut client, "still-here", "hello").await;
+    assert!(child.0.try_wait().unwrap().is_none(), "chatd exited");
 }
