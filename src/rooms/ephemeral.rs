@@ -148,41 +148,7 @@ impl Rooms {
     /// (a renewal within [`TYPING_RENEW`], an end of no flag, the table
     /// full).
     pub fn set_typing(&self, room: &RoomName, who: &Identity, typing: bool) {
-        let now = Instant::now();
-        let key = (room.clone(), who.user_id.clone());
-        let announce = {
-            let mut flags = lock(&self.ephemeral.flags);
-            let full = flags.len() >= EPHEMERAL_ENTRIES;
-            if typing {
-                match flags.get_mut(&key) {
-                    Some(flag) if now < flag.announced + TYPING_RENEW => {
-                        flag.expires = now + TYPING_EXPIRES;
-                        false
-                    }
-                    Some(flag) => {
-                        flag.expires = now + TYPING_EXPIRES;
-                        flag.announced = now;
-                        true
-                    }
-                    None if full => false,
-                    None => {
-                        flags.insert(
-                            key,
-                            Flag {
-                                display_name: who.display_name.clone(),
-                                local: true,
-                                expires: now + TYPING_EXPIRES,
-                                announced: now,
-                            },
-                        );
-                        true
-                    }
-                }
-            } else {
-                flags.remove(&key).is_some()
-            }
-        };
-        if announce {
+        if self.record_typing(room, who, typing, true) {
             self.push_typing(room, &who.user_id, &who.display_name, typing);
             self.relay_typing(room, &who.user_id, &who.display_name, typing);
         }
@@ -192,38 +158,52 @@ impl Rooms {
     /// ends it, or [`TYPING_EXPIRES`] plus [`TYPING_RENEW`] after its last
     /// announcement (the node died).
     pub fn typing_from_peer(&self, room: &RoomName, who: &Identity, typing: bool) {
+        if self.record_typing(room, who, typing, false) {
+            self.push_typing(room, &who.user_id, &who.display_name, typing);
+        }
+    }
+
+    /// Records `who`'s flag in `room` (or, `typing = false`, its end) and
+    /// says whether that is news for the room's streams. A flag set here
+    /// (`local`) lives [`TYPING_EXPIRES`], and a renewal more than
+    /// [`TYPING_RENEW`] after its last announcement is news again; one from
+    /// another node lives [`TYPING_EXPIRES`] plus [`TYPING_RENEW`] and its
+    /// renewals are not news. A new flag is dropped when the table is full.
+    fn record_typing(&self, room: &RoomName, who: &Identity, typing: bool, local: bool) -> bool {
         let now = Instant::now();
         let key = (room.clone(), who.user_id.clone());
-        let news = {
-            let mut flags = lock(&self.ephemeral.flags);
-            if typing {
-                let full = flags.len() >= EPHEMERAL_ENTRIES;
-                match flags.get_mut(&key) {
-                    Some(flag) => {
-                        flag.expires = now + TYPING_EXPIRES + TYPING_RENEW;
-                        flag.announced = now;
-                        false
-                    }
-                    None if full => false,
-                    None => {
-                        flags.insert(
-                            key,
-                            Flag {
-                                display_name: who.display_name.clone(),
-                                local: false,
-                                expires: now + TYPING_EXPIRES + TYPING_RENEW,
-                                announced: now,
-                            },
-                        );
-                        true
-                    }
-                }
-            } else {
-                flags.remove(&key).is_some()
-            }
+        let mut flags = lock(&self.ephemeral.flags);
+        if !typing {
+            return flags.remove(&key).is_some();
+        }
+        let lifetime = if local {
+            TYPING_EXPIRES
+        } else {
+            TYPING_EXPIRES + TYPING_RENEW
         };
-        if news {
-            self.push_typing(room, &who.user_id, &who.display_name, typing);
+        let full = flags.len() >= EPHEMERAL_ENTRIES;
+        match flags.get_mut(&key) {
+            Some(flag) => {
+                flag.expires = now + lifetime;
+                let news = local && now >= flag.announced + TYPING_RENEW;
+                if news || !local {
+                    flag.announced = now;
+                }
+                news
+            }
+            None if full => false,
+            None => {
+                flags.insert(
+                    key,
+                    Flag {
+                        display_name: who.display_name.clone(),
+                        local,
+                        expires: now + lifetime,
+                        announced: now,
+                    },
+                );
+                true
+            }
         }
     }
 
