@@ -2,8 +2,8 @@
 //! per test, tonic clients.
 //!
 //! One test binary, a file per concern: `join`, `send`, `history`,
-//! `lifecycle` (edits, deletions, reactions, replies, typing, read
-//! markers), `validation`, `server`, `grpc_web` and `binary` (what several
+//! `lifecycle` (edits, deletions, reactions, replies), `live` (typing,
+//! read markers), `validation`, `server`, `grpc_web` and `binary` (what several
 //! of them share in `support`).
 
 mod binary;
@@ -11,6 +11,7 @@ mod grpc_web;
 mod history;
 mod join;
 mod lifecycle;
+mod live;
 mod send;
 mod server;
 pub(crate) mod support;
@@ -46,10 +47,10 @@ on_both_backends! {
     every_change_refusal_names_its_field_or_limit:
         crate::chat::lifecycle::every_change_refusal_names_its_field_or_limit,
     typing_reaches_the_others_ends_on_send_and_expires:
-        crate::chat::lifecycle::typing_reaches_the_others_ends_on_send_and_expires,
-    read_markers_are_coalesced_and_listed: crate::chat::lifecycle::read_markers_are_coalesced_and_listed,
+        crate::chat::live::typing_reaches_the_others_ends_on_send_and_expires,
+    read_markers_are_coalesced_and_listed: crate::chat::live::read_markers_are_coalesced_and_listed,
     changes_count_against_the_send_rate_and_need_the_room:
         crate::chat::lifecycle::changes_count_against_the_send_rate_and_need_the_room,
     typing_and_read_markers_stay_out_of_large_rooms:
-        crate::chat::lifecycle::typing_and_read_markers_stay_out_of_large_rooms,
+        crate::chat::live::typing_and_read_markers_stay_out_of_large_rooms,
 }
