@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::config::RoomCreation;
 use crate::domain::{Identity, RoomName, Visibility, now_micros};
 use crate::error::{Error, Result};
+use crate::proto;
 use crate::storage::{Created, Store};
 
 /// Entries per generation of each cache (visibility, grants, public rooms
@@ -273,7 +274,12 @@ impl Access {
         let visibility = match cached {
             Some(v) => v,
             None => {
-                let v = match self.store.create_room(room, Visibility::Public).await? {
+                let event = proto::room_created_event(room, Visibility::Public);
+                let v = match self
+                    .store
+                    .create_room(room, Visibility::Public, &event)
+                    .await?
+                {
                     Created::New => Visibility::Public,
                     Created::Existing(existing) => existing,
                 };
@@ -322,7 +328,8 @@ impl Access {
     /// CreateRoom: `created` is false when the room exists with this
     /// visibility; another visibility is FAILED_PRECONDITION.
     pub async fn create_room(&self, room: &RoomName, visibility: Visibility) -> Result<bool> {
-        let created = match self.store.create_room(room, visibility).await? {
+        let event = proto::room_created_event(room, visibility);
+        let created = match self.store.create_room(room, visibility, &event).await? {
             Created::New => true,
             Created::Existing(existing) if existing == visibility => false,
             Created::Existing(existing) => {
@@ -385,14 +392,22 @@ impl Access {
     /// GrantAccess: lets `users` into the private `room`.
     pub async fn grant(&self, room: &RoomName, users: &[Arc<str>]) -> Result<()> {
         self.private_room(room).await?;
-        self.store.grant(room, users, now_micros()).await
+        self.store
+            .grant(room, users, now_micros(), |users| {
+                proto::access_event(room, true, users)
+            })
+            .await
     }
 
     /// RevokeAccess: takes the grants away in storage, then ends the users'
     /// streams here and tells the other nodes.
     pub async fn revoke(&self, room: &RoomName, users: Vec<Arc<str>>) -> Result<()> {
         self.private_room(room).await?;
-        self.store.revoke(room, &users).await?;
+        self.store
+            .revoke(room, &users, |users| {
+                proto::access_event(room, false, users)
+            })
+            .await?;
         self.apply_revocation(room, &users);
         if let Some(announce) = self.announce.get()
             && announce.try_send((room.clone(), users)).is_err()

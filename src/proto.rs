@@ -10,7 +10,10 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::Message as _;
 use prost::encoding::{DecodeContext, WireType};
 
-use crate::domain::{ChangeWhat, Identity, MessageState, StoredChange, StoredEvent, StoredMessage};
+use crate::domain::{
+    ChangeWhat, Identity, MessageState, RoomName, StoredChange, StoredEvent, StoredMessage,
+    Visibility,
+};
 
 #[allow(clippy::all, missing_docs)]
 mod generated {
@@ -179,23 +182,28 @@ impl From<&MessageState> for Message {
     }
 }
 
-/// A stored change as the stream event that announces it.
-pub fn change_event(c: &StoredChange) -> join_room_response::Event {
-    use join_room_response::Event;
+/// A stored change as its wire message, one per kind of change.
+enum ChangeMessage {
+    Edited(MessageEdited),
+    Deleted(MessageDeleted),
+    Reacted(ReactionChanged),
+}
+
+fn change_message(c: &StoredChange) -> ChangeMessage {
     let actor = Some(Member {
         user_id: c.actor_id.clone(),
         display_name: c.actor_name.clone(),
     });
     let at = Some(timestamp(c.at_micros));
     match &c.what {
-        ChangeWhat::Edited { content } => Event::MessageEdited(MessageEdited {
+        ChangeWhat::Edited { content } => ChangeMessage::Edited(MessageEdited {
             seq: c.seq,
             message_seq: c.message_seq,
             content: content.clone(),
             editor: actor,
             edited_at: at,
         }),
-        ChangeWhat::Deleted => Event::MessageDeleted(MessageDeleted {
+        ChangeWhat::Deleted => ChangeMessage::Deleted(MessageDeleted {
             seq: c.seq,
             message_seq: c.message_seq,
             deleted_by: actor,
@@ -205,7 +213,7 @@ pub fn change_event(c: &StoredChange) -> join_room_response::Event {
             reaction,
             added,
             count,
-        } => Event::ReactionChanged(ReactionChanged {
+        } => ChangeMessage::Reacted(ReactionChanged {
             seq: c.seq,
             message_seq: c.message_seq,
             reaction: reaction.clone(),
@@ -216,11 +224,92 @@ pub fn change_event(c: &StoredChange) -> join_room_response::Event {
     }
 }
 
+/// A stored change as the stream event that announces it.
+pub fn change_event(c: &StoredChange) -> join_room_response::Event {
+    use join_room_response::Event;
+    match change_message(c) {
+        ChangeMessage::Edited(m) => Event::MessageEdited(m),
+        ChangeMessage::Deleted(m) => Event::MessageDeleted(m),
+        ChangeMessage::Reacted(m) => Event::ReactionChanged(m),
+    }
+}
+
 /// A durable event as a stream sends it: a message (its state as given),
 /// or a change.
 pub fn stored_event(event: &StoredEvent) -> join_room_response::Event {
     match event {
         StoredEvent::Message(m) => join_room_response::Event::Message(Message::from(m)),
         StoredEvent::Change(c) => change_event(c),
+    }
+}
+
+/// A room's durable event as the `data` of a webhook.
+pub fn webhook_room_event(stored: &StoredEvent) -> Event {
+    let inner = match stored {
+        StoredEvent::Message(m) => event::Event::MessageCreated(Message::from(m)),
+        StoredEvent::Change(c) => match change_message(c) {
+            ChangeMessage::Edited(m) => event::Event::MessageEdited(m),
+            ChangeMessage::Deleted(m) => event::Event::MessageDeleted(m),
+            ChangeMessage::Reacted(m) => event::Event::ReactionChanged(m),
+        },
+    };
+    Event {
+        room: stored.room().to_string(),
+        seq: stored.seq(),
+        event: Some(inner),
+    }
+}
+
+/// The encoded room.created webhook event of `room`.
+pub fn room_created_event(room: &RoomName, visibility: Visibility) -> Vec<u8> {
+    let visibility = match visibility {
+        Visibility::Public => RoomVisibility::Public,
+        Visibility::Private => RoomVisibility::Private,
+    };
+    Event {
+        room: room.to_string(),
+        seq: 0,
+        event: Some(event::Event::RoomCreated(CreateRoomResponse {
+            room: room.to_string(),
+            visibility: visibility as i32,
+            created: true,
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// The encoded access.granted (or access.revoked) webhook event of
+/// `users` in `room`.
+pub fn access_event(room: &RoomName, granted: bool, users: &[String]) -> Vec<u8> {
+    let changed = AccessChanged {
+        user_ids: users.to_vec(),
+    };
+    Event {
+        room: room.to_string(),
+        seq: 0,
+        event: Some(if granted {
+            event::Event::AccessGranted(changed)
+        } else {
+            event::Event::AccessRevoked(changed)
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// The webhook type of an event (its `type` field).
+pub fn webhook_type(event: &event::Event) -> &'static str {
+    use event::Event as E;
+    match event {
+        E::MessageCreated(_) => "message.created",
+        E::MessageEdited(_) => "message.edited",
+        E::MessageDeleted(_) => "message.deleted",
+        E::ReactionChanged(_) => "reaction.changed",
+        E::RoomCreated(_) => "room.created",
+        E::AccessGranted(_) => "access.granted",
+        E::AccessRevoked(_) => "access.revoked",
+        E::UserBanned(_) => "user.banned",
+        E::UserUnbanned(_) => "user.unbanned",
+        E::UserMuted(_) => "user.muted",
+        E::UserUnmuted(_) => "user.unmuted",
     }
 }

@@ -7,16 +7,41 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, SmallInt, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use super::outbox::{NewOutboxRow, enqueue};
 use super::schema::{access_revision, room_users, rooms};
 use super::{Backend, Store, fitting, to_i64};
 use crate::domain::{
     ContentKind, MarkersCursor, MarkersQuery, ROOMS_PAGE_BYTES, ReadMarkerRow, RoomName,
     RoomSummary, RoomsCursor, RoomsPage, RoomsQuery, StoredMessage, UNREAD_CAP, Visibility,
+    now_micros,
 };
 use crate::error::{Error, Result};
 
 /// The most (room, user) pairs [`Store::denied`] asks about in one query.
 const PAIRS_CHUNK: usize = 1000;
+
+/// Puts the access event of `$users` (none: nothing) in the outbox on
+/// `$conn`, inside the caller's transaction; whether it did (an async
+/// block).
+macro_rules! announce {
+    ($store:expr, $conn:ident, $room:expr, $users:expr, $event:expr) => {
+        async {
+            let users: &[String] = $users;
+            if users.is_empty() || !$store.outbox_on() {
+                return Ok::<_, diesel::result::Error>(false);
+            }
+            let bytes = $event(users);
+            let at = now_micros();
+            enqueue!(
+                $store,
+                $conn,
+                [NewOutboxRow::carried($room.as_str(), &bytes, at)]
+            )
+            .await?;
+            Ok(true)
+        }
+    };
+}
 
 /// What CreateRoom found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,14 +211,22 @@ impl Store {
         Ok(granted == Some(true))
     }
 
-    /// Creates `room` with `visibility` unless it exists.
+    /// Creates `room` with `visibility` unless it exists; with webhooks on,
+    /// `event` (an encoded `chat.v1.Event`, room.created) goes to the
+    /// outbox in the same transaction when it did not.
     /// A write outside the batch (a send's first to a room takes this
     /// path too, see `Access::settle_send`), so its failure counts for
     /// health as a failed batch does.
-    pub async fn create_room(&self, room: &RoomName, visibility: Visibility) -> Result<Created> {
-        let inserted = self.insert_room(room, visibility).await;
+    pub async fn create_room(
+        &self,
+        room: &RoomName,
+        visibility: Visibility,
+        event: &[u8],
+    ) -> Result<Created> {
+        let inserted = self.insert_room(room, visibility, event).await;
         self.note_write_failure(&inserted);
         if inserted? == 1 {
+            self.outbox_written();
             return Ok(Created::New);
         }
         match self.visibility(room).await? {
@@ -207,8 +240,14 @@ impl Store {
     /// transaction: streams other nodes opened while the room was still
     /// public (it did not exist) must end, and a node that missed the
     /// notice finds them by the revision.
-    async fn insert_room(&self, room: &RoomName, visibility: Visibility) -> Result<usize> {
+    async fn insert_room(
+        &self,
+        room: &RoomName,
+        visibility: Visibility,
+        event: &[u8],
+    ) -> Result<usize> {
         let private = visibility == Visibility::Private;
+        let now = now_micros();
         Ok(with_conn!(self, |conn| {
             conn.transaction(async |conn| {
                 let inserted = diesel::insert_into(rooms::table)
@@ -226,6 +265,14 @@ impl Store {
                         .execute(conn)
                         .await?;
                 }
+                if inserted == 1 {
+                    enqueue!(
+                        self,
+                        conn,
+                        [NewOutboxRow::carried(room.as_str(), event, now)]
+                    )
+                    .await?;
+                }
                 Ok::<_, diesel::result::Error>(inserted)
             })
             .await?
@@ -233,12 +280,32 @@ impl Store {
     }
 
     /// Grants `users` access to `room` (a room of theirs from `now_micros`
-    /// when it was not yet); existing grants stay as they are.
-    pub async fn grant(&self, room: &RoomName, users: &[Arc<str>], now_micros: i64) -> Result<()> {
+    /// when it was not yet); existing grants stay as they are. With
+    /// webhooks on, `event` encodes the access.granted event of the users
+    /// who had no grant, which goes to the outbox in the same transaction.
+    pub async fn grant(
+        &self,
+        room: &RoomName,
+        users: &[Arc<str>],
+        now_micros: i64,
+        event: impl Fn(&[String]) -> Vec<u8> + Sync,
+    ) -> Result<()> {
+        let ids: Vec<&str> = users.iter().map(|u| &**u).collect();
+        let ids = &ids;
+        let event = &event;
         // One statement per user (SQLite has no batch upsert in diesel), in
         // one transaction, in user order as every writer of these rows.
-        with_conn!(self, |conn| {
+        let announced = with_conn!(self, |conn| {
             conn.transaction(async |conn| {
+                let held: HashSet<String> = room_users::table
+                    .filter(room_users::room.eq(room.as_str()))
+                    .filter(room_users::user_id.eq_any(ids))
+                    .filter(room_users::granted.eq(true))
+                    .select(room_users::user_id)
+                    .load::<String>(conn)
+                    .await?
+                    .into_iter()
+                    .collect();
                 for user in users {
                     diesel::insert_into(room_users::table)
                         .values((
@@ -253,20 +320,44 @@ impl Store {
                         .execute(conn)
                         .await?;
                 }
-                Ok::<_, diesel::result::Error>(())
+                let new: Vec<String> = unique(ids)
+                    .filter(|u| !held.contains(*u))
+                    .map(str::to_owned)
+                    .collect();
+                announce!(self, conn, room, &new, event).await
             })
             .await?
         });
+        if announced {
+            self.outbox_written();
+        }
         Ok(())
     }
 
     /// Takes `users`' grants to `room` away and bumps the access revision,
-    /// in one transaction.
-    pub async fn revoke(&self, room: &RoomName, users: &[Arc<str>]) -> Result<()> {
+    /// in one transaction; with webhooks on, `event` encodes the
+    /// access.revoked event of the users who held a grant, which goes to
+    /// the outbox in it too.
+    pub async fn revoke(
+        &self,
+        room: &RoomName,
+        users: &[Arc<str>],
+        event: impl Fn(&[String]) -> Vec<u8> + Sync,
+    ) -> Result<()> {
         let ids: Vec<&str> = users.iter().map(|u| &**u).collect();
         let ids = &ids;
-        with_conn!(self, |conn| {
+        let event = &event;
+        let announced = with_conn!(self, |conn| {
             conn.transaction(async |conn| {
+                let held: HashSet<String> = room_users::table
+                    .filter(room_users::room.eq(room.as_str()))
+                    .filter(room_users::user_id.eq_any(ids))
+                    .filter(room_users::granted.eq(true))
+                    .select(room_users::user_id)
+                    .load::<String>(conn)
+                    .await?
+                    .into_iter()
+                    .collect();
                 diesel::delete(
                     room_users::table
                         .filter(room_users::room.eq(room.as_str()))
@@ -278,10 +369,17 @@ impl Store {
                     .set(access_revision::revision.eq(access_revision::revision + 1))
                     .execute(conn)
                     .await?;
-                Ok::<_, diesel::result::Error>(())
+                let lost: Vec<String> = unique(ids)
+                    .filter(|u| held.contains(*u))
+                    .map(str::to_owned)
+                    .collect();
+                announce!(self, conn, room, &lost, event).await
             })
             .await?
         });
+        if announced {
+            self.outbox_written();
+        }
         Ok(())
     }
 
@@ -534,4 +632,10 @@ impl Store {
         };
         Ok(RoomsPage { rooms, next })
     }
+}
+
+/// `ids` without repeats, in their first order.
+fn unique<'a>(ids: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
+    let mut seen = HashSet::new();
+    ids.iter().copied().filter(move |u| seen.insert(*u))
 }

@@ -11,11 +11,14 @@ use crate::error::{Error, Result};
 /// and returns, in its order, each message as stored (see
 /// [`Store::append`]). The lookup of the batch's idempotency keys and the
 /// write are race-free against other processes writing the same keys.
+/// With `outbox`, every new message goes to the webhook outbox in the
+/// same transaction.
 pub(super) trait AppendBatch {
     async fn append_batch(
         &mut self,
         batch: &[NewMessage],
         sent_at_micros: i64,
+        outbox: bool,
     ) -> Result<Vec<Appended>>;
 }
 

@@ -13,6 +13,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::models::{ChangeRow, MessageRow, NewChangeRow};
+use super::outbox::{NewOutboxRow, enqueue};
 use super::schema::{message_events, messages, reactions, rooms};
 use super::{Backend, Store, fitting, to_i64};
 use crate::domain::{
@@ -339,6 +340,10 @@ impl Store {
                     None => None,
                     Some(plan) => Some(write_change!(conn, change, plan, at_micros).await?),
                 };
+                if let Some(stored) = &event {
+                    let seq = to_i64(stored.seq)?;
+                    enqueue!(self, conn, [NewOutboxRow::room_event(room, seq, at_micros)]).await?;
+                }
                 let row: MessageRow = messages::table
                     .find((room, message_seq))
                     .select(MessageRow::as_select())
@@ -354,6 +359,9 @@ impl Store {
             .await?
         });
         self.note_write_failure(&result);
+        if let Ok(Changed { event: Some(_), .. }) = &result {
+            self.outbox_written();
+        }
         result
     }
 
@@ -494,7 +502,12 @@ impl Store {
     }
 
     /// `room`'s events with seqs in `after + 1 ..= last`, ascending.
-    async fn events_between(&self, room: &str, after: i64, last: i64) -> Result<Vec<StoredEvent>> {
+    pub(super) async fn events_between(
+        &self,
+        room: &str,
+        after: i64,
+        last: i64,
+    ) -> Result<Vec<StoredEvent>> {
         let (messages, changes): (Vec<MessageRow>, Vec<ChangeRow>) = with_conn!(self, |conn| {
             let m = messages::table
                 .filter(messages::room.eq(room))

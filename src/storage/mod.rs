@@ -96,6 +96,11 @@ struct State {
     writes_failing: AtomicBool,
     /// Woken when a call fails as unavailable, so health probes at once.
     failed: tokio::sync::Notify,
+    /// Webhooks are on: committed events go to the outbox.
+    outbox: AtomicBool,
+    /// Woken by a commit that wrote to the outbox: delivery starts at once
+    /// on this node (other nodes find the events by polling).
+    outbox_written: tokio::sync::Notify,
 }
 
 #[derive(Clone)]
@@ -177,7 +182,9 @@ macro_rules! with_pooled {
 
 mod access;
 mod changes;
+mod outbox;
 pub use self::access::Created;
+pub use self::outbox::OutboxRow;
 
 /// The probe write of [`Store::probe_write`], PostgreSQL's dialect: a
 /// message of room '' (no client can name it: room names are never empty)
@@ -352,7 +359,8 @@ impl Store {
     pub async fn append(&self, batch: &[NewMessage], sent_at_micros: i64) -> Result<Vec<Appended>> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let result = try_with_conn!(self, deadline, false, |conn| {
-            conn.append_batch(batch, sent_at_micros).await?
+            conn.append_batch(batch, sent_at_micros, self.outbox_on())
+                .await?
         });
         let failing = result
             .as_ref()
@@ -360,6 +368,11 @@ impl Store {
             .and_then(Error::failure)
             .is_some_and(|f| f != Failure::Internal);
         self.state.writes_failing.store(failing, Ordering::Relaxed);
+        if let Ok(appended) = &result
+            && appended.iter().any(|a| a.fresh)
+        {
+            self.outbox_written();
+        }
         result
     }
 

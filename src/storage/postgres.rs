@@ -159,7 +159,8 @@ fn migrations_late() -> String {
 
 /// Bumps each room's counter by its number of new messages, inserts the
 /// messages with their seqs and moves each sender's read marker to their
-/// last message of the room (making the room theirs), in one statement
+/// last message of the room (making the room theirs), and, with `$9 = 1`
+/// (webhooks on), puts every new message in the webhook outbox, in one statement
 /// (atomic on its own, one round trip). Inputs are parallel arrays in batch order; seqs are assigned per
 /// room in that order. Returns the position (1-based `ord`) and seq of every
 /// row the INSERT stored: the seqs acknowledged are exactly the ones
@@ -228,8 +229,9 @@ impl AppendBatch for AsyncPgConnection {
         &mut self,
         batch: &[NewMessage],
         sent_at_micros: i64,
+        outbox: bool,
     ) -> Result<Vec<Appended>> {
-        if let Some(done) = try_append(self, batch, sent_at_micros).await? {
+        if let Some(done) = try_append(self, batch, sent_at_micros, outbox).await? {
             return Ok(done);
         }
         tracing::debug!(
@@ -246,7 +248,7 @@ impl AppendBatch for AsyncPgConnection {
                 .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&rooms)
                 .execute(&mut *self)
                 .await?;
-            try_append(&mut *self, batch, sent_at_micros).await
+            try_append(&mut *self, batch, sent_at_micros, outbox).await
         }
         .await;
         match locked {
@@ -281,6 +283,7 @@ async fn try_append(
     conn: &mut AsyncPgConnection,
     batch: &[NewMessage],
     sent_at_micros: i64,
+    outbox: bool,
 ) -> Result<Option<Vec<Appended>>> {
     let keys = stored_keys(conn, batch).await?;
     let plans = plan(batch, &keys);
@@ -288,7 +291,7 @@ async fn try_append(
     let seqs = if fresh.is_empty() {
         Vec::new()
     } else {
-        match append_fresh(conn, &fresh, sent_at_micros).await? {
+        match append_fresh(conn, &fresh, sent_at_micros, outbox).await? {
             Some(seqs) => seqs,
             None => return Ok(None),
         }
@@ -335,6 +338,7 @@ async fn append_fresh(
     conn: &mut AsyncPgConnection,
     fresh: &[&NewMessage],
     sent_at_micros: i64,
+    outbox: bool,
 ) -> Result<Option<Vec<i64>>> {
     let rooms: Vec<&str> = fresh.iter().map(|m| m.room.as_str()).collect();
     let sender_ids: Vec<&str> = fresh.iter().map(|m| &*m.sender.user_id).collect();
@@ -360,6 +364,7 @@ async fn append_fresh(
             Bind::NullableTexts(&ids),
             Bind::BigInt(sent_at_micros),
             Bind::BigInts(&replies),
+            Bind::BigInt(i64::from(outbox)),
         ],
     )
     .load(conn)

@@ -69,6 +69,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_outbox (id) {
+        id -> Int8,
+        room -> Text,
+        seq -> Int8,
+        payload -> Nullable<Bytea>,
+        created_micros -> Int8,
+        due_micros -> Int8,
+        attempts -> Int4,
+        lease -> Int8,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     access_revision,
     message_events,
@@ -76,4 +89,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     reactions,
     room_users,
     rooms,
+    webhook_outbox,
 );

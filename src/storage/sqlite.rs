@@ -31,7 +31,8 @@ use futures_util::FutureExt;
 use super::Appended;
 use super::batch::{AppendBatch, assemble, fresh_of, keys_of, lookup_keys, plan};
 use super::models::{MessageRow, NewMessageRow};
-use super::schema::{messages, room_users, rooms};
+use super::outbox::NewOutboxRow;
+use super::schema::{messages, room_users, rooms, webhook_outbox};
 use crate::domain::NewMessage;
 use crate::error::{Error, Result};
 
@@ -163,13 +164,18 @@ impl AppendBatch for SqliteConn {
         &mut self,
         batch: &[NewMessage],
         sent_at_micros: i64,
+        outbox: bool,
     ) -> Result<Vec<Appended>> {
         // The blocking pool needs the batch owned.
         let batch = batch.to_vec();
         // The closure's own error type is diesel's; the batch's errors
         // (ours) travel inside its value.
         self.spawn_blocking(move |conn| {
-            Ok(conn.immediate_transaction(|conn| write_batch(conn, &batch, sent_at_micros)))
+            Ok(
+                conn.immediate_transaction(|conn| {
+                    write_batch(conn, &batch, sent_at_micros, outbox)
+                }),
+            )
         })
         .await?
     }
@@ -180,6 +186,7 @@ fn write_batch(
     conn: &mut SqliteConnection,
     batch: &[NewMessage],
     sent_at_micros: i64,
+    outbox: bool,
 ) -> Result<Vec<Appended>> {
     let stored = stored_keys(conn, batch)?;
     let plans = plan(batch, &keys_of(stored)?);
@@ -216,6 +223,15 @@ fn write_batch(
         }
     }
     mark_senders(conn, &rows, sent_at_micros)?;
+    if outbox && !rows.is_empty() {
+        let waiting: Vec<NewOutboxRow<'_>> = rows
+            .iter()
+            .map(|r| NewOutboxRow::room_event(r.room, r.seq, sent_at_micros))
+            .collect();
+        diesel::insert_into(webhook_outbox::table)
+            .values(&waiting)
+            .execute(conn)?;
+    }
     let seqs = rows.iter().map(|r| r.seq).collect();
     assemble(batch, plans, seqs, sent_at_micros)
 }
