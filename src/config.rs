@@ -14,6 +14,7 @@ use crate::storage::Synchronous;
 
 mod cluster;
 mod parse;
+mod webhooks;
 
 use self::parse::{
     parse_cluster_name, parse_database_url, parse_db_timeout, parse_duration,
@@ -21,6 +22,7 @@ use self::parse::{
 };
 
 pub use cluster::{CLUSTER_KEY_BYTES, ClusterKeys, ClusterSecurity, Secret};
+pub use webhooks::{WebhookArgs, Webhooks};
 
 /// chatd: gRPC chat rooms with durable, gapless history.
 #[derive(Debug, Parser)]
@@ -117,6 +119,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub cluster_security: ClusterSecurity,
+
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 
     /// SQLite only: `full` fsyncs every commit before acknowledging it
     /// (survives power loss); `normal` survives a crash of chatd but may
@@ -588,7 +593,8 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("CHAT_TLS_CERT and CHAT_TLS_KEY must be set together (or neither)".into());
         }
-        self.validate_cluster()
+        self.validate_cluster()?;
+        self.webhooks().map(|_| ())
     }
 }
 

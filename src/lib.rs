@@ -72,6 +72,7 @@ pub mod proto;
 mod rooms;
 mod server;
 mod storage;
+mod webhooks;
 mod writer;
 
 pub use error::{Error, Result};

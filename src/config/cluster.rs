@@ -22,6 +22,11 @@ const MAKE_ONE: &str =
 pub struct Secret(String);
 
 impl Secret {
+    #[cfg(test)]
+    pub(super) fn new(s: String) -> Self {
+        Secret(s)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -35,7 +40,7 @@ impl fmt::Debug for Secret {
 
 /// Always accepted as given: the value is checked by
 /// [`Config::cluster_keys`], whose messages never repeat it.
-fn parse_secret(s: &str) -> Result<Secret, String> {
+pub(super) fn parse_secret(s: &str) -> Result<Secret, String> {
     Ok(Secret(s.to_owned()))
 }
 

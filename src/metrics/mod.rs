@@ -79,6 +79,27 @@ impl NatsDrop {
     }
 }
 
+/// What became of one try of a webhook event
+/// (`chatd_webhook_events_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The receiver answered 2xx.
+    Delivered = 0,
+    /// It failed (not 2xx, timed out, refused) and is tried again later.
+    Retried = 1,
+    /// Still undelivered past CHAT_WEBHOOK_MAX_AGE: given up.
+    Dropped = 2,
+}
+
+impl WebhookOutcome {
+    const LABELS: [&'static str; 3] = ["delivered", "retried", "dropped"];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
@@ -119,6 +140,12 @@ struct Inner {
     pool_waiters: Gauge,
     /// Cluster only.
     nats: Option<NatsMetrics>,
+    /// By [`WebhookOutcome`] as index.
+    webhook_events: [Counter; 3],
+    /// Events waiting in the outbox, and the oldest one's age in seconds,
+    /// as last read.
+    webhook_backlog: Gauge,
+    webhook_oldest_seconds: Gauge,
 }
 
 struct NatsMetrics {
@@ -260,6 +287,24 @@ impl Metrics {
                 ),
             }
         });
+        let webhooks: Family<ResultLabel, Counter> = Family::default();
+        registry.register(
+            "chatd_webhook_events",
+            "Tries of webhook events, by result: delivered (2xx), retried (failed, tried again later), dropped (undelivered past CHAT_WEBHOOK_MAX_AGE)",
+            webhooks.clone(),
+        );
+        let webhook_events = WebhookOutcome::LABELS
+            .map(|result| webhooks.get_or_create_owned(&ResultLabel { result }));
+        let webhook_backlog = gauge(
+            &mut registry,
+            "chatd_webhook_backlog",
+            "Webhook events waiting in the outbox (the whole cluster's; read every 5 s)",
+        );
+        let webhook_oldest_seconds = gauge(
+            &mut registry,
+            "chatd_webhook_oldest_seconds",
+            "Age of the oldest webhook event waiting, in seconds (0: none; read every 5 s)",
+        );
         Metrics(Some(Arc::new(Inner {
             registry,
             grpc,
@@ -277,6 +322,9 @@ impl Metrics {
             pool_idle,
             pool_waiters,
             nats,
+            webhook_events,
+            webhook_backlog,
+            webhook_oldest_seconds,
         })))
     }
 
@@ -379,6 +427,23 @@ impl Metrics {
     pub fn nats_dropped(&self, reason: NatsDrop) {
         if let Some(nats) = self.0.as_ref().and_then(|m| m.nats.as_ref()) {
             nats.dropped[reason as usize].inc();
+        }
+    }
+
+    /// One try of a webhook event ended with `outcome`.
+    #[inline]
+    pub fn webhook(&self, outcome: WebhookOutcome) {
+        if let Some(m) = &self.0 {
+            m.webhook_events[outcome as usize].inc();
+        }
+    }
+
+    /// The outbox holds `waiting` events, the oldest `oldest_seconds` old.
+    pub fn webhook_backlog(&self, waiting: u64, oldest_seconds: i64) {
+        if let Some(m) = &self.0 {
+            m.webhook_backlog
+                .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+            m.webhook_oldest_seconds.set(oldest_seconds);
         }
     }
 

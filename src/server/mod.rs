@@ -250,6 +250,9 @@ async fn open_storage(config: &Config) -> Result<(Store, ServeLock)> {
         config.db_timeout,
     )?;
     store.migrate().await?;
+    if config.webhooks().map_err(Error::Config)?.is_some() {
+        store.enable_outbox();
+    }
     Ok((store, serve_lock))
 }
 

@@ -85,6 +85,9 @@ pub(super) async fn wire(
     if let Some(parts) = &cluster {
         revocations::spawn(&parts.cluster, &access, store, tracker, cluster_stop);
     }
+    if let Some(settings) = config.webhooks().map_err(crate::error::Error::Config)? {
+        crate::webhooks::spawn(settings, store, metrics, tracker, cluster_stop)?;
+    }
     let writer = Writer::spawn(
         store.clone(),
         rooms.clone(),
