@@ -18,6 +18,7 @@
 //! - `web`: the chat page on the gRPC port.
 //! - `nginx`: docs/nginx/chatd.conf in front of three nodes.
 //! - `secure`: rate limits, identity providers, TLS.
+//! - `webhooks`: signed webhooks from the outbox, on one node and a cluster.
 
 #[macro_use]
 mod helpers;
@@ -34,3 +35,4 @@ mod nginx;
 mod secure;
 mod tokens;
 mod web;
+mod webhooks;

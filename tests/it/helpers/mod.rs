@@ -33,6 +33,7 @@ pub mod cluster;
 pub mod connections;
 pub mod memory;
 pub mod metrics;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -142,6 +143,15 @@ fn unique_name(prefix: &str) -> String {
 }
 
 impl TestDb {
+    /// The SQLite database's directory (chatd's data directory in tests
+    /// that run the binary); `None` for PostgreSQL.
+    pub fn dir(&self) -> Option<std::path::PathBuf> {
+        match &self.kind {
+            Kind::Sqlite { dir } => Some(dir.clone()),
+            Kind::Postgres { .. } => None,
+        }
+    }
+
     pub async fn create(backend: Backend) -> TestDb {
         match backend {
             Backend::Postgres => Self::postgres().await,
