@@ -7,7 +7,7 @@
 mod cluster;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::helpers::access::{admin, create, grant, revoke};
 use crate::helpers::cluster::free_port;
@@ -287,4 +287,114 @@ pub async fn a_kill_after_acknowledged_sends_loses_no_webhook(backend: Backend) 
         }
     }
     assert_eq!(seen, acked.into_iter().collect::<HashSet<u64>>());
+}
+
+/// Runs `sql` on the test's PostgreSQL database.
+async fn run_sql(db: &TestDb, sql: &str) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let mut conn = within(AsyncPgConnection::establish(&db.url))
+        .await
+        .expect("connects");
+    within(conn.batch_execute(sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Outbox rows that were tried at least once, and all of them.
+async fn outbox_tries(db: &TestDb) -> (i64, i64) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Counts {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        tried: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        total: i64,
+    }
+    let mut conn = within(AsyncPgConnection::establish(&db.url))
+        .await
+        .expect("connects");
+    let counts: Counts = within(
+        diesel::sql_query(
+            "SELECT count(*) FILTER (WHERE attempts > 0) AS tried, count(*) AS total FROM webhook_outbox",
+        )
+        .get_result(&mut conn),
+    )
+    .await
+    .expect("counts");
+    (counts.tried, counts.total)
+}
+
+/// 100,000 events waiting while the receiver refuses connections, each
+/// tried and rescheduled again and again: the backlog stays in the
+/// database and chatd's memory stays flat. (The events are written with SQL, as the batch
+/// write stores them: the test is about what waits, not about sending.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_100_000_events_costs_disk_not_memory() {
+    use crate::helpers::memory::{Chatd, mib};
+    const EVENTS: i64 = 100_000;
+    let _heavy = heavy().await;
+    let db = TestDb::postgres().await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let env = [
+        ("CHAT_WEBHOOK_URL", url.as_str()),
+        (
+            "CHAT_WEBHOOK_SECRET",
+            crate::helpers::webhooks::WEBHOOK_SECRET,
+        ),
+        ("CHAT_WEBHOOK_TIMEOUT", "1s"),
+    ];
+    let chatd = Chatd::start(&db.url, &env).await;
+    run_sql(
+        &db,
+        &format!(
+            "BEGIN; \
+             INSERT INTO rooms (name, last_seq) VALUES ('backlog', {EVENTS}); \
+             INSERT INTO messages (room, seq, sender_id, sender_name, content_type, content, sent_at_micros) \
+             SELECT 'backlog', g, 'alice', 'Alice', 1, 'message number ' || g, \
+                 (extract(epoch FROM now()) * 1000000)::bigint FROM generate_series(1, {EVENTS}) g; \
+             INSERT INTO webhook_outbox (room, seq, created_micros, due_micros) \
+             SELECT 'backlog', g, (extract(epoch FROM now()) * 1000000)::bigint, 0 \
+             FROM generate_series(1, {EVENTS}) g; \
+             COMMIT;"
+        ),
+    )
+    .await;
+    // Tried once each (refused, rescheduled) and cycling on: the first
+    // pass warms up every allocation the cycle needs.
+    let wait_tried = async |at_least: i64| {
+        let deadline = Instant::now() + Duration::from_secs(400);
+        loop {
+            let (tried, total) = outbox_tries(&db).await;
+            assert_eq!(
+                total, EVENTS,
+                "nothing is dropped or lost while the receiver is down"
+            );
+            if tried >= at_least {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {tried} of {EVENTS} events tried in 400 s"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    wait_tried(EVENTS / 2).await;
+    let before = chatd.rss();
+    wait_tried(EVENTS).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = chatd.rss();
+    eprintln!(
+        "RSS with {EVENTS} events waiting: {:.1} MiB after half were tried, {:.1} MiB after all",
+        mib(before),
+        mib(after)
+    );
+    assert!(
+        after < before + 16 * 1024 * 1024,
+        "memory grew with the backlog: {:.1} MiB -> {:.1} MiB",
+        mib(before),
+        mib(after)
+    );
+    drop(chatd);
 }
