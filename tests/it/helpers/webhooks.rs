@@ -51,6 +51,19 @@ pub fn parse_event(data: &Value) -> proto::Event {
     dynamic.transcode_to().expect("transcodes to chat.v1.Event")
 }
 
+/// The Python that runs the receiver: `$CHAT_TEST_PYTHON`, else the venv
+/// `bash .ci/run` makes (.ci/.tools/venv), else `python3`.
+fn python() -> std::path::PathBuf {
+    if let Some(python) = std::env::var_os("CHAT_TEST_PYTHON") {
+        return python.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/.tools/venv/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    "python3".into()
+}
+
 /// The receiver process (killed when dropped).
 pub struct Receiver {
     _child: Child,
@@ -62,7 +75,7 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on `port` (0: any free port).
     pub async fn start(port: u16) -> Receiver {
-        let mut child = Command::new("python3")
+        let mut child = Command::new(python())
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/it/webhooks/receiver.py"
@@ -73,7 +86,7 @@ impl Receiver {
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("python3 runs the receiver (pip install standardwebhooks)");
+            .expect("python runs the receiver");
         let stdout = child.stdout.take().expect("stdout");
         let stdin = child.stdin.take().expect("stdin");
         // Large enough for every request of the largest test; the reader
@@ -94,7 +107,13 @@ impl Receiver {
             port: 0,
             lines,
         };
-        let first = receiver.line().await;
+        let first = within(receiver.lines.recv()).await.unwrap_or_else(|| {
+            panic!(
+                "the webhook receiver did not start: it needs Python with the standardwebhooks \
+                 package: `pip install -r tests/it/webhooks/requirements.txt` (or set \
+                 CHAT_TEST_PYTHON to a python that has it; `bash .ci/run` makes .ci/.tools/venv)"
+            )
+        });
         receiver.port = first["port"].as_u64().expect("the port first") as u16;
         receiver
     }
