@@ -17,6 +17,10 @@
 //! - `net/`: connections: accepting (slots, the per-IP limit), the
 //!   handshake deadline, TLS, and chatd's own serve loop (hyper's HTTP/1.1
 //!   and HTTP/2 per connection, the first-call deadline, GOAWAY).
+//! - `webhooks/`: the app backend's webhooks: claims events from the
+//!   outbox in storage (leases, so one node sends each), builds each body
+//!   (`body.rs`: proto3 JSON of `chat.v1.Event`) and POSTs it signed as
+//!   Standard Webhooks says (`deliver.rs`), with backoff and a maximum age.
 //! - `writer.rs`: the write path; stores waiting sends as atomic batches
 //!   (group commit), and changes of messages (edits, deletions, reactions)
 //!   one at a time in the same order, and publishes after commit.
@@ -42,7 +46,8 @@
 //!   module that knows SQL or which backend runs, and the only one that
 //!   sees database errors (`failure.rs` classifies them at the boundary);
 //!   `changes.rs` stores edits, deletions and reactions as events and
-//!   reads messages and changes back in seq order. Every call has a
+//!   reads messages and changes back in seq order; `outbox.rs` is the
+//!   webhook outbox every committing transaction writes to. Every call has a
 //!   deadline (`CHAT_DB_TIMEOUT`).
 //! - `limits/`: per-user bounds: open streams and unsent bytes
 //!   (`quota.rs`), send, join and read rates (`rate.rs`).
