@@ -69,6 +69,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    sanctions (room, user_id, kind) {
+        room -> Text,
+        user_id -> Text,
+        kind -> Int2,
+        until_micros -> Nullable<Int8>,
+        reason -> Text,
+        created_micros -> Int8,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     access_revision,
     message_events,
@@ -76,4 +87,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     reactions,
     room_users,
     rooms,
+    sanctions,
 );
