@@ -33,6 +33,7 @@ pub mod cluster;
 pub mod connections;
 pub mod memory;
 pub mod metrics;
+pub mod sanctions;
 
 use std::future::Future;
 use std::net::SocketAddr;
