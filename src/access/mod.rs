@@ -453,6 +453,9 @@ impl Access {
         users: &[Arc<str>],
     ) -> Result<()> {
         self.forget_sanctions(Some(users));
+        // A join in flight here, checked before the notice, asks storage
+        // again (Access::recheck): the ban may concern it.
+        drop(self.bump_epoch());
         let mut pairs: Vec<Pair> = self
             .rooms
             .local_users(room)
