@@ -37,8 +37,7 @@ impl InForce {
                 SanctionKind::Ban => &mut ban,
                 SanctionKind::Mute => &mut mute,
             };
-            let lasts = |s: &Sanction| (s.until_micros.is_none(), s.until_micros.unwrap_or(0));
-            if slot.as_ref().is_none_or(|kept| lasts(&s) > lasts(kept)) {
+            if slot.as_ref().is_none_or(|kept| s.outlasts(kept)) {
                 *slot = Some(s);
             }
         }

@@ -158,6 +158,13 @@ impl Sanction {
         self.until_micros.is_none_or(|until| until > now_micros)
     }
 
+    /// Whether it lasts longer than `other` (until lifted outlasts any
+    /// time): of two of the same kind that apply, the one to show.
+    pub fn outlasts(&self, other: &Sanction) -> bool {
+        let end = |s: &Sanction| (s.until_micros.is_none(), s.until_micros.unwrap_or(0));
+        end(self) > end(other)
+    }
+
     /// What the sanctioned user is told (PERMISSION_DENIED): the room,
     /// until when, and the reason, e.g. "you are banned from room lobby
     /// until 2026-12-07T10:00:00Z: spam".

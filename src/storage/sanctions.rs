@@ -56,16 +56,28 @@ pub(super) fn from_row(row: SanctionRow) -> Result<Sanction> {
     })
 }
 
-/// Of two sanctions of the same kind, the one that lasts longer (until
-/// lifted beats any time); `a` on a tie.
+/// Of two sanctions of the same kind, the one that lasts longer; `a` on a
+/// tie.
 pub(super) fn longer(a: Option<Sanction>, b: Sanction) -> Sanction {
     match a {
-        None => b,
-        Some(a) => {
-            let lasts = |s: &Sanction| (s.until_micros.is_none(), s.until_micros.unwrap_or(0));
-            if lasts(&b) > lasts(&a) { b } else { a }
-        }
+        Some(a) if !b.outlasts(&a) => a,
+        _ => b,
     }
+}
+
+/// Cuts `page` (read with one row more than `limit`) to `limit` and
+/// returns the cursor after it when there was more.
+fn cut(page: &mut Vec<Sanction>, limit: usize) -> Option<SanctionsCursor> {
+    if page.len() <= limit {
+        return None;
+    }
+    page.truncate(limit);
+    page.last().map(|s| SanctionsCursor {
+        created_micros: s.created_micros,
+        room: scope_key(&s.scope).to_owned(),
+        user_id: s.user_id.to_string(),
+        kind: s.kind,
+    })
 }
 
 impl Store {
@@ -252,18 +264,7 @@ impl Store {
             q.load(conn).await?
         });
         let mut page = rows.into_iter().map(from_row).collect::<Result<Vec<_>>>()?;
-        let limit = query.limit as usize;
-        let next = if page.len() > limit {
-            page.truncate(limit);
-            page.last().map(|s| SanctionsCursor {
-                created_micros: s.created_micros,
-                room: scope_key(&s.scope).to_owned(),
-                user_id: s.user_id.to_string(),
-                kind: s.kind,
-            })
-        } else {
-            None
-        };
+        let next = cut(&mut page, query.limit as usize);
         Ok((page, next))
     }
 }
