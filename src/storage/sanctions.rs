@@ -119,6 +119,7 @@ impl Store {
                     .execute(conn)
                     .await?;
                 // The outbox insert for webhooks joins this transaction.
+                // (The event carries `s`, as user_banned or user_muted.)
                 Ok::<_, diesel::result::Error>(())
             })
             .await?
@@ -155,6 +156,8 @@ impl Store {
                         .await?;
                 }
                 // The outbox insert for webhooks joins this transaction.
+                // (Only when `lifted` holds the row deleted: the event
+                // carries it, as user_unbanned or user_unmuted.)
                 Ok::<_, diesel::result::Error>(lifted)
             })
             .await?
