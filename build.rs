@@ -158,6 +158,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .build(),
         )
+        .method(method("ban_user", "BanUser", "SanctionRequest", "SanctionResponse").build())
+        .method(
+            method(
+                "unban_user",
+                "UnbanUser",
+                "LiftSanctionRequest",
+                "LiftSanctionResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "mute_user",
+                "MuteUser",
+                "SanctionRequest",
+                "SanctionResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "unmute_user",
+                "UnmuteUser",
+                "LiftSanctionRequest",
+                "LiftSanctionResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "list_sanctions",
+                "ListSanctions",
+                "ListSanctionsRequest",
+                "ListSanctionsResponse",
+            )
+            .build(),
+        )
         .build();
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 mod changes;
 mod markers;
 mod names;
+mod sanctions;
 
 pub use changes::{
     ChangeKind, ChangeWhat, Changed, MessageState, NewChange, REACTIONS_PER_MESSAGE_MAX, Reaction,
@@ -20,6 +21,10 @@ pub use changes::{
 };
 pub use markers::{MarkersCursor, MarkersQuery, ReadMarkerRow};
 pub use names::display_name;
+pub use sanctions::{
+    Denial, NewSanction, Sanction, SanctionKind, SanctionsCursor, SanctionsQuery, Scope,
+    parse_sanctioned_user, parse_scope, scope_key,
+};
 
 /// The longest room name, in bytes (all allowed characters are ASCII).
 pub const ROOM_NAME_MAX: usize = 64;

@@ -27,15 +27,17 @@
 //! - [`cluster`]: cluster mode over NATS (`CHAT_NATS_URL`): committed
 //!   messages and their changes between nodes with a PostgreSQL poll as
 //!   the floor, cluster-wide presence, typing and read markers
-//!   (`ephemeral.rs`), revocations of access.
+//!   (`ephemeral.rs`), revocations of access and sanctions.
 //! - `rooms/`: the registry of live rooms: fan-out through a bounded ring,
 //!   this node's members, typing flags and read markers (`ephemeral.rs`,
 //!   live only), coalesced wake-ups, and the per-stream reader that
 //!   guarantees exactly-once, gapless delivery of every durable event.
-//! - `access.rs`: may this caller do this here? Private rooms, grants and
-//!   their revocation, admin tokens; cached on the send path. It ends
-//!   streams through its `Streams` trait, which the room registry
-//!   implements.
+//! - `access/`: may this caller do this here? `mod.rs`: private rooms,
+//!   grants and their revocation, admin tokens; `sanctions.rs`: bans and
+//!   mutes (the checks, their cache, AdminService's calls); `cache.rs`: the
+//!   bounded two-generation map behind every access cache. Cached on the
+//!   send path. It ends streams through its `Streams` trait, which the
+//!   room registry implements.
 //! - [`auth`]: who is calling: bearer tokens (HS256, or the identity
 //!   provider's keys in `jwks.rs`) and the secret file (`secret.rs`).
 //! - `metrics/`: Prometheus metrics (`CHAT_METRICS_ADDR`): the registry

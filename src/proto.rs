@@ -11,8 +11,9 @@ use prost::Message as _;
 use prost::encoding::{DecodeContext, WireType};
 
 use crate::domain::{
-    ChangeWhat, Identity, MessageState, RoomName, StoredChange, StoredEvent, StoredMessage,
-    Visibility,
+    ChangeWhat, Identity, MessageState, RoomName, Sanction as DomainSanction,
+    SanctionKind as DomainSanctionKind, StoredChange, StoredEvent, StoredMessage, Visibility,
+    scope_key,
 };
 
 #[allow(clippy::all, missing_docs)]
@@ -292,6 +293,41 @@ pub fn access_event(room: &RoomName, granted: bool, users: &[String]) -> Vec<u8>
         } else {
             event::Event::AccessRevoked(changed)
         }),
+    }
+    .encode_to_vec()
+}
+
+impl From<&DomainSanction> for Sanction {
+    /// A sanction as the wire shows it (room "" for every room).
+    fn from(s: &DomainSanction) -> Self {
+        Sanction {
+            room: scope_key(&s.scope).to_owned(),
+            user_id: s.user_id.to_string(),
+            kind: match s.kind {
+                DomainSanctionKind::Ban => SanctionKind::Ban as i32,
+                DomainSanctionKind::Mute => SanctionKind::Mute as i32,
+            },
+            until: s.until_micros.map(timestamp),
+            reason: s.reason.clone(),
+            created_at: Some(timestamp(s.created_micros)),
+        }
+    }
+}
+
+/// The encoded webhook event of a sanction imposed (user.banned,
+/// user.muted) or lifted (user.unbanned, user.unmuted).
+pub fn sanction_event(s: &DomainSanction, imposed: bool) -> Vec<u8> {
+    let wire = Sanction::from(s);
+    let inner = match (s.kind, imposed) {
+        (DomainSanctionKind::Ban, true) => event::Event::UserBanned(wire),
+        (DomainSanctionKind::Ban, false) => event::Event::UserUnbanned(wire),
+        (DomainSanctionKind::Mute, true) => event::Event::UserMuted(wire),
+        (DomainSanctionKind::Mute, false) => event::Event::UserUnmuted(wire),
+    };
+    Event {
+        room: scope_key(&s.scope).to_owned(),
+        seq: 0,
+        event: Some(inner),
     }
     .encode_to_vec()
 }

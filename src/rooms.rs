@@ -411,7 +411,7 @@ impl Rooms {
             identity,
             member: false,
             generation: 0,
-            revoked: CancellationToken::new(),
+            revoked: membership::Ending::default(),
             _slot: slot,
         };
 

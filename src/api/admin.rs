@@ -10,7 +10,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::access::Access;
-use crate::domain::{Identity, RoomName, Visibility, parse_user_ids};
+use crate::domain::{
+    Identity, NewSanction, RoomName, SanctionKind, SanctionsQuery, Visibility,
+    parse_sanctioned_user, parse_scope, parse_user_ids,
+};
 use crate::error::Error;
 use crate::proto::server::admin_service_server::AdminService;
 use crate::proto::{self, RoomVisibility};
@@ -42,6 +45,44 @@ pub(crate) fn wire_visibility(v: Visibility) -> i32 {
     match v {
         Visibility::Public => RoomVisibility::Public as i32,
         Visibility::Private => RoomVisibility::Private as i32,
+    }
+}
+
+impl AdminApi {
+    /// BanUser and MuteUser.
+    async fn impose(
+        &self,
+        request: Request<proto::SanctionRequest>,
+        kind: SanctionKind,
+    ) -> Result<Response<proto::SanctionResponse>, Status> {
+        admin(&request)?;
+        let request = request.into_inner();
+        let duration = request.duration.map(|d| (d.seconds, d.nanos));
+        let new = NewSanction::parse(
+            kind,
+            &request.room,
+            request.user_id,
+            duration,
+            request.reason,
+        )?;
+        let sanction = self.access.impose(&new).await?;
+        Ok(Response::new(proto::SanctionResponse {
+            sanction: Some(proto::Sanction::from(&sanction)),
+        }))
+    }
+
+    /// UnbanUser and UnmuteUser.
+    async fn lift(
+        &self,
+        request: Request<proto::LiftSanctionRequest>,
+        kind: SanctionKind,
+    ) -> Result<Response<proto::LiftSanctionResponse>, Status> {
+        admin(&request)?;
+        let request = request.into_inner();
+        let scope = parse_scope(&request.room)?;
+        let user = parse_sanctioned_user(request.user_id)?;
+        self.access.lift(&scope, &user, kind).await?;
+        Ok(Response::new(proto::LiftSanctionResponse {}))
     }
 }
 
@@ -85,5 +126,52 @@ impl AdminService for AdminApi {
         let users = parse_user_ids(request.user_ids)?;
         self.access.revoke(&room, users).await?;
         Ok(Response::new(proto::RevokeAccessResponse {}))
+    }
+
+    async fn ban_user(
+        &self,
+        request: Request<proto::SanctionRequest>,
+    ) -> Result<Response<proto::SanctionResponse>, Status> {
+        self.impose(request, SanctionKind::Ban).await
+    }
+
+    async fn unban_user(
+        &self,
+        request: Request<proto::LiftSanctionRequest>,
+    ) -> Result<Response<proto::LiftSanctionResponse>, Status> {
+        self.lift(request, SanctionKind::Ban).await
+    }
+
+    async fn mute_user(
+        &self,
+        request: Request<proto::SanctionRequest>,
+    ) -> Result<Response<proto::SanctionResponse>, Status> {
+        self.impose(request, SanctionKind::Mute).await
+    }
+
+    async fn unmute_user(
+        &self,
+        request: Request<proto::LiftSanctionRequest>,
+    ) -> Result<Response<proto::LiftSanctionResponse>, Status> {
+        self.lift(request, SanctionKind::Mute).await
+    }
+
+    async fn list_sanctions(
+        &self,
+        request: Request<proto::ListSanctionsRequest>,
+    ) -> Result<Response<proto::ListSanctionsResponse>, Status> {
+        admin(&request)?;
+        let request = request.into_inner();
+        let query = SanctionsQuery::parse(
+            &request.room,
+            request.user_id,
+            request.page_size,
+            &request.page_token,
+        )?;
+        let (sanctions, next) = self.access.list_sanctions(&query).await?;
+        Ok(Response::new(proto::ListSanctionsResponse {
+            sanctions: sanctions.iter().map(proto::Sanction::from).collect(),
+            next_page_token: next.map(|c| c.token()).unwrap_or_default(),
+        }))
     }
 }

@@ -114,7 +114,7 @@ impl ChatService for ChatApi {
         let sender = identity(&request)?;
         let request = request.into_inner();
         let room = RoomName::parse(&request.room)?;
-        self.access.check_use(&sender, &room).await?;
+        self.access.check_speak(&sender, &room).await?;
         let message = NewMessage {
             room,
             sender,
@@ -369,7 +369,7 @@ impl ChatService for ChatApi {
         let request = request.into_inner();
         let room = RoomName::parse(&request.room)?;
         self.read_rate.check(&caller.user_id)?;
-        self.access.check_use(&caller, &room).await?;
+        self.access.check_speak(&caller, &room).await?;
         self.rooms.set_typing(&room, &caller, request.typing);
         Ok(Response::new(proto::SetTypingResponse {}))
     }
@@ -402,7 +402,7 @@ impl ChatService for ChatApi {
 
 impl ChatApi {
     /// EditMessage, DeleteMessage and React: what SendMessage needs in the
-    /// room (and its rate), then the change through the room's writer, so
+    /// room (not muted, except to delete; and its rate), then the change through the room's writer, so
     /// that it is numbered and delivered in order with the room's sends.
     async fn change(
         &self,
@@ -416,7 +416,12 @@ impl ChatApi {
         if message_seq == 0 {
             return Err(Error::invalid("message_seq", "is required").into());
         }
-        self.access.check_use(&actor, &room).await?;
+        // A muted user may still delete their own messages.
+        if matches!(kind, ChangeKind::Delete) {
+            self.access.check_use(&actor, &room).await?;
+        } else {
+            self.access.check_speak(&actor, &room).await?;
+        }
         self.send_rate.check(&actor.user_id)?;
         self.access.settle_send(&actor, &room).await?;
         let changed = self

@@ -8,11 +8,16 @@
 //!   streams or cached grants here, a private room without a grant ends
 //!   their streams with PERMISSION_DENIED and drops their cached grants; a
 //!   public room is never revoked).
+//! - Bans, mutes and their lifting travel the same way: the notice names
+//!   the user and the room, or no room for a sanction on every room. A
+//!   receiver forgets its cached sanctions of those users and re-checks
+//!   their streams in storage, which finds bans in force too (the stream
+//!   ends with the ban's refusal).
 //! - NATS core is at most once, so every node also reads the access
 //!   revision (bumped in the revoking transaction) every
 //!   [`super::POLL_CONNECTED`] ([`super::POLL_DISCONNECTED`] while NATS is
-//!   down) and, when it moved, re-checks its open streams and cached grants
-//!   in storage ([`crate::access::Access::revalidate`]). So a node that
+//!   down) and, when it moved, forgets its cached sanctions and re-checks
+//!   its open streams and cached grants in storage ([`crate::access::Access::revalidate`]). So a node that
 //!   missed a notice ends the stream within that interval (plus one
 //!   database call).
 
@@ -31,7 +36,8 @@ use crate::domain::{RoomName, USER_IDS_MAX, user_id_problem};
 use crate::storage::Store;
 
 /// A revocation on the wire; no user ids: a room was made private, and
-/// each node re-checks its streams in it.
+/// each node re-checks its streams in it. An empty room (with user ids): a
+/// sanction on every room.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RevocationNotice {
     #[prost(string, tag = "1")]
@@ -79,7 +85,7 @@ async fn publish(cluster: Cluster, mut rx: mpsc::Receiver<Revocation>, stop: Can
             },
         };
         let notice = RevocationNotice {
-            room: room.to_string(),
+            room: room.as_ref().map(RoomName::to_string).unwrap_or_default(),
             user_ids: users.iter().map(|u| u.to_string()).collect(),
         };
         let payload = notice.encode_to_vec();
@@ -124,32 +130,44 @@ async fn follow(cluster: Cluster, access: Arc<Access>, stop: CancellationToken) 
                 continue;
             };
             // Storage decides, not the notice: a room made private (no
-            // users named) or the named users' grants are checked there.
+            // users named), the named users' grants and bans are checked
+            // there.
             let checked = tokio::select! {
                 () = stop.cancelled() => return,
                 checked = async {
-                    if users.is_empty() {
-                        access.revalidate_room(&room).await
-                    } else {
-                        access.revalidate_users(&room, &users).await
+                    match &room {
+                        Some(room) if users.is_empty() => access.revalidate_room(room).await,
+                        room => access.revalidate_users(room.as_ref(), &users).await,
                     }
                 } => checked,
             };
             if let Err(e) = checked {
-                tracing::debug!(room = %room, error = %e, "checking a revocation failed; the poll will");
+                tracing::debug!(room = ?room, error = %e, "checking a revocation failed; the poll will");
             }
         }
     }
 }
 
-/// A revocation notice's room and users, if valid (else counted).
-fn read(cluster: &Cluster, payload: Bytes) -> Option<(RoomName, Vec<Arc<str>>)> {
+/// A revocation notice's room (`None`: every room) and users, if valid
+/// (else counted): a normalized room name, or "" with at least one user.
+fn read(cluster: &Cluster, payload: Bytes) -> Option<Revocation> {
     let checked = RevocationNotice::decode(payload)
         .map_err(|e| e.to_string())
         .and_then(|notice| {
-            let room = RoomName::parse(&notice.room).map_err(|e| e.to_string())?;
-            if room.as_str() != notice.room || notice.user_ids.len() > USER_IDS_MAX {
-                return Err("a room not normalized or too many users".into());
+            let room = if notice.room.is_empty() {
+                if notice.user_ids.is_empty() {
+                    return Err("no room and no user".into());
+                }
+                None
+            } else {
+                let room = RoomName::parse(&notice.room).map_err(|e| e.to_string())?;
+                if room.as_str() != notice.room {
+                    return Err("a room not normalized".into());
+                }
+                Some(room)
+            };
+            if notice.user_ids.len() > USER_IDS_MAX {
+                return Err("too many users".into());
             }
             if let Some(problem) = notice.user_ids.iter().find_map(|u| user_id_problem(u)) {
                 return Err(format!("a user id {problem}"));

@@ -100,8 +100,6 @@ pub(super) fn joined(state: &RoomState, room: &str, last_seq: u64) -> EncodedEve
 
 #[cfg(test)]
 mod tests {
-    use tokio_util::sync::CancellationToken;
-
     use super::super::membership::LocalMember;
     use super::*;
     use crate::proto::{self, join_room_response::Event as WireEvent};
@@ -111,7 +109,7 @@ mod tests {
             display_name: name.into(),
             streams: 1,
             admin: false,
-            revoked: CancellationToken::new(),
+            revoked: Default::default(),
             generation: 0,
         }
     }

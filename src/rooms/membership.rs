@@ -1,7 +1,7 @@
 //! Who is in a room: members and their presence events, revocation, and a stream's membership.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -23,13 +23,45 @@ pub(super) struct LocalMember {
     /// Whether one of these streams was opened with an admin token: a
     /// revocation does not end them (admin passes every room check).
     pub(super) admin: bool,
-    /// Cancelled by [`Rooms::revoke`]: every stream of this presence ends
+    /// Ended by [`Rooms::revoke`]: every stream of this presence ends
     /// with PERMISSION_DENIED.
-    pub(super) revoked: CancellationToken,
+    pub(super) revoked: Ending,
     /// Tells this presence from a later one of the same user (after a
     /// revocation and a new grant), so a revoked stream's end never counts
     /// against the newer one.
     pub(super) generation: u64,
+}
+
+/// How a presence's streams are ended when access is taken away: a token
+/// cancelled once the refusal they end with is set.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Ending {
+    token: CancellationToken,
+    why: Arc<OnceLock<Arc<str>>>,
+}
+
+impl Ending {
+    /// Ends the streams with PERMISSION_DENIED saying `why` (the first
+    /// reason given, if ended twice).
+    pub(super) fn end(&self, why: &Arc<str>) {
+        let _ = self.why.set(why.clone());
+        self.token.cancel();
+    }
+
+    pub(super) fn is_ended(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Completes once ended.
+    pub(super) fn ended(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// The status an ended stream answers.
+    pub(super) fn refusal(&self) -> Error {
+        let why = self.why.get().map_or("access revoked", |w| &**w);
+        Error::PermissionDenied(why.to_owned())
+    }
 }
 
 impl Room {
@@ -70,11 +102,11 @@ impl Room {
 
 impl Rooms {
     /// Ends `user`'s streams in `room` on this node with PERMISSION_DENIED
-    /// (unless one was opened with an admin token): the user leaves the
+    /// saying `why` (unless one was opened with an admin token): the user leaves the
     /// room at once (member_left, unless present on another node, which
     /// revokes there too) and their streams deliver nothing more. Returns
     /// whether the user had streams here.
-    pub fn revoke(&self, name: &RoomName, user: &str) -> bool {
+    pub fn revoke(&self, name: &RoomName, user: &str, why: &Arc<str>) -> bool {
         let Some(room) = self.get(name) else {
             return false;
         };
@@ -87,7 +119,7 @@ impl Rooms {
             let Some((id, presence)) = state.members.remove_entry(user) else {
                 return false;
             };
-            presence.revoked.cancel();
+            presence.revoked.end(why);
             if !state.remote.contains_key(user) {
                 Room::push_presence(&mut state, &id, &presence.display_name, false, self.limits);
             }
@@ -185,7 +217,7 @@ pub(super) struct Membership {
     /// The presence this stream counts in ([`LocalMember::generation`]) and
     /// its revocation, once a member.
     pub(super) generation: u64,
-    pub(super) revoked: CancellationToken,
+    pub(super) revoked: Ending,
     /// The stream's place in the user's `CHAT_USER_MAX_STREAMS`.
     pub(super) _slot: StreamSlot,
 }
@@ -208,7 +240,7 @@ impl Membership {
                 display_name: self.identity.display_name.clone(),
                 streams: 0,
                 admin: false,
-                revoked: CancellationToken::new(),
+                revoked: Ending::default(),
                 generation: generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             });
         presence.streams += 1;
@@ -305,7 +337,7 @@ impl crate::access::Streams for Rooms {
         Rooms::local_users(self, only)
     }
 
-    fn revoke(&self, room: &RoomName, user: &str) -> bool {
-        Rooms::revoke(self, room, user)
+    fn revoke(&self, room: &RoomName, user: &str, why: &Arc<str>) -> bool {
+        Rooms::revoke(self, room, user, why)
     }
 }

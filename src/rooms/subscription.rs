@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::membership::Membership;
+use super::membership::{Ending, Membership};
 use super::ring::Event;
 use crate::domain::{MessageState, READ_PAGE_BYTES, ReactionCount, StoredEvent};
 use crate::error::Error;
@@ -25,9 +25,10 @@ const TAKE_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Subscription {
     pub(super) guard: Membership,
-    /// Cancelled when the user's access to the room is revoked: the stream
-    /// then ends with PERMISSION_DENIED, delivering nothing more.
-    pub(super) revoked: CancellationToken,
+    /// Ended when the user's access to the room is revoked (or they are
+    /// banned): the stream then ends with PERMISSION_DENIED saying why,
+    /// delivering nothing more.
+    pub(super) revoked: Ending,
     pub(super) store: Store,
     /// Cancelled when the server shuts down: interrupts a catch-up read or
     /// a wait for budget. Waiting streams learn of shutdown from the room.
@@ -73,12 +74,8 @@ impl Subscription {
 
     async fn next_inner(&mut self) -> std::result::Result<EncodedEvent, Status> {
         loop {
-            if self.revoked.is_cancelled() {
-                return Err(Error::PermissionDenied(format!(
-                    "room {}: access revoked",
-                    self.guard.room.name
-                ))
-                .into());
+            if self.revoked.is_ended() {
+                return Err(self.revoked.refusal().into());
             }
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
@@ -179,14 +176,14 @@ impl Subscription {
             biased;
             () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
             // Checked again at the top of the loop.
-            () = self.revoked.cancelled() => return Ok(()),
+            () = self.revoked.ended() => return Ok(()),
             charge = rooms.quotas.charge(user, upfront) => charge?,
         };
         let room = &self.guard.room.name;
         let page = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return Err(Error::ShuttingDown.into()),
-            () = self.revoked.cancelled() => return Ok(()),
+            () = self.revoked.ended() => return Ok(()),
             page = async {
                 let _turn = rooms.quotas.read_slot(user).await?;
                 let (events, more) = self.store.read_events(room, self.next_seq - 1, REPLAY_PAGE_MAX).await?;

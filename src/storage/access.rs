@@ -1,6 +1,6 @@
 //! Private rooms, grants, the users' rooms and read markers, on both backends.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use diesel::prelude::*;
@@ -8,12 +8,13 @@ use diesel::sql_types::{BigInt, Bool, Nullable, SmallInt, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::outbox::{NewOutboxRow, enqueue};
+use super::sanctions::longer;
 use super::schema::{access_revision, room_users, rooms};
 use super::{Backend, Store, fitting, to_i64};
 use crate::domain::{
-    ContentKind, MarkersCursor, MarkersQuery, ROOMS_PAGE_BYTES, ReadMarkerRow, RoomName,
-    RoomSummary, RoomsCursor, RoomsPage, RoomsQuery, StoredMessage, UNREAD_CAP, Visibility,
-    now_micros,
+    ContentKind, Denial, MarkersCursor, MarkersQuery, ROOMS_PAGE_BYTES, ReadMarkerRow, RoomName,
+    RoomSummary, RoomsCursor, RoomsPage, RoomsQuery, Sanction, StoredMessage, UNREAD_CAP,
+    Visibility, now_micros, scope_key,
 };
 use crate::error::{Error, Result};
 
@@ -297,6 +298,15 @@ impl Store {
         // one transaction, in user order as every writer of these rows.
         let announced = with_conn!(self, |conn| {
             conn.transaction(async |conn| {
+                // A write first, so the transaction holds the write lock
+                // before it reads: on SQLite a transaction that reads, then
+                // writes after another connection wrote, fails at once (the
+                // webhook delivery writes often); on PostgreSQL this orders
+                // grants with revocations.
+                diesel::update(access_revision::table)
+                    .set(access_revision::revision.eq(access_revision::revision))
+                    .execute(conn)
+                    .await?;
                 let held: HashSet<String> = room_users::table
                     .filter(room_users::room.eq(room.as_str()))
                     .filter(room_users::user_id.eq_any(ids))
@@ -349,22 +359,19 @@ impl Store {
         let event = &event;
         let announced = with_conn!(self, |conn| {
             conn.transaction(async |conn| {
-                let held: HashSet<String> = room_users::table
-                    .filter(room_users::room.eq(room.as_str()))
-                    .filter(room_users::user_id.eq_any(ids))
-                    .filter(room_users::granted.eq(true))
-                    .select(room_users::user_id)
-                    .load::<String>(conn)
-                    .await?
-                    .into_iter()
-                    .collect();
-                diesel::delete(
+                // The rows go first (a write before any read, as in
+                // `grant`); the users who held a grant come back.
+                let held: HashSet<String> = diesel::delete(
                     room_users::table
                         .filter(room_users::room.eq(room.as_str()))
                         .filter(room_users::user_id.eq_any(ids)),
                 )
-                .execute(conn)
-                .await?;
+                .returning((room_users::user_id, room_users::granted))
+                .load::<(String, bool)>(conn)
+                .await?
+                .into_iter()
+                .filter_map(|(user, granted)| granted.then_some(user))
+                .collect();
                 diesel::update(access_revision::table)
                     .set(access_revision::revision.eq(access_revision::revision + 1))
                     .execute(conn)
@@ -541,52 +548,85 @@ impl Store {
         Ok((markers, next.flatten()))
     }
 
-    /// Of `pairs` (room, user), those that may no longer use their room: a
-    /// private room without a grant.
+    /// Of `pairs` (room, user), those that may no longer use their room at
+    /// `now_micros`, and why: a ban in force (in the room or in every room;
+    /// it counts first), or a private room without a grant.
     pub async fn denied(
         &self,
         pairs: &[(RoomName, Arc<str>)],
-    ) -> Result<Vec<(RoomName, Arc<str>)>> {
+        now_micros: i64,
+    ) -> Result<Vec<(RoomName, Arc<str>, Denial)>> {
         let mut out = Vec::new();
         for chunk in pairs.chunks(PAIRS_CHUNK) {
             let names: Vec<&str> = chunk.iter().map(|(r, _)| r.as_str()).collect();
-            let private: HashSet<String> = with_conn!(self, |conn| {
-                rooms::table
-                    .filter(rooms::name.eq_any(&names))
-                    .filter(rooms::visibility.eq(Visibility::Private.code()))
-                    .select(rooms::name)
-                    .load::<String>(conn)
-                    .await?
-            })
-            .into_iter()
-            .collect();
-            if private.is_empty() {
-                continue;
-            }
             let users: Vec<&str> = chunk.iter().map(|(_, u)| &**u).collect();
-            let private_names: Vec<&str> = private.iter().map(String::as_str).collect();
-            let granted: HashSet<(String, String)> = with_conn!(self, |conn| {
-                room_users::table
-                    .filter(room_users::room.eq_any(&private_names))
-                    .filter(room_users::user_id.eq_any(&users))
-                    .filter(room_users::granted.eq(true))
-                    .select((room_users::room, room_users::user_id))
-                    .load::<(String, String)>(conn)
-                    .await?
-            })
-            .into_iter()
-            .collect();
-            out.extend(
-                chunk
-                    .iter()
-                    .filter(|(r, u)| {
-                        private.contains(r.as_str())
-                            && !granted.contains(&(r.as_str().to_owned(), u.to_string()))
-                    })
-                    .cloned(),
-            );
+            let mut bans: HashMap<(String, Arc<str>), Sanction> = HashMap::new();
+            for ban in self.bans_in_force(&names, &users, now_micros).await? {
+                let key = (scope_key(&ban.scope).to_owned(), ban.user_id.clone());
+                let kept = bans.remove(&key);
+                bans.insert(key, longer(kept, ban));
+            }
+            let no_grant = self.without_grant(&names, &users).await?;
+            for (room, user) in chunk {
+                let here = bans.get(&(room.as_str().to_owned(), user.clone()));
+                let everywhere = bans.get(&(String::new(), user.clone()));
+                let ban = match (here, everywhere) {
+                    (Some(a), Some(b)) => Some(longer(Some(a.clone()), b.clone())),
+                    (a, b) => a.or(b).cloned(),
+                };
+                let denial = match ban {
+                    Some(ban) => Denial::Banned(ban),
+                    None if no_grant.contains(&(room.as_str().to_owned(), user.to_string())) => {
+                        Denial::NoGrant
+                    }
+                    None => continue,
+                };
+                out.push((room.clone(), user.clone(), denial));
+            }
         }
         Ok(out)
+    }
+
+    /// Of the pairs of `rooms` and `users` (one chunk of [`Self::denied`]),
+    /// those in a private room without a grant, as (room, user).
+    async fn without_grant(
+        &self,
+        rooms: &[&str],
+        users: &[&str],
+    ) -> Result<HashSet<(String, String)>> {
+        let private: HashSet<String> = with_conn!(self, |conn| {
+            rooms::table
+                .filter(rooms::name.eq_any(rooms))
+                .filter(rooms::visibility.eq(Visibility::Private.code()))
+                .select(rooms::name)
+                .load::<String>(conn)
+                .await?
+        })
+        .into_iter()
+        .collect();
+        if private.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let private_names: Vec<&str> = private.iter().map(String::as_str).collect();
+        let granted: HashSet<(String, String)> = with_conn!(self, |conn| {
+            room_users::table
+                .filter(room_users::room.eq_any(&private_names))
+                .filter(room_users::user_id.eq_any(users))
+                .filter(room_users::granted.eq(true))
+                .select((room_users::room, room_users::user_id))
+                .load::<(String, String)>(conn)
+                .await?
+        })
+        .into_iter()
+        .collect();
+        Ok(rooms
+            .iter()
+            .zip(users)
+            .filter(|(r, u)| {
+                private.contains(**r) && !granted.contains(&(r.to_string(), u.to_string()))
+            })
+            .map(|(r, u)| (r.to_string(), u.to_string()))
+            .collect())
     }
 
     /// One page of `user`'s rooms, newest activity first.

@@ -21,6 +21,8 @@
 //! - `access.rs`: private rooms, grants, the users' rooms (ListRooms) and
 //!   their read markers. A batch write also moves each sender's marker to
 //!   their last message of the batch (and so makes the room theirs).
+//! - `sanctions.rs`: bans and mutes (imposed and lifted each in one
+//!   transaction with the access revision), those in force, their pages.
 
 mod batch;
 mod failure;
@@ -183,6 +185,7 @@ macro_rules! with_pooled {
 mod access;
 mod changes;
 mod outbox;
+mod sanctions;
 pub use self::access::Created;
 pub use self::outbox::OutboxRow;
 

@@ -28,7 +28,7 @@ use crate::domain::{RoomName, StoredEvent};
 use crate::error::{Error, Result};
 
 /// A row to insert (see the migration for the columns).
-#[derive(Insertable)]
+#[derive(Clone, Copy, Insertable)]
 #[diesel(table_name = webhook_outbox)]
 pub(super) struct NewOutboxRow<'a> {
     pub room: &'a str,

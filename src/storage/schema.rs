@@ -70,6 +70,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    sanctions (room, user_id, kind) {
+        room -> Text,
+        user_id -> Text,
+        kind -> Int2,
+        until_micros -> Nullable<Int8>,
+        reason -> Text,
+        created_micros -> Int8,
+    }
+}
+
+diesel::table! {
     webhook_outbox (id) {
         id -> Int8,
         room -> Text,
@@ -89,5 +100,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     reactions,
     room_users,
     rooms,
+    sanctions,
     webhook_outbox,
 );

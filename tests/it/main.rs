@@ -8,6 +8,8 @@
 //! - `tokens`: what a token must carry, `chatd token`, files on disk.
 //! - `access`: private rooms, AdminService, ListRooms, MarkRead, revocations,
 //!   on one node and on a cluster (`access::cluster`).
+//! - `sanctions`: bans and mutes (AdminService), on one node and on a
+//!   cluster (`sanctions::cluster`).
 //! - `cluster`: several nodes over NATS and one PostgreSQL; `cluster::storage`:
 //!   several processes on one database.
 //! - `cluster_attack`: forged, replayed and overheard cluster traffic.
@@ -32,6 +34,7 @@ mod database;
 mod memory;
 mod metrics;
 mod nginx;
+mod sanctions;
 mod secure;
 mod tokens;
 mod web;

@@ -20,6 +20,28 @@ function field(message: string): string | undefined {
   return /^([a-z_]+):/.exec(message)?.[1];
 }
 
+/**
+ * A ban or a mute as the server states it ("you are banned from room lobby until
+ * 2026-12-07T10:00:00Z: spam", "you are muted in every room until lifted"), in plain words
+ * with the time in the reader's own zone; null for any other refusal.
+ */
+export function sanctionWords(raw: string): string | null {
+  const said = /^you are (banned from|muted in) (room \S+|every room) until (lifted|\S+?)(?:: ([\s\S]*))?$/.exec(
+    raw,
+  );
+  if (!said) return null;
+  const [, what, where, until, reason] = said;
+  const at = new Date(until);
+  const when =
+    until === "lifted"
+      ? "until an administrator lifts it"
+      : Number.isNaN(at.getTime())
+        ? `until ${until}`
+        : `until ${at.toLocaleString()}`;
+  const why = reason ? ` Reason: ${reason}` : "";
+  return `You are ${what} ${where} ${when}.${why}`;
+}
+
 /** A sentence for `error`. */
 export function plainWords(error: unknown): string {
   const e = ConnectError.from(error);
@@ -38,7 +60,7 @@ export function plainWords(error: unknown): string {
     case Code.ResourceExhausted:
       return "You are doing that too fast. Wait a moment and try again.";
     case Code.PermissionDenied:
-      return "You do not have access to this room.";
+      return sanctionWords(raw) ?? "You do not have access to this room.";
     case Code.NotFound:
       return "That room does not exist (yet).";
     case Code.Unauthenticated:

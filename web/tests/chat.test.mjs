@@ -1,9 +1,10 @@
 // The chat page in headless Chromium (Debian's, through playwright-core) against a real
 // chatd: two users in one room see each other and each other's messages live, a page that
 // reloads misses nothing and shows nothing twice, the user's rooms with unread badges, the
-// layout at 1280 and 390 px wide, and errors in plain words.
+// layout at 1280 and 390 px wide, errors in plain words, and bans and mutes as the server
+// states them.
 //
-// Needs CHATD_URL, CHATD_LOG and BOB_TOKEN (.ci/with-chatd sets them). The first user signs
+// Needs CHATD_URL, CHATD_LOG, BOB_TOKEN and ADMIN_TOKEN (.ci/with-chatd sets them). The first user signs
 // in through the page address chatd printed (token in the fragment), the second by pasting
 // a token minted with `chatd token`. CHROMIUM overrides /usr/bin/chromium; screenshots
 // go to SCREENSHOT_DIR (default: the system's temporary directory), never the repository.
@@ -106,6 +107,47 @@ async function slowImageServer(delayMs) {
     url: `http://127.0.0.1:${server.address().port}/late.svg`,
     close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(resolve); }),
   };
+}
+
+/** A protobuf varint. */
+function varint(n) {
+  const out = [];
+  do {
+    out.push((n & 0x7f) | (n > 0x7f ? 0x80 : 0));
+    n >>>= 7;
+  } while (n > 0);
+  return out;
+}
+
+/** A flat protobuf message: [field number, string or encoded bytes] pairs, all length-delimited. */
+function encode(fields) {
+  const parts = fields.map(([number, value]) => {
+    const bytes = typeof value === "string" ? new TextEncoder().encode(value) : value;
+    return Buffer.concat([Buffer.from([(number << 3) | 2, ...varint(bytes.length)]), Buffer.from(bytes)]);
+  });
+  return Buffer.concat(parts);
+}
+
+/** Calls AdminService `method` over grpc-web with the admin token; fails unless it answers OK. */
+async function adminCall(method, fields) {
+  const message = encode(fields);
+  const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), message]);
+  frame.writeUInt32BE(message.length, 1);
+  const response = await fetch(new URL(`/chat.v1.AdminService/${method}`, env("CHATD_URL")), {
+    method: "POST",
+    headers: {
+      "content-type": "application/grpc-web+proto",
+      "x-grpc-web": "1",
+      authorization: `Bearer ${env("ADMIN_TOKEN")}`,
+    },
+    body: frame,
+    signal: AbortSignal.timeout(STEP),
+  });
+  assert.equal(response.status, 200, method);
+  // The status is in the headers (trailers-only) or in the trailer frame of the body.
+  const body = Buffer.from(await response.arrayBuffer()).toString("latin1");
+  const status = response.headers.get("grpc-status") ?? /grpc-status:\s*(\d+)/.exec(body)?.[1];
+  assert.equal(status, "0", `${method}: ${response.headers.get("grpc-message") ?? body}`);
 }
 
 before(async () => {
@@ -520,6 +562,43 @@ test("a bad room name is explained in plain words, before any request", TEST, as
   assert.doesNotMatch(text, /\^\[|must match|InvalidArgument/, "no regular expressions or status names");
   await alice.click("#error-close");
   await error.waitFor({ state: "hidden" });
+});
+
+test("a muted user is told why a send is refused; a banned user's room closes with the reason", TEST, async () => {
+  await bob.locator('#connection[data-state="live"]').waitFor();
+  const target = [[1, room], [2, "bob"]];
+  await adminCall("MuteUser", [...target, [4, "too loud"]]);
+  await bob.fill("#message-input", "can anyone hear me?");
+  await bob.click("#send-form button[type=submit]");
+  const error = bob.locator("#error");
+  await error.filter({ hasText: `Not sent. You are muted in room ${room} until an administrator lifts it. Reason: too loud` }).waitFor();
+  await screenshot(bob, "muted-1280");
+  await bob.click("#error-close");
+  await adminCall("UnmuteUser", target);
+  await say(bob, "heard again");
+
+  // A ban for an hour ends the stream: the page says so, with the time and the reason, and
+  // does not try to join again.
+  let joins = 0;
+  bob.on("request", (request) => {
+    if (request.url().endsWith("/chat.v1.ChatService/JoinRoom")) joins += 1;
+  });
+  const hour = Buffer.from([0x08, ...varint(3600)]);
+  await adminCall("BanUser", [...target, [3, hour], [4, "spam"]]);
+  const banned = error.filter({ hasText: `You cannot open "${room}". You are banned from room ${room} until ` });
+  await banned.waitFor();
+  assert.match(await error.textContent(), /Reason: spam/);
+  await member(alice, "bob").waitFor({ state: "detached" });
+  await screenshot(bob, "banned-1280");
+  const seen = joins;
+  await bob.waitForTimeout(1500);
+  assert.equal(joins, seen, "a banned page must not reconnect");
+  await bob.locator('#connection[data-state="idle"]').waitFor({ state: "attached" });
+
+  await adminCall("UnbanUser", target);
+  await bob.click("#error-close");
+  await joinRoom(bob, room);
+  await bob.locator('#connection[data-state="live"]').waitFor();
 });
 
 test("the page asks for nothing that is not there, and no script fails", TEST, async () => {

@@ -33,6 +33,7 @@ pub mod cluster;
 pub mod connections;
 pub mod memory;
 pub mod metrics;
+pub mod sanctions;
 pub mod webhooks;
 
 use std::future::Future;

@@ -13,6 +13,7 @@ use crate::helpers::access::{admin, create, grant, revoke};
 use crate::helpers::cluster::free_port;
 use crate::helpers::database::Process;
 use crate::helpers::metrics::{sample, wait_for};
+use crate::helpers::sanctions::{ban, mute, sanction, unban, unmute};
 use crate::helpers::webhooks::{Hook, Receiver, webhook_args};
 use crate::helpers::*;
 use chatd::proto::{self, RoomVisibility, event::Event as E};
@@ -102,12 +103,24 @@ pub async fn every_event_type_arrives_signed_once_with_its_data(backend: Backend
     .unwrap();
     // A user's first send brings a public room into existence.
     send(&mut alice, "lobby", "hi all").await;
+    // Moderation: a ban in a room, lifted; a mute on every room, lifted;
+    // lifting what does not exist announces nothing.
+    let banned = ban(&mut admin, sanction("lobby", "mallory", 3600, "spam"))
+        .await
+        .unwrap();
+    unban(&mut admin, "lobby", "mallory").await.unwrap();
+    unban(&mut admin, "lobby", "mallory").await.unwrap();
+    mute(&mut admin, sanction("", "mallory", 0, "cool down"))
+        .await
+        .unwrap();
+    unmute(&mut admin, "", "mallory").await.unwrap();
 
     // room.created ×2, access.granted, access.revoked, message.created ×3,
-    // message.edited, reaction.changed, message.deleted.
-    let hooks = receiver.delivered(10).await;
+    // message.edited, reaction.changed, message.deleted, user.banned,
+    // user.unbanned, user.muted, user.unmuted.
+    let hooks = receiver.delivered(14).await;
     let ids: HashSet<&str> = hooks.iter().map(|h| h.id.as_str()).collect();
-    assert_eq!(ids.len(), 10, "a webhook-id per event");
+    assert_eq!(ids.len(), 14, "a webhook-id per event");
     for hook in &hooks {
         let at = hook.body["timestamp"].as_str().expect("a timestamp");
         humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("RFC 3339: {at}: {e}"));
@@ -176,6 +189,19 @@ pub async fn every_event_type_arrives_signed_once_with_its_data(backend: Backend
     let deleted = take("message.deleted", 1);
     assert_eq!(deleted[0].seq, 5);
     assert!(matches!(&deleted[0].event, Some(E::MessageDeleted(d)) if d.message_seq == 2));
+
+    let ban_event = take("user.banned", 1).remove(0);
+    assert_eq!((ban_event.room.as_str(), ban_event.seq), ("lobby", 0));
+    assert_eq!(ban_event.event, Some(E::UserBanned(banned.clone())));
+    let unban_event = take("user.unbanned", 1).remove(0);
+    assert_eq!(unban_event.event, Some(E::UserUnbanned(banned)));
+    let mute_event = take("user.muted", 1).remove(0);
+    assert_eq!(mute_event.room, "", "a sanction on every room");
+    assert!(
+        matches!(&mute_event.event, Some(E::UserMuted(s)) if s.user_id == "mallory" && s.room.is_empty() && s.until.is_none() && s.reason == "cool down" && s.kind == proto::SanctionKind::Mute as i32)
+    );
+    let unmute_event = take("user.unmuted", 1).remove(0);
+    assert!(matches!(&unmute_event.event, Some(E::UserUnmuted(s)) if s.user_id == "mallory"));
     assert!(events.is_empty(), "no other event: {events:?}");
     // Nothing more: each was sent once.
     assert!(

@@ -1,4 +1,5 @@
-//! Who may do what where: private rooms, grants and revocations, admin tokens.
+//! Who may do what where: private rooms, grants and revocations, bans and
+//! mutes, admin tokens.
 //!
 //! Every ChatService call that names a room asks [`Access::check`] first;
 //! AdminService changes what it answers. The check is cheap on the send
@@ -9,80 +10,51 @@
 //! in storage as the floor: [`Access::revalidate`]). Refusals are never
 //! cached: a new grant works at once everywhere.
 //!
+//! Bans and mutes (`sanctions.rs`) are checked in the same calls, before
+//! the grant: a ban refuses every call in the room (and ends the user's
+//! streams there), a mute the calls that speak ([`Access::check_speak`]).
+//! Admin tokens pass both. The sanctions in force for a (room, user) are
+//! cached, refusals and their absence alike, and dropped for a user by
+//! every sanction of theirs (here at once, on the other nodes through the
+//! same notices as revocations) and for everyone when the access revision
+//! moved.
+//!
 //! The caches are bounded ([`CACHE_ENTRIES`] each, two generations: a
-//! full generation becomes the old one and the older is dropped).
+//! full generation becomes the old one and the older is dropped;
+//! `cache.rs`).
+
+mod cache;
+mod sanctions;
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::mpsc;
 
+use self::cache::Bounded;
+use self::sanctions::SanctionCache;
 use crate::config::RoomCreation;
-use crate::domain::{Identity, RoomName, Visibility, now_micros};
+use crate::domain::{Denial, Identity, RoomName, Visibility, now_micros};
 use crate::error::{Error, Result};
 use crate::proto;
 use crate::storage::{Created, Store};
 
 /// Entries per generation of each cache (visibility, grants, public rooms
-/// known to be a user's): at most twice this many are kept, about 9 MB per
+/// known to be a user's, sanctions in force): at most twice this many are kept, about 9 MB per
 /// cache at the longest names and user ids, far less in practice.
 pub const CACHE_ENTRIES: usize = 16_384;
 /// Revocations waiting to be announced to the other nodes; beyond that the
 /// other nodes find them by polling the access revision.
 pub const ANNOUNCE_QUEUE: usize = 1024;
 
-/// A revocation to tell the other nodes about: the room and the users.
-pub type Revocation = (RoomName, Vec<Arc<str>>);
-
-/// A map bounded in entries: two generations, lookups promote.
-#[derive(Debug)]
-struct Bounded<K, V> {
-    current: HashMap<K, V>,
-    previous: HashMap<K, V>,
-}
-
-impl<K: Hash + Eq + Clone, V: Clone> Bounded<K, V> {
-    fn new() -> Self {
-        Bounded {
-            current: HashMap::new(),
-            previous: HashMap::new(),
-        }
-    }
-
-    fn get(&mut self, key: &K) -> Option<V> {
-        if let Some(v) = self.current.get(key) {
-            return Some(v.clone());
-        }
-        let v = self.previous.remove(key)?;
-        self.insert(key.clone(), v.clone());
-        Some(v)
-    }
-
-    fn insert(&mut self, key: K, value: V) {
-        if self.current.len() >= CACHE_ENTRIES && !self.current.contains_key(&key) {
-            self.previous = std::mem::take(&mut self.current);
-        }
-        self.current.insert(key, value);
-    }
-
-    fn remove(&mut self, key: &K) {
-        self.current.remove(key);
-        self.previous.remove(key);
-    }
-
-    fn contains(&self, key: &K) -> bool {
-        self.current.contains_key(key) || self.previous.contains_key(key)
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &K> {
-        self.current.keys().chain(self.previous.keys())
-    }
-}
+/// A revocation to tell the other nodes about: the room (`None`: every
+/// room, for a sanction there) and the users (none: a room made private,
+/// re-check its streams).
+pub type Revocation = (Option<RoomName>, Vec<Arc<str>>);
 
 /// A (room, user) pair.
-type Pair = (RoomName, Arc<str>);
+pub(crate) type Pair = (RoomName, Arc<str>);
 
 /// The grants cache and the revocation epoch, changed together.
 #[derive(Debug)]
@@ -100,9 +72,9 @@ pub(crate) trait Streams: Send + Sync + std::fmt::Debug {
     /// (room, user) of every user with a stream here, in `only` or in
     /// every room.
     fn local_users(&self, only: Option<&RoomName>) -> Vec<(RoomName, Arc<str>)>;
-    /// Ends `user`'s streams in `room` (PERMISSION_DENIED, `member_left`);
-    /// whether there were any.
-    fn revoke(&self, room: &RoomName, user: &str) -> bool;
+    /// Ends `user`'s streams in `room` with PERMISSION_DENIED saying `why`
+    /// (and `member_left`); whether there were any.
+    fn revoke(&self, room: &RoomName, user: &str, why: &Arc<str>) -> bool;
 }
 
 /// Access decisions for one node.
@@ -119,6 +91,8 @@ pub struct Access {
     theirs: Mutex<Bounded<Pair, ()>>,
     /// A copy of `grants.epoch`, readable without the lock.
     epoch: AtomicU64,
+    /// The bans and mutes in force per (room, user), as last read.
+    sanctions: Mutex<SanctionCache>,
     /// Cluster only: where revocations go to be announced.
     announce: OnceLock<mpsc::Sender<Revocation>>,
     /// Whether a user's send may bring a room into existence
@@ -132,6 +106,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a stream that may no longer use `room` ends with (or a recheck
+/// answers), PERMISSION_DENIED.
+fn refusal(room: &RoomName, denial: &Denial) -> Arc<str> {
+    match denial {
+        Denial::NoGrant => format!("room {room}: access revoked").into(),
+        Denial::Banned(ban) => ban.refusal().into(),
+    }
 }
 
 /// The refusal for a private room.
@@ -153,6 +136,7 @@ impl Access {
             }),
             theirs: Mutex::new(Bounded::new()),
             epoch: AtomicU64::new(0),
+            sanctions: Mutex::new(SanctionCache::new()),
             announce: OnceLock::new(),
             creation,
         }
@@ -188,11 +172,13 @@ impl Access {
     }
 
     /// Whether `who` may read `room` (ListHistory, ListMembers): admin
-    /// tokens and public rooms always, private rooms with a grant; else
+    /// tokens always; others not while banned there (or everywhere), then
+    /// public rooms always, private rooms with a grant; else
     /// PERMISSION_DENIED naming the room. A room that does not exist is
     /// public with nothing in it. Returns the room's visibility.
     pub async fn check(&self, who: &Identity, room: &RoomName) -> Result<Visibility> {
         let visibility = self.visibility(room).await?;
+        self.check_sanctions(who, room, false).await?;
         self.admit(who, room, visibility).await
     }
 
@@ -200,7 +186,23 @@ impl Access {
     /// SendMessage, MarkRead): with `CHAT_ROOM_CREATION=backend` a room
     /// that does not exist is NOT_FOUND, whoever asks.
     pub async fn check_use(&self, who: &Identity, room: &RoomName) -> Result<Visibility> {
-        let visibility = match self.lookup(room).await? {
+        let visibility = self.visibility_to_use(room).await?;
+        self.check_sanctions(who, room, false).await?;
+        self.admit(who, room, visibility).await
+    }
+
+    /// [`Self::check_use`] for a call that speaks in the room (SendMessage,
+    /// EditMessage, React, SetTyping): refused while muted there too.
+    pub async fn check_speak(&self, who: &Identity, room: &RoomName) -> Result<Visibility> {
+        let visibility = self.visibility_to_use(room).await?;
+        self.check_sanctions(who, room, true).await?;
+        self.admit(who, room, visibility).await
+    }
+
+    /// The visibility of a room about to be used: NOT_FOUND when it does
+    /// not exist and only the backend creates rooms.
+    async fn visibility_to_use(&self, room: &RoomName) -> Result<Visibility> {
+        Ok(match self.lookup(room).await? {
             Some(v) => v,
             None if self.creation == RoomCreation::Backend => {
                 return Err(Error::NotFound {
@@ -212,8 +214,7 @@ impl Access {
                 });
             }
             None => Visibility::Public,
-        };
-        self.admit(who, room, visibility).await
+        })
     }
 
     /// Admits `who` to `room` of `visibility`: admin tokens and public
@@ -298,16 +299,17 @@ impl Access {
     }
 
     /// For a stream opened after a [`Self::check`] made at `epoch`: when a
-    /// revocation was applied since, asks storage again (the revocation may
+    /// revocation or a ban was applied since, asks storage again (it may
     /// have come between the check and the stream joining the room).
     pub async fn recheck(&self, epoch: u64, who: &Identity, room: &RoomName) -> Result<()> {
         if self.epoch() == epoch || who.admin {
             return Ok(());
         }
-        match self.visibility(room).await? {
-            Visibility::Public => Ok(()),
-            Visibility::Private if self.store.is_granted(room, &who.user_id).await? => Ok(()),
-            Visibility::Private => Err(denied(room)),
+        let pair = [(room.clone(), who.user_id.clone())];
+        match self.store.denied(&pair, now_micros()).await?.pop() {
+            None => Ok(()),
+            Some((_, _, Denial::NoGrant)) => Err(denied(room)),
+            Some((_, _, Denial::Banned(ban))) => Err(Error::PermissionDenied(ban.refusal())),
         }
     }
 
@@ -359,11 +361,7 @@ impl Access {
     /// user (re-check the room's streams), or find it by the access
     /// revision the creation bumped.
     async fn made_private(&self, room: &RoomName) -> Result<()> {
-        if let Some(announce) = self.announce.get()
-            && announce.try_send((room.clone(), Vec::new())).is_err()
-        {
-            tracing::debug!(room = %room, "revocation queue full; other nodes find it by polling");
-        }
+        self.announce(Some(room.clone()), Vec::new());
         self.revalidate_room(room).await
     }
 
@@ -408,52 +406,78 @@ impl Access {
                 proto::access_event(room, false, users)
             })
             .await?;
-        self.apply_revocation(room, &users);
-        if let Some(announce) = self.announce.get()
-            && announce.try_send((room.clone(), users)).is_err()
-        {
-            tracing::debug!(room = %room, "revocation queue full; other nodes find it by polling");
-        }
+        self.apply_revocation(room, &users, &refusal(room, &Denial::NoGrant));
+        self.announce(Some(room.clone()), users);
         Ok(())
     }
 
-    /// Applies a revocation made here or on another node: forgets the
-    /// cached grants, then ends the users' streams in the room (PERMISSION_DENIED,
-    /// member_left). Applying one twice changes nothing more.
-    pub fn apply_revocation(&self, room: &RoomName, users: &[Arc<str>]) {
+    /// Tells the other nodes (cluster only) about a revocation or a
+    /// sanction; when the queue is full they find it by polling.
+    fn announce(&self, room: Option<RoomName>, users: Vec<Arc<str>>) {
+        if let Some(announce) = self.announce.get()
+            && announce.try_send((room, users)).is_err()
         {
-            let mut grants = lock(&self.grants);
-            grants.epoch += 1;
-            self.epoch.store(grants.epoch, Ordering::Release);
+            tracing::debug!("revocation queue full; other nodes find it by polling");
+        }
+    }
+
+    /// Bumps the revocation epoch: a grant read before is not cached, a
+    /// stream whose check came before is checked again ([`Self::recheck`]).
+    fn bump_epoch(&self) -> MutexGuard<'_, Grants> {
+        let mut grants = lock(&self.grants);
+        grants.epoch += 1;
+        self.epoch.store(grants.epoch, Ordering::Release);
+        grants
+    }
+
+    /// Applies a revocation (or a ban) made here or on another node:
+    /// forgets the cached grants, then ends the users' streams in the room
+    /// with PERMISSION_DENIED saying `why` (and member_left). Applying one
+    /// twice changes nothing more.
+    pub fn apply_revocation(&self, room: &RoomName, users: &[Arc<str>], why: &Arc<str>) {
+        {
+            let mut grants = self.bump_epoch();
             for user in users {
                 grants.cache.remove(&(room.clone(), user.clone()));
             }
         }
         for user in users {
-            self.rooms.revoke(room, user);
+            self.rooms.revoke(room, user, why);
         }
     }
 
     /// Re-checks in storage every cached grant and every stream on this
-    /// node, and applies what was revoked: for a node that may have missed
-    /// a revocation notice (the access revision moved).
+    /// node, and applies what was revoked or banned, after forgetting every
+    /// cached sanction: for a node that may have missed a notice (the
+    /// access revision moved).
     pub async fn revalidate(&self) -> Result<()> {
+        self.forget_sanctions(None);
         let mut pairs: Vec<Pair> = lock(&self.grants).cache.keys().cloned().collect();
         pairs.extend(self.rooms.local_users(None));
         self.revalidate_pairs(pairs).await
     }
 
-    /// A revocation another node announced for `users` in `room`: applied
-    /// only as far as storage confirms it, for the users with streams or a
-    /// cached grant in the room here (a public room is never revoked).
-    pub async fn revalidate_users(&self, room: &RoomName, users: &[Arc<str>]) -> Result<()> {
+    /// A revocation or a sanction another node announced for `users` in
+    /// `room` (`None`: every room): their cached sanctions are forgotten,
+    /// and the revocation or ban applied only as far as storage confirms
+    /// it, for the users with streams or a cached grant in the room here (a
+    /// public room is never revoked, but may be banned from).
+    pub async fn revalidate_users(
+        &self,
+        room: Option<&RoomName>,
+        users: &[Arc<str>],
+    ) -> Result<()> {
+        self.forget_sanctions(Some(users));
+        // A join in flight here, checked before the notice, asks storage
+        // again (Access::recheck): the ban may concern it.
+        drop(self.bump_epoch());
         let mut pairs: Vec<Pair> = self
             .rooms
-            .local_users(Some(room))
+            .local_users(room)
             .into_iter()
             .filter(|(_, user)| users.contains(user))
             .collect();
-        {
+        if let Some(room) = room {
             let grants = lock(&self.grants);
             pairs.extend(
                 users
@@ -472,36 +496,16 @@ impl Access {
         if pairs.is_empty() {
             return Ok(());
         }
-        let denied = self.store.denied(&pairs).await?;
-        let mut by_room: HashMap<RoomName, Vec<Arc<str>>> = HashMap::new();
-        for (room, user) in denied {
-            by_room.entry(room).or_default().push(user);
+        let denied = self.store.denied(&pairs, now_micros()).await?;
+        let mut by_refusal: HashMap<(RoomName, Arc<str>), Vec<Arc<str>>> = HashMap::new();
+        for (room, user, denial) in denied {
+            let why = refusal(&room, &denial);
+            by_refusal.entry((room, why)).or_default().push(user);
         }
-        for (room, users) in by_room {
+        for ((room, why), users) in by_refusal {
             tracing::debug!(room = %room, users = users.len(), "applying a revocation found in storage");
-            self.apply_revocation(&room, &users);
+            self.apply_revocation(&room, &users, &why);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bounded_keeps_two_generations() {
-        let mut map: Bounded<u32, ()> = Bounded::new();
-        // Two full generations, then one more key: the first generation
-        // is dropped.
-        for k in 0..=(CACHE_ENTRIES as u32 * 2) {
-            map.insert(k, ());
-        }
-        assert!(map.current.len() <= CACHE_ENTRIES && map.previous.len() <= CACHE_ENTRIES);
-        // The oldest generation is gone, the newer ones are found.
-        assert!(map.get(&0).is_none());
-        assert!(map.get(&(CACHE_ENTRIES as u32 * 2 - 1)).is_some());
-        map.remove(&(CACHE_ENTRIES as u32 * 2 - 1));
-        assert!(map.get(&(CACHE_ENTRIES as u32 * 2 - 1)).is_none());
     }
 }
