@@ -301,8 +301,8 @@ impl Store {
                 // A write first, so the transaction holds the write lock
                 // before it reads: on SQLite a transaction that reads, then
                 // writes after another connection wrote, fails at once (the
-                // webhook delivery writes often); on PostgreSQL this orders
-                // grants with revocations.
+                // webhook delivery writes often). `revoke` takes the same
+                // row first too, so the two never deadlock on PostgreSQL.
                 diesel::update(access_revision::table)
                     .set(access_revision::revision.eq(access_revision::revision))
                     .execute(conn)
@@ -359,8 +359,13 @@ impl Store {
         let event = &event;
         let announced = with_conn!(self, |conn| {
             conn.transaction(async |conn| {
-                // The rows go first (a write before any read, as in
-                // `grant`); the users who held a grant come back.
+                // Writes before any read, in `grant`'s order: the access
+                // revision, then the rows (the users who held a grant
+                // come back).
+                diesel::update(access_revision::table)
+                    .set(access_revision::revision.eq(access_revision::revision + 1))
+                    .execute(conn)
+                    .await?;
                 let held: HashSet<String> = diesel::delete(
                     room_users::table
                         .filter(room_users::room.eq(room.as_str()))
@@ -372,10 +377,6 @@ impl Store {
                 .into_iter()
                 .filter_map(|(user, granted)| granted.then_some(user))
                 .collect();
-                diesel::update(access_revision::table)
-                    .set(access_revision::revision.eq(access_revision::revision + 1))
-                    .execute(conn)
-                    .await?;
                 let lost: Vec<String> = unique(ids)
                     .filter(|u| held.contains(*u))
                     .map(str::to_owned)

@@ -502,12 +502,7 @@ impl Store {
     }
 
     /// `room`'s events with seqs in `after + 1 ..= last`, ascending.
-    pub(super) async fn events_between(
-        &self,
-        room: &str,
-        after: i64,
-        last: i64,
-    ) -> Result<Vec<StoredEvent>> {
+    async fn events_between(&self, room: &str, after: i64, last: i64) -> Result<Vec<StoredEvent>> {
         let (messages, changes): (Vec<MessageRow>, Vec<ChangeRow>) = with_conn!(self, |conn| {
             let m = messages::table
                 .filter(messages::room.eq(room))

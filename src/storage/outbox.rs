@@ -16,15 +16,17 @@
 //! row; a node that dies leaves its rows to whoever claims them once the
 //! lease is over.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text};
 use diesel_async::RunQueryDsl;
 
-use super::schema::webhook_outbox;
+use super::models::{ChangeRow, MessageRow};
+use super::schema::{message_events, messages, webhook_outbox};
 use super::{Backend, Store};
-use crate::domain::{RoomName, StoredEvent};
+use crate::domain::{RoomName, StoredChange, StoredEvent, StoredMessage, now_micros};
 use crate::error::{Error, Result};
 
 /// A row to insert (see the migration for the columns).
@@ -39,14 +41,15 @@ pub(super) struct NewOutboxRow<'a> {
 }
 
 impl<'a> NewOutboxRow<'a> {
-    /// A room event at `seq`, due at once.
+    /// A room event at `seq`, due at once (due 0: whatever the clocks of
+    /// the nodes say).
     pub fn room_event(room: &'a str, seq: i64, at_micros: i64) -> Self {
         NewOutboxRow {
             room,
             seq,
             payload: None,
             created_micros: at_micros,
-            due_micros: at_micros,
+            due_micros: 0,
         }
     }
 
@@ -57,7 +60,7 @@ impl<'a> NewOutboxRow<'a> {
             seq: 0,
             payload: Some(payload),
             created_micros: at_micros,
-            due_micros: at_micros,
+            due_micros: 0,
         }
     }
 }
@@ -106,25 +109,28 @@ pub struct OutboxRow {
     pub attempts: i32,
 }
 
-/// Claims the due rows (PostgreSQL's placeholders; SQLite's are the same
-/// with `?`): `$1` the end of the lease (their new due time), `$2` the
-/// claim, `$3` now, `$4` how many at most. Oldest due first.
-const CLAIM_SQL: &str = "\
-UPDATE webhook_outbox SET due_micros = $1, lease = $2
+/// Claims the due rows on PostgreSQL, by the database's clock (so that
+/// nodes whose clocks differ agree on when a lease ends): `$1` the lease
+/// in microseconds, `$2` the claim, `$3` how many at most. New events
+/// (due 0) first, then the longest due.
+const PG_CLAIM_SQL: &str = "\
+WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now)
+UPDATE webhook_outbox SET due_micros = (SELECT now FROM clock) + $1, lease = $2
 WHERE id IN (
-    SELECT id FROM webhook_outbox WHERE due_micros <= $3
-    ORDER BY due_micros LIMIT $4 FOR UPDATE SKIP LOCKED
+    SELECT id FROM webhook_outbox WHERE due_micros <= (SELECT now FROM clock)
+    ORDER BY due_micros, id LIMIT $3 FOR UPDATE SKIP LOCKED
 )
 RETURNING id, room, seq, payload, created_micros, attempts";
 
-/// The backlog: events waiting and the oldest one's commit time.
-#[derive(Debug, QueryableByName)]
-struct BacklogRow {
-    #[diesel(sql_type = BigInt)]
-    waiting: i64,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    oldest: Option<i64>,
-}
+/// [`PG_CLAIM_SQL`] for SQLite (one process: its own clock): `?1` the
+/// end of the lease, `?2` the claim, `?3` how many at most, `?4` now.
+const SQLITE_CLAIM_SQL: &str = "\
+UPDATE webhook_outbox SET due_micros = ?1, lease = ?2
+WHERE id IN (
+    SELECT id FROM webhook_outbox WHERE due_micros <= ?4
+    ORDER BY due_micros, id LIMIT ?3
+)
+RETURNING id, room, seq, payload, created_micros, attempts";
 
 impl Store {
     /// Whether events are written to the outbox (webhooks are on).
@@ -150,41 +156,66 @@ impl Store {
         self.state.outbox_written.notified().await;
     }
 
-    /// Claims at most `limit` due events for `claim` until `lease_until`.
+    /// Claims at most `limit` due events for `claim`, for `lease_micros`.
     pub async fn claim_outbox(
         &self,
-        now_micros: i64,
-        lease_until: i64,
+        lease_micros: i64,
         claim: i64,
         limit: i64,
     ) -> Result<Vec<OutboxRow>> {
-        let sql = match self.backend {
-            Backend::Postgres(_) => std::borrow::Cow::Borrowed(CLAIM_SQL),
-            Backend::Sqlite(_) => std::borrow::Cow::Owned(
-                CLAIM_SQL
-                    .replace(" FOR UPDATE SKIP LOCKED", "")
-                    .replace('$', "?"),
-            ),
-        };
-        let sql = &*sql;
-        Ok(with_conn!(self, |conn| {
-            diesel::sql_query(sql)
-                .bind::<BigInt, _>(lease_until)
-                .bind::<BigInt, _>(claim)
-                .bind::<BigInt, _>(now_micros)
-                .bind::<BigInt, _>(limit)
-                .load(conn)
-                .await?
-        }))
+        Ok(match self.backend {
+            Backend::Postgres(_) => with_conn!(self, |conn| {
+                diesel::sql_query(PG_CLAIM_SQL)
+                    .bind::<BigInt, _>(lease_micros)
+                    .bind::<BigInt, _>(claim)
+                    .bind::<BigInt, _>(limit)
+                    .load(conn)
+                    .await?
+            }),
+            Backend::Sqlite(_) => {
+                let now = now_micros();
+                with_conn!(self, |conn| {
+                    diesel::sql_query(SQLITE_CLAIM_SQL)
+                        .bind::<BigInt, _>(now.saturating_add(lease_micros))
+                        .bind::<BigInt, _>(claim)
+                        .bind::<BigInt, _>(limit)
+                        .bind::<BigInt, _>(now)
+                        .load(conn)
+                        .await?
+                })
+            }
+        })
     }
 
-    /// The event `id` was delivered (or dropped): it leaves the outbox,
-    /// unless another claim took it meanwhile.
-    pub async fn outbox_delivered(&self, id: i64, claim: i64) -> Result<()> {
+    /// Gives the claim of `ids` up: they are due again at once (for a
+    /// delivery that could no longer finish within its lease).
+    pub async fn outbox_release(&self, ids: &[i64], claim: i64) -> Result<()> {
+        with_conn!(self, |conn| {
+            diesel::update(
+                webhook_outbox::table
+                    .filter(webhook_outbox::id.eq_any(ids))
+                    .filter(webhook_outbox::lease.eq(claim)),
+            )
+            .set((
+                webhook_outbox::due_micros.eq(0i64),
+                webhook_outbox::lease.eq(0i64),
+            ))
+            .execute(conn)
+            .await?
+        });
+        Ok(())
+    }
+
+    /// The events `ids` were delivered (or dropped): they leave the
+    /// outbox, unless another claim took them meanwhile.
+    pub async fn outbox_delivered(&self, ids: &[i64], claim: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         with_conn!(self, |conn| {
             diesel::delete(
                 webhook_outbox::table
-                    .filter(webhook_outbox::id.eq(id))
+                    .filter(webhook_outbox::id.eq_any(ids))
                     .filter(webhook_outbox::lease.eq(claim)),
             )
             .execute(conn)
@@ -213,25 +244,58 @@ impl Store {
         Ok(())
     }
 
-    /// Events waiting, and the oldest one's commit time.
+    /// Events waiting, and the oldest one's commit time (ids rise with
+    /// commits: the first row is the oldest, read through the key).
     pub async fn outbox_backlog(&self) -> Result<(u64, Option<i64>)> {
-        let row: BacklogRow = with_conn!(self, |conn| {
-            diesel::sql_query(
-                "SELECT count(*) AS waiting, min(created_micros) AS oldest FROM webhook_outbox",
-            )
-            .get_result(conn)
-            .await?
+        let (waiting, oldest): (i64, Option<i64>) = with_conn!(self, |conn| {
+            let waiting = webhook_outbox::table.count().get_result(conn).await?;
+            let oldest = webhook_outbox::table
+                .order(webhook_outbox::id.asc())
+                .select(webhook_outbox::created_micros)
+                .first(conn)
+                .await
+                .optional()?;
+            (waiting, oldest)
         });
-        Ok((u64::try_from(row.waiting).unwrap_or(0), row.oldest))
+        Ok((u64::try_from(waiting).unwrap_or(0), oldest))
     }
 
-    /// The room event at `seq` (a message or a change), `None` when the
-    /// room has no event there.
-    pub async fn event_at(&self, room: &RoomName, seq: i64) -> Result<Option<StoredEvent>> {
-        if seq < 1 {
-            return Err(Error::Internal(format!("no event has seq {seq}")));
+    /// The room events of `wanted` (room, seq): messages and changes, in
+    /// two queries whatever the rooms (a superset is read, by room and by
+    /// seq, and cut to the pairs asked for).
+    pub async fn events_at(&self, wanted: &[(RoomName, i64)]) -> Result<Vec<StoredEvent>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
         }
-        let events = self.events_between(room.as_str(), seq - 1, seq).await?;
-        Ok(events.into_iter().find(|e| e.seq() == seq as u64))
+        let rooms: Vec<&str> = wanted.iter().map(|(r, _)| r.as_str()).collect();
+        let seqs: Vec<i64> = wanted.iter().map(|(_, s)| *s).collect();
+        let (rooms, seqs) = (&rooms, &seqs);
+        let (messages, changes): (Vec<MessageRow>, Vec<ChangeRow>) = with_conn!(self, |conn| {
+            let m = messages::table
+                .filter(messages::room.eq_any(rooms))
+                .filter(messages::seq.eq_any(seqs))
+                .select(MessageRow::as_select())
+                .load(conn)
+                .await?;
+            let c = message_events::table
+                .filter(message_events::room.eq_any(rooms))
+                .filter(message_events::seq.eq_any(seqs))
+                .select(ChangeRow::as_select())
+                .load(conn)
+                .await?;
+            (m, c)
+        });
+        let wanted: HashSet<(&str, i64)> = wanted.iter().map(|(r, s)| (r.as_str(), *s)).collect();
+        messages
+            .into_iter()
+            .filter(|m| wanted.contains(&(m.room.as_str(), m.seq)))
+            .map(|row| StoredMessage::try_from(row).map(StoredEvent::Message))
+            .chain(
+                changes
+                    .into_iter()
+                    .filter(|c| wanted.contains(&(c.room.as_str(), c.seq)))
+                    .map(|row| StoredChange::try_from(row).map(StoredEvent::Change)),
+            )
+            .collect()
     }
 }

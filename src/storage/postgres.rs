@@ -194,7 +194,7 @@ WITH input AS (
         display_name = EXCLUDED.display_name
 ), outboxed AS (
     INSERT INTO webhook_outbox (room, seq, created_micros, due_micros)
-    SELECT room, seq, $7, $7 FROM numbered WHERE $9 = 1
+    SELECT room, seq, $7, 0 FROM numbered WHERE $9 = 1
 )
 SELECT n.ord, n.seq FROM numbered n JOIN inserted s ON s.room = n.room AND s.seq = n.seq
 ORDER BY n.ord";

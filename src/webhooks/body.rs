@@ -1,5 +1,6 @@
 //! A claimed outbox row as the body of its webhook: `{"type", "timestamp", "data"}`, where `data` is the proto3 JSON of a `chat.v1.Event`.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -25,36 +26,45 @@ fn event_descriptor() -> Result<&'static MessageDescriptor> {
         .ok_or_else(|| Error::Internal("chat.v1.Event is not in the descriptor set".into()))
 }
 
-/// The event of `row`: carried in the row, or read from its room's
-/// history. `None` when the room has no event at that seq any more.
-async fn event_of(store: &Store, row: &OutboxRow) -> Result<Option<proto::Event>> {
-    if let Some(bytes) = &row.payload {
-        let event = proto::Event::decode(bytes.as_slice())
-            .map_err(|e| Error::Internal(format!("outbox event {}: {e}", row.id)))?;
-        return Ok(Some(event));
-    }
-    let room = RoomName::from_stored(row.room.clone());
-    Ok(store
-        .event_at(&room, row.seq)
+/// The bodies of `rows`' webhooks, in their order: `None` for an event
+/// that is gone (its room has no event at that seq any more). The room
+/// events are read in one go.
+pub async fn bodies_of(store: &Store, rows: &[OutboxRow]) -> Result<Vec<Option<Vec<u8>>>> {
+    let wanted: Vec<(RoomName, i64)> = rows
+        .iter()
+        .filter(|row| row.payload.is_none())
+        .map(|row| (RoomName::from_stored(row.room.clone()), row.seq))
+        .collect();
+    let mut read: HashMap<(String, u64), proto::Event> = store
+        .events_at(&wanted)
         .await?
-        .map(|stored| proto::webhook_room_event(&stored)))
-}
-
-/// The JSON body of `row`'s webhook; `None` when there is nothing to send
-/// (its event is gone).
-pub async fn body_of(store: &Store, row: &OutboxRow) -> Result<Option<Vec<u8>>> {
-    let Some(event) = event_of(store, row).await? else {
-        return Ok(None);
-    };
-    let Some(inner) = &event.event else {
-        return Ok(None);
-    };
-    render(
-        proto::webhook_type(inner),
-        row.created_micros,
-        &event.encode_to_vec(),
-    )
-    .map(Some)
+        .iter()
+        .map(|stored| {
+            let event = proto::webhook_room_event(stored);
+            ((event.room.clone(), event.seq), event)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let event = match &row.payload {
+                Some(bytes) => proto::Event::decode(bytes.as_slice())
+                    .map_err(|e| Error::Internal(format!("outbox event {}: {e}", row.id)))?,
+                None => match read.remove(&(row.room.clone(), row.seq as u64)) {
+                    Some(event) => event,
+                    None => return Ok(None),
+                },
+            };
+            let Some(inner) = &event.event else {
+                return Ok(None);
+            };
+            render(
+                proto::webhook_type(inner),
+                row.created_micros,
+                &event.encode_to_vec(),
+            )
+            .map(Some)
+        })
+        .collect()
 }
 
 /// `{"type": kind, "timestamp": RFC 3339 of at_micros, "data": the proto3
@@ -64,6 +74,7 @@ fn render(kind: &str, at_micros: i64, encoded: &[u8]) -> Result<Vec<u8>> {
     let data = DynamicMessage::decode(event_descriptor()?.clone(), encoded)
         .map_err(|e| bad(e.to_string()))?;
     let at = UNIX_EPOCH + Duration::from_micros(u64::try_from(at_micros).unwrap_or(0));
+    let data = serde_json::to_value(&data).map_err(|e| bad(e.to_string()))?;
     let body = serde_json::json!({
         "type": kind,
         "timestamp": humantime::format_rfc3339_micros(at).to_string(),

@@ -1,12 +1,14 @@
 //! One delivery: the signed POST of one claimed event, and what becomes of the event after it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use standardwebhooks::{HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP};
 
-use super::body::body_of;
+use super::body::bodies_of;
 use crate::config::Webhooks;
 use crate::domain::now_micros;
 use crate::metrics::{Metrics, WebhookOutcome};
@@ -27,19 +29,40 @@ pub(super) struct Dispatcher {
     pub(super) signer: standardwebhooks::Webhook,
     pub(super) settings: Webhooks,
     pub(super) metrics: Metrics,
-    /// Whether the last try failed: a run of failures is logged once, and
-    /// its end once.
-    pub(super) failing: AtomicBool,
+    /// Whether the receiver is failing, and when that was last logged:
+    /// failures and recoveries are logged at most once a minute each, not
+    /// once per event.
+    pub(super) health: Mutex<Health>,
     /// Events dropped past CHAT_WEBHOOK_MAX_AGE since the last log line
     /// about them (logged together, not one line per event).
     pub(super) dropped: AtomicU64,
+}
+
+/// The receiver's state as the log tells it.
+#[derive(Default)]
+pub(super) struct Health {
+    failing: bool,
+    logged_failing: Option<Instant>,
+    logged_working: Option<Instant>,
+}
+
+/// How often each of "failing" and "works again" may be logged.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A claim: its value (only it may delete or reschedule the rows) and
+/// when its lease ends by this node's monotonic clock (measured from before
+/// the claim was asked for, so never later than the lease in storage).
+#[derive(Clone, Copy)]
+pub(super) struct Claim {
+    pub(super) value: i64,
+    pub(super) lease_ends: Instant,
 }
 
 /// Why a try failed, for the log.
 enum Failed {
     Status(reqwest::StatusCode),
     Request(reqwest::Error),
-    Storage(crate::error::Error),
+    Sign(String),
 }
 
 impl std::fmt::Display for Failed {
@@ -49,7 +72,7 @@ impl std::fmt::Display for Failed {
             Failed::Request(e) if e.is_timeout() => f.write_str("the request timed out"),
             Failed::Request(e) if e.is_connect() => write!(f, "cannot connect: {e}"),
             Failed::Request(e) => write!(f, "the request failed: {e}"),
-            Failed::Storage(e) => write!(f, "reading the event failed: {e}"),
+            Failed::Sign(e) => write!(f, "signing failed: {e}"),
         }
     }
 }
@@ -73,67 +96,140 @@ fn webhook_id(row: &OutboxRow) -> String {
 }
 
 impl Dispatcher {
-    /// Delivers `row`, claimed with `claim`: deletes it once the receiver
-    /// answered 2xx, or drops it past the maximum age, or schedules the
-    /// next try.
-    pub(super) async fn deliver(self: Arc<Self>, row: OutboxRow, claim: i64) {
-        let age = now_micros().saturating_sub(row.created_micros);
-        if Duration::from_micros(u64::try_from(age).unwrap_or(0)) > self.settings.max_age {
+    /// Delivers the events of `rows`, claimed with `claim`, concurrently:
+    /// deletes those answered 2xx (and those past the maximum age, or
+    /// gone), reschedules the others with backoff. A batch that can no
+    /// longer finish within its lease gives its claim up unsent.
+    pub(super) async fn deliver(self: Arc<Self>, rows: Vec<OutboxRow>, claim: Claim) -> usize {
+        let count = rows.len();
+        let ids = |rows: &[OutboxRow]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+        let max_age = i64::try_from(self.settings.max_age.as_micros()).unwrap_or(i64::MAX);
+        let now = now_micros();
+        let (old, rows): (Vec<OutboxRow>, Vec<OutboxRow>) = rows
+            .into_iter()
+            .partition(|r| now.saturating_sub(r.created_micros) > max_age);
+        for _ in &old {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics.webhook(WebhookOutcome::Dropped);
-            self.finish(&row, claim).await;
-            return;
         }
-        match self.try_once(&row).await {
-            Ok(()) => {
-                self.metrics.webhook(WebhookOutcome::Delivered);
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("webhook deliveries work again");
-                }
-                self.finish(&row, claim).await;
+        let mut done = ids(&old);
+        // Reading and sending must end before the lease does: a POST starts
+        // only with its whole timeout (and a margin for the delete) left.
+        let last_start = claim.lease_ends - self.settings.timeout.mul_f64(1.1);
+        let read = tokio::time::timeout_at(last_start, bodies_of(&self.store, &rows)).await;
+        let bodies = match read {
+            Ok(Ok(bodies)) if bodies.len() == rows.len() && Instant::now() < last_start => bodies,
+            Ok(Err(e)) => {
+                self.failed(&format!("reading the events failed: {e}"));
+                self.finish(&done, claim).await;
+                self.retry(&rows, claim).await;
+                return count;
             }
-            Err(failed) => {
-                self.metrics.webhook(WebhookOutcome::Retried);
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        url = %self.settings.url,
-                        "webhook deliveries failing ({failed}); retrying with backoff"
-                    );
+            // Too late to send within the lease: another claim sends them.
+            _ => {
+                self.finish(&done, claim).await;
+                self.release(&ids(&rows), claim).await;
+                return count;
+            }
+        };
+        let this = &*self;
+        let tries = rows.iter().zip(bodies).map(|(row, body)| async move {
+            let outcome = match body {
+                // Gone from history: nothing to send.
+                None => Ok(false),
+                Some(body) => this.post(row, body).await.map(|()| true),
+            };
+            (row, outcome)
+        });
+        let mut failed = Vec::new();
+        for (row, outcome) in futures_util::future::join_all(tries).await {
+            match outcome {
+                Ok(sent) => {
+                    if sent {
+                        self.metrics.webhook(WebhookOutcome::Delivered);
+                    }
+                    done.push(row.id);
                 }
-                let tries = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
-                let wait = i64::try_from(backoff(tries).as_micros()).unwrap_or(i64::MAX);
-                let due = now_micros().saturating_add(wait);
-                if let Err(e) = self.store.outbox_retry(row.id, claim, due).await {
-                    // The lease runs out and the event is tried again then.
-                    tracing::debug!(error = %e, "rescheduling a webhook event failed");
-                }
+                Err(why) => failed.push((row, why)),
+            }
+        }
+        self.finish(&done, claim).await;
+        if let Some((_, why)) = failed.first() {
+            self.failed(&why.to_string());
+            let failed: Vec<OutboxRow> = failed.into_iter().map(|(r, _)| r.clone()).collect();
+            self.retry(&failed, claim).await;
+        } else if !done.is_empty() {
+            self.working();
+        }
+        count
+    }
+
+    /// Takes delivered (or dropped) events out of the outbox.
+    async fn finish(&self, ids: &[i64], claim: Claim) {
+        if let Err(e) = self.store.outbox_delivered(ids, claim.value).await {
+            // They stay, and are sent again once the lease runs out: at
+            // least once.
+            tracing::debug!(error = %e, "removing delivered webhook events failed");
+        }
+    }
+
+    /// Gives the claim of `ids` up, unsent.
+    async fn release(&self, ids: &[i64], claim: Claim) {
+        if let Err(e) = self.store.outbox_release(ids, claim.value).await {
+            tracing::debug!(error = %e, "releasing webhook events failed; their lease runs out");
+        }
+    }
+
+    /// Schedules the next try of each of `rows` after its backoff.
+    async fn retry(&self, rows: &[OutboxRow], claim: Claim) {
+        for row in rows {
+            self.metrics.webhook(WebhookOutcome::Retried);
+            let tries = u32::try_from(row.attempts).unwrap_or(0).saturating_add(1);
+            let wait = i64::try_from(backoff(tries).as_micros()).unwrap_or(i64::MAX);
+            let due = now_micros().saturating_add(wait);
+            if let Err(e) = self.store.outbox_retry(row.id, claim.value, due).await {
+                // The lease runs out and the event is tried again then.
+                tracing::debug!(error = %e, "rescheduling a webhook event failed");
             }
         }
     }
 
-    /// Takes `row` out of the outbox (delivered or dropped).
-    async fn finish(&self, row: &OutboxRow, claim: i64) {
-        if let Err(e) = self.store.outbox_delivered(row.id, claim).await {
-            // It stays, and is sent again once the lease runs out: at
-            // least once.
-            tracing::debug!(error = %e, "removing a delivered webhook event failed");
+    /// A try failed: logged when the receiver was working, at most once
+    /// a minute.
+    fn failed(&self, why: &str) {
+        let mut health = lock(&self.health);
+        let quiet = health
+            .logged_failing
+            .is_some_and(|t| t.elapsed() < LOG_EVERY);
+        if !health.failing && !quiet {
+            tracing::warn!(url = %self.settings.url, "webhook deliveries failing ({why}); retrying with backoff");
+            health.logged_failing = Some(Instant::now());
         }
+        health.failing = true;
+    }
+
+    /// Tries succeeded: logged when the receiver was failing, at most once
+    /// a minute.
+    fn working(&self) {
+        let mut health = lock(&self.health);
+        let quiet = health
+            .logged_working
+            .is_some_and(|t| t.elapsed() < LOG_EVERY);
+        if health.failing && !quiet {
+            tracing::info!("webhook deliveries work again");
+            health.logged_working = Some(Instant::now());
+        }
+        health.failing = false;
     }
 
     /// One signed POST of `row`'s event.
-    async fn try_once(&self, row: &OutboxRow) -> Result<(), Failed> {
-        let body = match body_of(&self.store, row).await {
-            Ok(Some(body)) => body,
-            // Nothing to send any more: as good as delivered.
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(Failed::Storage(e)),
-        };
+    async fn post(&self, row: &OutboxRow, body: Vec<u8>) -> Result<(), Failed> {
         let id = webhook_id(row);
         let timestamp = now_micros() / 1_000_000;
         let signature = self
             .signer
             .sign(&id, timestamp, &body)
-            .map_err(|e| Failed::Storage(crate::error::Error::Internal(e.to_string())))?;
+            .map_err(|e| Failed::Sign(e.to_string()))?;
         let answer = self
             .client
             .post(self.settings.url.clone())
@@ -153,6 +249,14 @@ impl Dispatcher {
             Err(Failed::Status(status))
         }
     }
+}
+
+fn lock(health: &Mutex<Health>) -> MutexGuard<'_, Health> {
+    // Only log bookkeeping: a panic elsewhere cannot leave it wrong in a
+    // way that matters.
+    health
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads what is left of an answer, up to [`ANSWER_BYTES`], so that the

@@ -5,10 +5,14 @@
 //! even if chatd is killed the next instant. Here, on every node:
 //!
 //! - [`dispatch`] claims due events (at most [`IN_FLIGHT`] in flight per
-//!   node) for a lease of 1.5 × `CHAT_WEBHOOK_TIMEOUT`, and delivers each
-//!   (`deliver.rs`): one signed POST; a 2xx answer deletes the event, any
-//!   other outcome schedules the next try with backoff (1 s doubling to
-//!   5 min). It looks at once after this node commits events, and every
+//!   node) for a lease of 1.6 × `CHAT_WEBHOOK_TIMEOUT` (by the database's
+//!   clock), and delivers each claim's batch (`deliver.rs`): the events
+//!   read in one go, one signed POST each, concurrently; 2xx answers delete
+//!   their events in one statement, any other outcome schedules the next
+//!   try with backoff (1 s doubling to 5 min). A POST starts only while its
+//!   whole timeout still fits in the lease (by this node's clock, from
+//!   before the claim): a batch that is late gives its claim up unsent. It
+//!   looks at once after this node commits events, and every
 //!   [`poll_interval`] for the others' events, retries and the events of
 //!   a node that died mid-delivery (its lease runs out).
 //! - [`watch_backlog`] reads the backlog for the metrics.
@@ -19,14 +23,16 @@ mod body;
 mod deliver;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::deliver::Dispatcher;
+use self::deliver::{Claim, Dispatcher, Health};
 use crate::config::Webhooks;
 use crate::domain::now_micros;
 use crate::error::{Error, Result};
@@ -39,17 +45,18 @@ pub const IN_FLIGHT: usize = 32;
 /// How often the backlog is read for the metrics.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
-/// How long a claim holds its events: a request ends within the timeout,
-/// so while its node lives no other node takes an event over.
+/// How long a claim holds its events: reading them and a request (which
+/// ends within the timeout) fit in it, so while its node lives no other
+/// node takes an event over.
 fn lease(settings: &Webhooks) -> Duration {
-    settings.timeout.mul_f64(1.5)
+    settings.timeout.mul_f64(1.6)
 }
 
-/// How often a node looks for due events it did not commit: a quarter of
+/// How often a node looks for due events it did not commit: a fifth of
 /// the timeout (at most a second), so that a dead node's events are taken
-/// over within 1.5 × + 0.25 × the timeout, under the promised 2 ×.
+/// over within 1.6 × + 0.2 × the timeout, under the promised 2 ×.
 fn poll_interval(settings: &Webhooks) -> Duration {
-    (settings.timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(1))
+    (settings.timeout / 5).clamp(Duration::from_millis(25), Duration::from_secs(1))
 }
 
 /// Starts delivery and the backlog reading on `tracker`; both end at
@@ -78,7 +85,7 @@ pub fn spawn(
         signer,
         settings,
         metrics: metrics.clone(),
-        failing: AtomicBool::new(false),
+        health: Mutex::new(Health::default()),
         dropped: AtomicU64::new(0),
     });
     tracker.spawn(dispatch(dispatcher.clone(), stop.clone()));
@@ -86,36 +93,47 @@ pub fn spawn(
     Ok(())
 }
 
-/// A random nonzero claim.
+/// A random positive claim (0 is "none").
 fn new_claim() -> i64 {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);
-    i64::from_le_bytes(bytes).max(1)
+    ((u64::from_le_bytes(bytes) >> 1) | 1) as i64
 }
 
-/// Claims due events and delivers them, at most [`IN_FLIGHT`] at once.
+/// Claims due events and delivers them, at most [`IN_FLIGHT`] at once,
+/// a batch per claim. At `stop` it claims no more and lets the batches in
+/// flight end (each within its lease; shutdown waits at most its grace).
 async fn dispatch(d: Arc<Dispatcher>, stop: CancellationToken) {
     let poll = poll_interval(&d.settings);
-    let lease = i64::try_from(lease(&d.settings).as_micros()).unwrap_or(i64::MAX);
-    let mut running = JoinSet::new();
+    let lease = lease(&d.settings);
+    let lease_micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+    let mut running: JoinSet<usize> = JoinSet::new();
+    let mut in_flight = 0usize;
     let mut claims_failing = false;
     loop {
-        while running.try_join_next().is_some() {}
-        let free = IN_FLIGHT - running.len();
-        let mut full = free == 0;
-        if free > 0 {
-            let now = now_micros();
-            let claim = new_claim();
+        while let Some(ended) = running.try_join_next() {
+            in_flight -= ended.unwrap_or(0);
+        }
+        let free = IN_FLIGHT.saturating_sub(in_flight);
+        // Claim again only once a quarter of the slots are free: fewer,
+        // larger batches.
+        let mut full = free < IN_FLIGHT / 4;
+        if !full {
+            let claim = Claim {
+                value: new_claim(),
+                lease_ends: Instant::now() + lease,
+            };
             let claimed = tokio::select! {
                 () = stop.cancelled() => break,
-                claimed = d.store.claim_outbox(now, now.saturating_add(lease), claim, free as i64) => claimed,
+                claimed = d.store.claim_outbox(lease_micros, claim.value, free as i64) => claimed,
             };
             match claimed {
                 Ok(rows) => {
                     claims_failing = false;
                     full = rows.len() == free;
-                    for row in rows {
-                        running.spawn(d.clone().deliver(row, claim));
+                    if !rows.is_empty() {
+                        in_flight += rows.len();
+                        running.spawn(d.clone().deliver(rows, claim));
                     }
                 }
                 Err(e) => {
@@ -128,13 +146,13 @@ async fn dispatch(d: Arc<Dispatcher>, stop: CancellationToken) {
         }
         tokio::select! {
             () = stop.cancelled() => break,
-            // Saturated: look again as soon as a delivery ends.
-            Some(_) = running.join_next(), if full => {}
+            // Saturated: look again as soon as a batch ends.
+            Some(ended) = running.join_next(), if full => in_flight -= ended.unwrap_or(0),
             () = d.store.outbox_changed(), if !full => {}
             () = tokio::time::sleep(poll) => {}
         }
     }
-    running.shutdown().await;
+    while running.join_next().await.is_some() {}
 }
 
 /// Reads the backlog every [`BACKLOG_EVERY`] for the metrics, and logs

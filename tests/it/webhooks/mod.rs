@@ -23,6 +23,8 @@ on_both_backends! {
         crate::webhooks::every_event_type_arrives_signed_once_with_its_data,
     a_kill_after_acknowledged_sends_loses_no_webhook:
         crate::webhooks::a_kill_after_acknowledged_sends_loses_no_webhook,
+    events_past_the_maximum_age_are_dropped_and_counted:
+        crate::webhooks::events_past_the_maximum_age_are_dropped_and_counted,
 }
 
 /// A server on `db` sending webhooks to `url`, with `extra` flags.
@@ -423,4 +425,87 @@ async fn a_backlog_of_100_000_events_costs_disk_not_memory() {
         mib(after)
     );
     drop(chatd);
+}
+
+/// An event still undelivered after CHAT_WEBHOOK_MAX_AGE (1 s here) is
+/// dropped at its next try: counted, the outbox empty. A server without
+/// CHAT_WEBHOOK_URL writes nothing to the outbox.
+pub async fn events_past_the_maximum_age_are_dropped_and_counted(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let closed = format!("http://127.0.0.1:{}/hooks", free_port());
+    let server = hooked_server(
+        &db,
+        &closed,
+        "1s",
+        &["--webhook-max-age", "1s", "--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let mut alice = server.client("alice").await;
+    send(&mut alice, "old", "nobody hears this").await;
+    let metrics = server.metrics_addr.expect("metrics on");
+    // room.created and message.created: refused, then too old.
+    let dropped = &[("result", "dropped")];
+    wait_for(metrics, "chatd_webhook_events_total", dropped, |n| {
+        n == Some(2.0)
+    })
+    .await;
+    let text = wait_for(metrics, "chatd_webhook_backlog", &[], |n| n == Some(0.0)).await;
+    let retried = sample(
+        &text,
+        "chatd_webhook_events_total",
+        &[("result", "retried")],
+    );
+    assert!(retried.is_some_and(|n| n >= 2.0), "retried: {retried:?}");
+    assert_eq!(
+        sample(
+            &text,
+            "chatd_webhook_events_total",
+            &[("result", "delivered")]
+        ),
+        Some(0.0)
+    );
+    server.shutdown().await.unwrap();
+
+    // Webhooks off: the same calls leave the outbox empty.
+    let plain = TestServer::start(&db).await;
+    let mut bob = plain.client("bob").await;
+    send(&mut bob, "quiet", "no webhook").await;
+    send(&mut bob, "old", "none either").await;
+    assert_eq!(outbox_rows(&db).await, 0);
+    plain.shutdown().await.unwrap();
+}
+
+/// Rows in the test database's outbox, on either backend.
+async fn outbox_rows(db: &TestDb) -> i64 {
+    use diesel::dsl::count_star;
+    use diesel::{Connection, QueryDsl};
+    diesel::table! { webhook_outbox (id) { id -> Int8, } }
+    match db.dir() {
+        None => {
+            use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+            let mut conn = within(AsyncPgConnection::establish(&db.url))
+                .await
+                .expect("connects");
+            within(
+                webhook_outbox::table
+                    .select(count_star())
+                    .get_result(&mut conn),
+            )
+            .await
+            .expect("counts")
+        }
+        Some(_) => {
+            let path = db.url.trim_start_matches("sqlite://").to_owned();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = diesel::SqliteConnection::establish(&path).expect("opens");
+                diesel::RunQueryDsl::get_result(
+                    webhook_outbox::table.select(count_star()),
+                    &mut conn,
+                )
+                .expect("counts")
+            })
+            .await
+            .expect("counted")
+        }
+    }
 }
