@@ -60,8 +60,9 @@ fn poll_interval(settings: &Webhooks) -> Duration {
 }
 
 /// Starts delivery and the backlog reading on `tracker`; both end at
-/// `stop` (deliveries in flight are abandoned: their events are sent
-/// again after the lease).
+/// `stop` (delivery once its requests in flight have ended; shutdown
+/// waits for them at most its grace, and an event whose answer is lost
+/// is sent again after its lease).
 pub fn spawn(
     settings: Webhooks,
     store: &Store,
