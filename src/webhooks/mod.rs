@@ -115,9 +115,9 @@ async fn dispatch(d: Arc<Dispatcher>, stop: CancellationToken) {
         while let Some(ended) = running.try_join_next() {
             in_flight -= ended.unwrap_or(0);
         }
-        let free = IN_FLIGHT.saturating_sub(in_flight);
-        // Claim again only once a quarter of the slots are free: fewer,
-        // larger batches.
+        // Batches of at most half the slots, so that one is sent while the
+        // next is read; a claim once a quarter of the slots are free.
+        let free = IN_FLIGHT.saturating_sub(in_flight).min(IN_FLIGHT / 2);
         let mut full = free < IN_FLIGHT / 4;
         if !full {
             let claim = Claim {
@@ -131,10 +131,16 @@ async fn dispatch(d: Arc<Dispatcher>, stop: CancellationToken) {
             match claimed {
                 Ok(rows) => {
                     claims_failing = false;
-                    full = rows.len() == free;
+                    // A whole batch: more may be due; look again at once
+                    // if slots are left, else when a batch ends.
+                    full = rows.len() == free && IN_FLIGHT - in_flight - rows.len() < IN_FLIGHT / 4;
+                    let more = rows.len() == free && !full;
                     if !rows.is_empty() {
                         in_flight += rows.len();
                         running.spawn(d.clone().deliver(rows, claim));
+                    }
+                    if more {
+                        continue;
                     }
                 }
                 Err(e) => {

@@ -24,4 +24,4 @@ CREATE TABLE webhook_outbox (
     -- claim may delete or reschedule the row.
     lease BIGINT NOT NULL DEFAULT 0
 );
-CREATE INDEX webhook_outbox_due ON webhook_outbox (due_micros);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (due_micros, id);
