@@ -14,6 +14,7 @@ use crate::storage::Synchronous;
 
 mod cluster;
 mod parse;
+mod token;
 mod webhooks;
 
 use self::parse::{
@@ -22,6 +23,7 @@ use self::parse::{
 };
 
 pub use cluster::{CLUSTER_KEY_BYTES, ClusterKeys, ClusterSecurity, Secret};
+pub use token::TokenArgs;
 pub use webhooks::{WebhookArgs, Webhooks};
 
 /// chatd: gRPC chat rooms with durable, gapless history.
@@ -547,25 +549,6 @@ pub struct SecretArgs {
         default_value = "./chatd-data"
     )]
     pub data_dir: PathBuf,
-}
-
-/// `chatd token <user-id> [--name NAME] [--ttl DURATION] [--admin]`.
-#[derive(Debug, Clone, Args)]
-pub struct TokenArgs {
-    /// The user id (`sub` claim).
-    pub user_id: String,
-    /// Display name (`name` claim); defaults to the user id.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// How long the token is valid, e.g. 30m, 24h, 7d.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub ttl: Duration,
-    /// Mint an admin token (`"admin": true`): for the app backend, it may
-    /// call AdminService and passes every room check.
-    #[arg(long)]
-    pub admin: bool,
-    #[command(flatten)]
-    pub secret: SecretArgs,
 }
 
 impl Config {

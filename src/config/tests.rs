@@ -146,3 +146,44 @@ fn cluster_keys_are_required_checked_and_never_repeated() {
         Some(Command::ClusterKey)
     ));
 }
+
+#[test]
+fn webhook_settings_go_together_and_the_secret_is_never_repeated() {
+    const SECRET: &str = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let url = ["--webhook-url", "https://backend.example/chatd"];
+    let validate = |args: &[&str]| parse(args).unwrap().config.validate();
+    let err = validate(&url).unwrap_err();
+    assert!(
+        err.contains("CHAT_WEBHOOK_SECRET") && err.contains("CHAT_WEBHOOK_URL"),
+        "{err}"
+    );
+    let err = validate(&["--webhook-secret", SECRET]).unwrap_err();
+    assert!(
+        err.contains("CHAT_WEBHOOK_SECRET")
+            && err.contains("CHAT_WEBHOOK_URL")
+            && !err.contains(SECRET),
+        "{err}"
+    );
+    let short = "whsec_c2hvcnQ=";
+    let err = validate(&[url[0], url[1], "--webhook-secret", short]).unwrap_err();
+    assert!(
+        err.contains("CHAT_WEBHOOK_SECRET")
+            && err.contains("CHAT_WEBHOOK_URL")
+            && !err.contains(short),
+        "{err}"
+    );
+    let config = parse(&[url[0], url[1], "--webhook-secret", SECRET])
+        .unwrap()
+        .config;
+    assert!(config.validate().is_ok());
+    let hooks = config.webhooks().unwrap().expect("on");
+    assert_eq!(
+        (hooks.secret.len(), hooks.timeout),
+        (32, Duration::from_secs(10))
+    );
+    assert_eq!(hooks.max_age, Duration::from_secs(72 * 3600));
+    assert!(!format!("{config:?}").contains(SECRET));
+    assert!(parse(&["--webhook-url", "ftp://backend.example/"]).is_err());
+    assert!(parse(&[url[0], url[1], "--webhook-timeout", "10m"]).is_err());
+    assert!(parse(&[]).unwrap().config.webhooks().unwrap().is_none());
+}

@@ -172,10 +172,10 @@ macro_rules! reactions_of {
 }
 
 /// Numbers the change at the room's next seq and writes it: the event,
-/// the message's new state, the reactions (an async block on `$conn`,
-/// inside the change's transaction).
+/// the message's new state, the reactions, and (webhooks on) its outbox
+/// row (an async block on `$conn`, inside the change's transaction).
 macro_rules! write_change {
-    ($conn:ident, $change:expr, $plan:expr, $at:expr) => {
+    ($store:expr, $conn:ident, $change:expr, $plan:expr, $at:expr) => {
         async {
             let change: &NewChange = $change;
             let at: i64 = $at;
@@ -287,6 +287,7 @@ macro_rules! write_change {
                 .values(NewChangeRow::of(&stored))
                 .execute($conn)
                 .await?;
+            enqueue!($store, $conn, [NewOutboxRow::room_event(room, seq, at)]).await?;
             Ok::<_, Error>(stored)
         }
     };
@@ -338,12 +339,8 @@ impl Store {
                 let present = reaction.is_some_and(|r| held_now.iter().any(|c| c.reaction == r));
                 let event = match plan(change, &message, held, (held_now.len(), present))? {
                     None => None,
-                    Some(plan) => Some(write_change!(conn, change, plan, at_micros).await?),
+                    Some(plan) => Some(write_change!(self, conn, change, plan, at_micros).await?),
                 };
-                if let Some(stored) = &event {
-                    let seq = to_i64(stored.seq)?;
-                    enqueue!(self, conn, [NewOutboxRow::room_event(room, seq, at_micros)]).await?;
-                }
                 let row: MessageRow = messages::table
                     .find((room, message_seq))
                     .select(MessageRow::as_select())

@@ -18,9 +18,13 @@
 //!   ([`Store::writes_failing`]).
 //! - `guard.rs` holds [`ServeLock`]: one chatd per database unless they
 //!   form a cluster.
-//! - `access.rs`: private rooms, grants, the users' rooms (ListRooms) and
-//!   their read markers. A batch write also moves each sender's marker to
-//!   their last message of the batch (and so makes the room theirs).
+//! - `grants.rs`: private rooms, grants and revocations, the access
+//!   revision, and which open streams may no longer stay.
+//! - `access.rs`: the users' rooms (ListRooms) and their read markers. A
+//!   batch write also moves each sender's marker to their last message of
+//!   the batch (and so makes the room theirs).
+//! - `outbox.rs`: the webhook outbox, written by every transaction that
+//!   commits an event while webhooks are on.
 //! - `sanctions.rs`: bans and mutes (imposed and lifted each in one
 //!   transaction with the access revision), those in force, their pages.
 
@@ -184,9 +188,10 @@ macro_rules! with_pooled {
 
 mod access;
 mod changes;
+mod grants;
 mod outbox;
 mod sanctions;
-pub use self::access::Created;
+pub use self::grants::Created;
 pub use self::outbox::OutboxRow;
 
 /// The probe write of [`Store::probe_write`], PostgreSQL's dialect: a

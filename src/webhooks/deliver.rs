@@ -132,15 +132,36 @@ impl Dispatcher {
                 return count;
             }
         };
-        let this = &*self;
+        let (sent, failed) = self.send_all(&rows, bodies).await;
+        done.extend(sent);
+        self.finish(&done, claim).await;
+        if let Some((_, why)) = failed.first() {
+            self.failed(&why.to_string());
+            let failed: Vec<OutboxRow> = failed.into_iter().map(|(r, _)| r.clone()).collect();
+            self.retry(&failed, claim).await;
+        } else if !done.is_empty() {
+            self.working();
+        }
+        count
+    }
+
+    /// POSTs every event of `rows` that has a body, concurrently: the ids
+    /// done with (answered 2xx, or gone from history) and the rows that
+    /// failed, with why.
+    async fn send_all<'a>(
+        &self,
+        rows: &'a [OutboxRow],
+        bodies: Vec<Option<Vec<u8>>>,
+    ) -> (Vec<i64>, Vec<(&'a OutboxRow, Failed)>) {
         let tries = rows.iter().zip(bodies).map(|(row, body)| async move {
             let outcome = match body {
                 // Gone from history: nothing to send.
                 None => Ok(false),
-                Some(body) => this.post(row, body).await.map(|()| true),
+                Some(body) => self.post(row, body).await.map(|()| true),
             };
             (row, outcome)
         });
+        let mut done = Vec::new();
         let mut failed = Vec::new();
         for (row, outcome) in futures_util::future::join_all(tries).await {
             match outcome {
@@ -153,15 +174,7 @@ impl Dispatcher {
                 Err(why) => failed.push((row, why)),
             }
         }
-        self.finish(&done, claim).await;
-        if let Some((_, why)) = failed.first() {
-            self.failed(&why.to_string());
-            let failed: Vec<OutboxRow> = failed.into_iter().map(|(r, _)| r.clone()).collect();
-            self.retry(&failed, claim).await;
-        } else if !done.is_empty() {
-            self.working();
-        }
-        count
+        (done, failed)
     }
 
     /// Takes delivered (or dropped) events out of the outbox.
