@@ -35,28 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("webhook-sink listening on {addr}");
     let count = Arc::new(AtomicU64::new(0));
     let first: Arc<std::sync::OnceLock<Instant>> = Arc::default();
-    let report = {
-        let count = count.clone();
-        let first = first.clone();
-        tokio::spawn(async move {
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = count.load(Ordering::Relaxed);
-                let since = first.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
-                println!("{since:7.1} s  {now:>9} answered  {:>7}/s", now - last);
-                last = now;
-                if expect.is_some_and(|n| now >= n) {
-                    let took = since;
-                    println!(
-                        "{now} answered in {took:.2} s from the first: {:.0}/s",
-                        now as f64 / took.max(1e-9)
-                    );
-                    return;
-                }
-            }
-        })
-    };
+    let reporter = tokio::spawn(report(count.clone(), first.clone(), expect));
     let serve = async {
         loop {
             let (stream, _) = listener.accept().await?;
@@ -85,7 +64,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     tokio::select! {
         served = serve => served?,
-        _ = report => {}
+        _ = reporter => {}
     }
     Ok(())
+}
+
+/// Prints the count and the rate every second; with `expect`, the total
+/// rate once that many were answered, then ends.
+async fn report(
+    count: Arc<AtomicU64>,
+    first: Arc<std::sync::OnceLock<Instant>>,
+    expect: Option<u64>,
+) {
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = count.load(Ordering::Relaxed);
+        let since = first.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        println!("{since:7.1} s  {now:>9} answered  {:>7}/s", now - last);
+        last = now;
+        if expect.is_some_and(|n| now >= n) {
+            println!(
+                "{now} answered in {since:.2} s from the first: {:.0}/s",
+                now as f64 / since.max(1e-9)
+            );
+            return;
+        }
+    }
 }
