@@ -517,16 +517,24 @@ impl Store {
                 .await?;
             (m, c)
         });
-        let mut events = messages
-            .into_iter()
-            .map(|row| StoredMessage::try_from(row).map(StoredEvent::Message))
-            .chain(
-                changes
-                    .into_iter()
-                    .map(|row| StoredChange::try_from(row).map(StoredEvent::Change)),
-            )
-            .collect::<Result<Vec<StoredEvent>>>()?;
-        events.sort_unstable_by_key(StoredEvent::seq);
-        Ok(events)
+        stored_events(messages, changes)
     }
+}
+
+/// Message rows and change rows as events, in seq order.
+pub(super) fn stored_events(
+    messages: Vec<MessageRow>,
+    changes: Vec<ChangeRow>,
+) -> Result<Vec<StoredEvent>> {
+    let mut events = messages
+        .into_iter()
+        .map(|row| StoredMessage::try_from(row).map(StoredEvent::Message))
+        .chain(
+            changes
+                .into_iter()
+                .map(|row| StoredChange::try_from(row).map(StoredEvent::Change)),
+        )
+        .collect::<Result<Vec<StoredEvent>>>()?;
+    events.sort_unstable_by_key(StoredEvent::seq);
+    Ok(events)
 }

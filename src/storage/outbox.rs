@@ -23,10 +23,11 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text};
 use diesel_async::RunQueryDsl;
 
+use super::changes::stored_events;
 use super::models::{ChangeRow, MessageRow};
 use super::schema::{message_events, messages, webhook_outbox};
 use super::{Backend, Store};
-use crate::domain::{RoomName, StoredChange, StoredEvent, StoredMessage, now_micros};
+use crate::domain::{RoomName, StoredEvent, now_micros};
 use crate::error::{Error, Result};
 
 /// A row to insert (see the migration for the columns).
@@ -286,16 +287,16 @@ impl Store {
             (m, c)
         });
         let wanted: HashSet<(&str, i64)> = wanted.iter().map(|(r, s)| (r.as_str(), *s)).collect();
-        messages
-            .into_iter()
-            .filter(|m| wanted.contains(&(m.room.as_str(), m.seq)))
-            .map(|row| StoredMessage::try_from(row).map(StoredEvent::Message))
-            .chain(
-                changes
-                    .into_iter()
-                    .filter(|c| wanted.contains(&(c.room.as_str(), c.seq)))
-                    .map(|row| StoredChange::try_from(row).map(StoredEvent::Change)),
-            )
-            .collect()
+        let (messages, changes) = (
+            messages
+                .into_iter()
+                .filter(|m| wanted.contains(&(m.room.as_str(), m.seq)))
+                .collect(),
+            changes
+                .into_iter()
+                .filter(|c| wanted.contains(&(c.room.as_str(), c.seq)))
+                .collect(),
+        );
+        stored_events(messages, changes)
     }
 }
