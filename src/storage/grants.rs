@@ -41,6 +41,21 @@ macro_rules! announce {
     };
 }
 
+/// Moves the access revision on, inside the caller's transaction on
+/// `$conn` (a future): a node that missed a revocation or a sanction
+/// notice re-checks its streams and caches when it sees it move.
+macro_rules! bump_access_revision {
+    ($conn:ident) => {
+        diesel::update($crate::storage::schema::access_revision::table)
+            .set(
+                $crate::storage::schema::access_revision::revision
+                    .eq($crate::storage::schema::access_revision::revision + 1),
+            )
+            .execute($conn)
+    };
+}
+pub(super) use bump_access_revision;
+
 /// What CreateRoom found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -131,10 +146,7 @@ impl Store {
                     .execute(conn)
                     .await?;
                 if inserted == 1 && private {
-                    diesel::update(access_revision::table)
-                        .set(access_revision::revision.eq(access_revision::revision + 1))
-                        .execute(conn)
-                        .await?;
+                    bump_access_revision!(conn).await?;
                 }
                 if inserted == 1 {
                     enqueue!(
@@ -232,10 +244,7 @@ impl Store {
                 // Writes before any read, in `grant`'s order: the access
                 // revision, then the rows (the users who held a grant
                 // come back).
-                diesel::update(access_revision::table)
-                    .set(access_revision::revision.eq(access_revision::revision + 1))
-                    .execute(conn)
-                    .await?;
+                bump_access_revision!(conn).await?;
                 let held: HashSet<String> = diesel::delete(
                     room_users::table
                         .filter(room_users::room.eq(room.as_str()))

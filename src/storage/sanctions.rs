@@ -10,8 +10,9 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use super::grants::bump_access_revision;
 use super::outbox::{NewOutboxRow, enqueue};
-use super::schema::{access_revision, sanctions};
+use super::schema::sanctions;
 use super::{Backend, Store};
 use crate::domain::{
     NewSanction, RoomName, Sanction, SanctionKind, SanctionsCursor, SanctionsQuery, Scope,
@@ -81,6 +82,19 @@ fn cut(page: &mut Vec<Sanction>, limit: usize) -> Option<SanctionsCursor> {
     })
 }
 
+/// Sanctions in force at `now_micros`: until lifted, or ending later.
+fn in_force(now_micros: i64) -> InForce {
+    sanctions::until_micros
+        .is_null()
+        .or(sanctions::until_micros.gt(now_micros))
+}
+
+/// The type of [`in_force`]'s filter.
+type InForce = diesel::dsl::Or<
+    diesel::dsl::IsNull<sanctions::until_micros>,
+    diesel::dsl::Gt<sanctions::until_micros, i64>,
+>;
+
 impl Store {
     /// Imposes `new` from `now_micros` (replacing the user's sanction of
     /// the same kind there, if any) and bumps the access revision, in one
@@ -134,10 +148,7 @@ impl Store {
                     ))
                     .execute(conn)
                     .await?;
-                diesel::update(access_revision::table)
-                    .set(access_revision::revision.eq(access_revision::revision + 1))
-                    .execute(conn)
-                    .await?;
+                bump_access_revision!(conn).await?;
                 enqueue!(self, conn, waiting.iter().copied()).await?;
                 Ok::<_, diesel::result::Error>(())
             })
@@ -176,10 +187,7 @@ impl Store {
                 let Some(lifted) = lifted else {
                     return Ok::<_, Error>(None);
                 };
-                diesel::update(access_revision::table)
-                    .set(access_revision::revision.eq(access_revision::revision + 1))
-                    .execute(conn)
-                    .await?;
+                bump_access_revision!(conn).await?;
                 let lifted = from_row(lifted)?;
                 if self.outbox_on() {
                     let bytes = event(&lifted);
@@ -210,11 +218,7 @@ impl Store {
             sanctions::table
                 .filter(sanctions::user_id.eq(user))
                 .filter(sanctions::room.eq_any(scopes))
-                .filter(
-                    sanctions::until_micros
-                        .is_null()
-                        .or(sanctions::until_micros.gt(now_micros)),
-                )
+                .filter(in_force(now_micros))
                 .select(sanction_columns!())
                 .load(conn)
                 .await?
@@ -238,11 +242,7 @@ impl Store {
                 .filter(sanctions::kind.eq(SanctionKind::Ban.code()))
                 .filter(sanctions::user_id.eq_any(users))
                 .filter(sanctions::room.eq_any(scopes))
-                .filter(
-                    sanctions::until_micros
-                        .is_null()
-                        .or(sanctions::until_micros.gt(now_micros)),
-                )
+                .filter(in_force(now_micros))
                 .select(sanction_columns!())
                 .load(conn)
                 .await?
@@ -261,11 +261,7 @@ impl Store {
         let take = i64::from(query.limit) + 1;
         let rows: Vec<SanctionRow> = with_conn!(self, |conn| {
             let mut q = sanctions::table
-                .filter(
-                    sanctions::until_micros
-                        .is_null()
-                        .or(sanctions::until_micros.gt(now_micros)),
-                )
+                .filter(in_force(now_micros))
                 .select(sanction_columns!())
                 .order((
                     sanctions::created_micros.desc(),
