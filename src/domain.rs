@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 
 mod changes;
 mod markers;
+mod members;
 mod names;
 mod sanctions;
 
@@ -20,6 +21,7 @@ pub use changes::{
     ReactionCount, StoredChange, StoredEvent,
 };
 pub use markers::{MarkersCursor, MarkersQuery, ReadMarkerRow};
+pub use members::{MembersCursor, MembersQuery};
 pub use names::display_name;
 pub use sanctions::{
     Denial, NewSanction, Sanction, SanctionKind, SanctionsCursor, SanctionsQuery, Scope,

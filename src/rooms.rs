@@ -45,6 +45,7 @@ pub use synced::SYNC_WAIT;
 
 use bytes::Bytes;
 pub use ephemeral::{Outgoing, OutgoingKind};
+pub use membership::MembersPage;
 use membership::{LocalMember, Membership};
 use order::Reorder;
 pub use ring::Durable;
@@ -63,6 +64,9 @@ struct RoomState {
     /// is a member while present here or there; events go out when the
     /// union gains or loses them.
     remote: BTreeMap<Arc<str>, Arc<str>>,
+    /// How many users are in both `members` and `remote`, so the member
+    /// count a `joined` and ListMembers give costs nothing in a large room.
+    shared: usize,
     /// Open and joining streams in the room, all users together; the entry
     /// is removed from the registry when this reaches 0.
     streams: usize,
@@ -88,6 +92,11 @@ struct RoomState {
 }
 
 impl RoomState {
+    /// How many users are members, here or on other nodes.
+    fn member_count(&self) -> usize {
+        (self.members.len() + self.remote.len()).saturating_sub(self.shared)
+    }
+
     /// Records that `seq` is stored; returns the newest seq known.
     fn learn_last_seq(&mut self, seq: u64) -> u64 {
         let known = self.last_seq.map_or(seq, |l| l.max(seq));

@@ -122,7 +122,7 @@ async function main() {
   assert.deepEqual(ids(aJoined.members), ["alice"]);
   assert.equal(aJoined.last_seq, 0);
   let b = bob.join(room);
-  assert.deepEqual(ids((await b.next("joined")).members), ["alice", "bob"]);
+  assert.deepEqual(ids((await b.next("joined")).members), ["bob", "alice"]);
   assert.equal((await a.next("member_joined")).member.display_name, "Bob");
 
   // Send and receive live, both ways.

@@ -103,7 +103,7 @@ async def flow(pb, pb_grpc) -> None:
     joined = await a.next("joined")
     check(ids(joined.members) == ["alice"] and joined.last_seq == 0, f"alice joined: {joined}")
     b = join(bob)
-    check(ids((await b.next("joined")).members) == ["alice", "bob"], "bob sees alice")
+    check(ids((await b.next("joined")).members) == ["bob", "alice"], "bob sees alice")
     check((await a.next("member_joined")).member.display_name == "Bob", "alice sees bob arrive")
 
     # Send and receive live, both ways.

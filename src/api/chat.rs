@@ -16,15 +16,15 @@ use crate::access::Access;
 use crate::cluster::presence::Presence;
 use crate::domain::{
     ChangeKind, ClientMessageId, Content, HISTORY_PAGE_BYTES, HistoryQuery, Identity, MarkersQuery,
-    MessageState, NewChange, NewMessage, ROOMS_PAGE_BYTES, Reaction, RoomName, RoomsQuery,
-    Visibility, parse_seq,
+    MembersQuery, MessageState, NewChange, NewMessage, ROOMS_PAGE_BYTES, Reaction, RoomName,
+    RoomsQuery, Visibility, parse_seq,
 };
 use crate::error::Error;
 use crate::limits::quota::HeldCharge;
 use crate::limits::rate::UserRate;
 use crate::proto::server::chat_service_server::ChatService;
 use crate::proto::{self, EncodedEvent};
-use crate::rooms::Rooms;
+use crate::rooms::{MembersPage, Rooms};
 use crate::storage::Store;
 use crate::writer::Writer;
 
@@ -215,18 +215,24 @@ impl ChatService for ChatApi {
         request: Request<proto::ListMembersRequest>,
     ) -> Result<Response<proto::ListMembersResponse>, Status> {
         let caller = identity(&request)?;
-        let room = RoomName::parse(&request.into_inner().room)?;
+        let request = request.into_inner();
+        let room = RoomName::parse(&request.room)?;
+        let query = MembersQuery::parse(request.page_size, &request.page_token)?;
         self.read_rate.check(&caller.user_id)?;
         self.access.check(&caller, &room).await?;
-        let members = match &self.presence {
-            Some(presence) if !self.rooms.is_live(&room) => presence.ask(&room).await,
-            _ => self.rooms.members(&room),
+        let page = match (&self.presence, self.rooms.members_page(&room, &query)) {
+            (_, Some(page)) => page,
+            (Some(presence), None) => presence.ask_page(&room, &query).await,
+            (None, None) => MembersPage {
+                members: Vec::new(),
+                next: None,
+                count: 0,
+            },
         };
-        let member_count = u32::try_from(members.len()).unwrap_or(u32::MAX);
         Ok(Response::new(proto::ListMembersResponse {
-            members,
-            next_page_token: String::new(),
-            member_count,
+            members: page.members,
+            next_page_token: page.next.map(|c| c.token()).unwrap_or_default(),
+            member_count: u32::try_from(page.count).unwrap_or(u32::MAX),
         }))
     }
 

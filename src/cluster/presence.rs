@@ -27,6 +27,7 @@
 //! that shuts down announces empty snapshots for its rooms first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -45,8 +46,8 @@ use super::members::{
 use super::nodes::Directory;
 use super::seal::{MAX_SKEW, NodeId, Opened};
 use super::sync::{self, Answer, SyncRequest};
-use crate::domain::RoomName;
-use crate::rooms::Rooms;
+use crate::domain::{MembersCursor, MembersQuery, RoomName};
+use crate::rooms::{MembersPage, Rooms};
 
 /// Rooms whose local members changed, waiting to be announced; beyond that
 /// a change waits for the periodic snapshot. Also the rooms waiting for a
@@ -359,10 +360,10 @@ impl Presence {
         }
     }
 
-    /// The members of a room with no stream on this node: asks every node
-    /// and returns once each has answered (within [`sync::SYNC_WAIT`]),
-    /// within the bounds of a room's remote members.
-    pub async fn ask(&self, room: &RoomName) -> Vec<crate::proto::Member> {
+    /// One page of the members of a room with no stream on this node: asks
+    /// every node and returns once each has answered (within
+    /// [`sync::SYNC_WAIT`]), within the bounds of a room's remote members.
+    pub async fn ask_page(&self, room: &RoomName, query: &MembersQuery) -> MembersPage {
         let answers = sync::gather(&self.cluster, &self.directory, room).await;
         let mut members: BTreeMap<Arc<str>, Arc<str>> = BTreeMap::new();
         let (mut count, mut bytes) = (0, 0);
@@ -374,13 +375,27 @@ impl Presence {
             }
             members.extend(answer.checked.members);
         }
-        members
-            .into_iter()
+        let start = query.after().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut rest = members.range::<str, _>((start, Bound::Unbounded));
+        let page: Vec<crate::proto::Member> = rest
+            .by_ref()
+            .take(query.limit)
             .map(|(user_id, display_name)| crate::proto::Member {
                 user_id: user_id.to_string(),
                 display_name: display_name.to_string(),
             })
-            .collect()
+            .collect();
+        let next = match (rest.next(), page.last()) {
+            (Some(_), Some(last)) => Some(MembersCursor {
+                after: last.user_id.clone(),
+            }),
+            _ => None,
+        };
+        MembersPage {
+            members: page,
+            next,
+            count: members.len(),
+        }
     }
 }
 

@@ -7,10 +7,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::ring::{Event, RingLimits};
 use super::{Room, RoomState, Rooms, joined};
-use crate::domain::{Identity, RoomName};
+use crate::domain::{Identity, MembersCursor, MembersQuery, RoomName};
 use crate::error::{Error, Result};
 use crate::limits::quota::StreamSlot;
 use crate::proto::{self, EncodedEvent, join_room_response::Event as WireEvent};
+
+/// One ListMembers page of a room with streams on this node.
+#[derive(Debug)]
+pub struct MembersPage {
+    pub members: Vec<proto::Member>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<MembersCursor>,
+    /// How many members the room has (here and on other nodes).
+    pub count: usize,
+}
 
 /// A user present in a room on this node (the cluster-wide view is
 /// `cluster::presence::Presence`).
@@ -65,16 +75,6 @@ impl Ending {
 }
 
 impl Room {
-    /// The room's members here and on other nodes, by user id.
-    pub(super) fn members(state: &RoomState) -> Vec<proto::Member> {
-        joined::member_list(state)
-            .map(|(id, name)| proto::Member {
-                user_id: id.to_string(),
-                display_name: name.to_string(),
-            })
-            .collect()
-    }
-
     /// Pushes a member_joined or member_left of `user` into the ring.
     pub(super) fn push_presence(
         state: &mut RoomState,
@@ -120,7 +120,9 @@ impl Rooms {
                 return false;
             };
             presence.revoked.end(why);
-            if !state.remote.contains_key(user) {
+            if state.remote.contains_key(user) {
+                state.shared -= 1;
+            } else {
                 Room::push_presence(&mut state, &id, &presence.display_name, false, self.limits);
             }
             id
@@ -187,6 +189,10 @@ impl Rooms {
                     changed = true;
                 }
             }
+            state.shared = remote
+                .keys()
+                .filter(|user| state.members.contains_key(*user))
+                .count();
             state.remote = remote;
             changed && self.wake_for_presence(&room, &mut state)
         };
@@ -195,12 +201,18 @@ impl Rooms {
         }
     }
 
-    /// The room's current members.
-    pub fn members(&self, room: &RoomName) -> Vec<proto::Member> {
-        match self.get(room) {
-            Some(room) => Room::members(&room.lock()),
-            None => Vec::new(),
-        }
+    /// One page of the room's current members (by user id, after the
+    /// query's cursor), the next page's cursor and the member count; `None`
+    /// when the room has no stream on this node.
+    pub fn members_page(&self, room: &RoomName, query: &MembersQuery) -> Option<MembersPage> {
+        let room = self.get(room)?;
+        let state = room.lock();
+        let (members, next) = joined::members_page(&state, query.after(), query.limit);
+        Some(MembersPage {
+            members,
+            next: next.map(|after| MembersCursor { after }),
+            count: state.member_count(),
+        })
     }
 }
 
@@ -233,6 +245,11 @@ impl Membership {
             return Err(Error::ShuttingDown);
         }
         let generations = &self.rooms.generations;
+        if !state.members.contains_key(&self.identity.user_id)
+            && state.remote.contains_key(&self.identity.user_id)
+        {
+            state.shared += 1;
+        }
         let presence = state
             .members
             .entry(self.identity.user_id.clone())
@@ -260,7 +277,12 @@ impl Membership {
             );
         }
         let snapshot = (
-            joined::joined(&state, self.room.name.as_str(), last_seq),
+            joined::joined(
+                &state,
+                self.room.name.as_str(),
+                last_seq,
+                &self.identity.user_id,
+            ),
             state.ring.end(),
         );
         let wake = news && self.rooms.wake_for_presence(&self.room, &mut state);
@@ -295,6 +317,9 @@ impl Drop for Membership {
         let news = left && !state.remote.contains_key(&self.identity.user_id);
         if left {
             state.members.remove(&self.identity.user_id);
+            if !news {
+                state.shared -= 1;
+            }
         }
         if news {
             Room::push_presence(

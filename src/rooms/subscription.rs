@@ -259,7 +259,12 @@ impl Subscription {
         let room = &self.guard.room.name;
         let (joined, ring_end) = {
             let state = self.guard.room.lock();
-            let joined = super::joined::joined(&state, room.as_str(), self.next_seq - 1);
+            let joined = super::joined::joined(
+                &state,
+                room.as_str(),
+                self.next_seq - 1,
+                &self.guard.identity.user_id,
+            );
             (joined, state.ring.end())
         };
         // Presence events already in the ring are in this list.

@@ -78,7 +78,7 @@ async fn a_user_may_hold_at_most_100_streams(backend: Backend) {
     // Nothing changes for another user, nor for alice's open streams.
     let mut bob = server.client("bob").await;
     let (_bob_stream, joined) = join(&mut bob, "r0", None).await;
-    assert_eq!(user_ids(&joined.members), ["alice", "bob"]);
+    assert_eq!(user_ids(&joined.members), ["bob", "alice"]);
     match next_event(&mut streams[0]).await {
         Event::MemberJoined(e) => assert_eq!(e.member.unwrap().user_id, "bob"),
         other => panic!("expected member_joined, got {other:?}"),

@@ -18,7 +18,9 @@ pub async fn two_users_join_talk_and_leave(backend: Backend) {
     assert_eq!(joined.last_seq, 0);
 
     let (mut bob_stream, joined) = join(&mut bob, "lobby", None).await;
-    assert_eq!(user_ids(&joined.members), ["alice", "bob"]);
+    // The caller first, then the others by id.
+    assert_eq!(user_ids(&joined.members), ["bob", "alice"]);
+    assert_eq!((joined.member_count, joined.members_truncated), (2, false));
     match next_event(&mut alice_stream).await {
         Event::MemberJoined(e) => assert_eq!(e.member.unwrap().user_id, "bob"),
         other => panic!("expected member_joined, got {other:?}"),

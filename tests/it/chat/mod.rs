@@ -2,7 +2,7 @@
 //! per test, tonic clients.
 //!
 //! One test binary, a file per concern: `join`, `send`, `history`,
-//! `lifecycle` (edits, deletions, reactions, replies), `live` (typing,
+//! `large` (rooms past one `joined`), `lifecycle` (edits, deletions, reactions, replies), `live` (typing,
 //! read markers), `validation`, `server`, `grpc_web` and `binary` (what several
 //! of them share in `support`).
 
@@ -10,6 +10,7 @@ mod binary;
 mod grpc_web;
 mod history;
 mod join;
+mod large;
 mod lifecycle;
 mod live;
 mod send;
@@ -28,6 +29,7 @@ on_both_backends! {
     pages_are_sized_by_what_is_stored: crate::chat::history::pages_are_sized_by_what_is_stored,
     presence_is_per_user_across_devices: crate::chat::join::presence_is_per_user_across_devices,
     a_slow_subscriber_misses_nothing: crate::chat::join::a_slow_subscriber_misses_nothing,
+    a_large_room_lists_500_and_pages_the_rest: crate::chat::large::a_large_room_lists_500_and_pages_the_rest,
     restart_keeps_history_and_continues_seq: crate::chat::history::restart_keeps_history_and_continues_seq,
     graceful_shutdown_ends_open_streams: crate::chat::server::graceful_shutdown_ends_open_streams,
     reflection_lists_services_on_v1_and_v1alpha: crate::chat::server::reflection_lists_services_on_v1_and_v1alpha,

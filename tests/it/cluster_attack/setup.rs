@@ -52,7 +52,7 @@ async fn rotation_keeps_delivery_live_and_a_stranger_is_refused() {
     // Presence crosses too: B's joined lists A's reader.
     assert_eq!(
         crate::helpers::user_ids(&joined.members),
-        ["reader-a", "reader-b"]
+        ["reader-b", "reader-a"]
     );
     for (n, (from, to)) in [(&mut on_a, &mut sb), (&mut on_b, &mut sa)]
         .into_iter()

@@ -1,0 +1,105 @@
+//! Rooms larger than one `joined` lists: at most 500 members (the caller
+//! first) with the room's member count, and ListMembers pages through all.
+
+use chatd::proto;
+use chatd::proto::chat_service_client::ChatServiceClient;
+use chatd::proto::join_room_response::Event;
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// Members of the room besides the late joiner.
+const MEMBERS: usize = 620;
+
+async fn page(client: &mut Client, size: u32, token: &str) -> proto::ListMembersResponse {
+    let request = proto::ListMembersRequest {
+        room: "big".into(),
+        page_size: size,
+        page_token: token.into(),
+    };
+    within(client.list_members(request))
+        .await
+        .expect("list members")
+        .into_inner()
+}
+
+pub async fn a_large_room_lists_500_and_pages_the_rest(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let channel = server.channel().await;
+    let client_for = |user: &str| {
+        ChatServiceClient::with_interceptor(channel.clone(), Bearer::new(&server.token(user)))
+    };
+    let ids: Vec<String> = (0..MEMBERS).map(|i| format!("m{i:04}")).collect();
+    let mut streams = Vec::new();
+    for chunk in ids.chunks(62) {
+        let joins = chunk.iter().map(|id| {
+            let mut client = client_for(id);
+            async move { join(&mut client, "big", None).await.0 }
+        });
+        streams.extend(all_or_first_failure(joins).await);
+    }
+
+    // A late joiner: itself first, then 499 others in id order.
+    let mut late = client_for("late");
+    let (mut late_stream, joined) = join(&mut late, "big", None).await;
+    assert_eq!(joined.members.len(), 500);
+    assert_eq!(joined.members[0].user_id, "late");
+    assert_eq!(user_ids(&joined.members[1..]), ids[..499].to_vec());
+    assert_eq!(joined.member_count as usize, MEMBERS + 1);
+    assert!(joined.members_truncated);
+
+    // ListMembers: 100 per page by default, everyone once, in id order.
+    let (mut all, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let answer = page(&mut late, 0, &token).await;
+        assert_eq!(answer.member_count as usize, MEMBERS + 1);
+        assert!(answer.members.len() <= 100);
+        all.extend(answer.members.into_iter().map(|m| m.user_id));
+        pages += 1;
+        if answer.next_page_token.is_empty() {
+            break;
+        }
+        token = answer.next_page_token;
+    }
+    let mut want = vec!["late".to_string()];
+    want.extend(ids.iter().cloned());
+    assert_eq!((all.len(), pages), (MEMBERS + 1, 7));
+    assert_eq!(all, want);
+    // 5000 is capped at 1000: one page with everyone.
+    let answer = page(&mut late, 5000, "").await;
+    assert_eq!(answer.members.len(), MEMBERS + 1);
+    assert!(answer.next_page_token.is_empty());
+    // A page of 10 after the first page's token starts where it ended.
+    let first = page(&mut late, 10, "").await;
+    let second = page(&mut late, 10, &first.next_page_token).await;
+    assert_eq!(user_ids(&second.members), ids[9..19].to_vec());
+
+    for bad in ["nope", "6d313a", "616263", &"6d".repeat(300)] {
+        let request = proto::ListMembersRequest {
+            room: "big".into(),
+            page_size: 0,
+            page_token: bad.into(),
+        };
+        let status = within(late.list_members(request))
+            .await
+            .expect_err("a bad token");
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
+        assert!(status.message().contains("page_token"), "{status:?}");
+    }
+
+    // Members leaving move the count; the late joiner hears each leave.
+    streams.truncate(MEMBERS - 20);
+    let mut left = 0;
+    while left < 20 {
+        match next_any_event(&mut late_stream).await {
+            Event::MemberLeft(_) => left += 1,
+            Event::MemberJoined(_) => {}
+            other => panic!("expected presence, got {other:?}"),
+        }
+    }
+    let answer = page(&mut late, 1, "").await;
+    assert_eq!(answer.member_count as usize, MEMBERS + 1 - 20);
+    drop(streams);
+    server.shutdown().await.unwrap();
+}
