@@ -24,6 +24,7 @@
 //! `cache.rs`).
 
 mod cache;
+mod owners;
 mod sanctions;
 
 use std::collections::HashMap;
@@ -31,8 +32,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::cache::Bounded;
+use self::owners::Owners;
 use self::sanctions::SanctionCache;
 use crate::config::RoomCreation;
 use crate::domain::{Denial, Identity, RoomName, Visibility, now_micros};
@@ -89,6 +93,9 @@ pub struct Access {
     /// Public rooms known to be a user's (ListRooms): a join then writes
     /// nothing.
     theirs: Mutex<Bounded<Pair, ()>>,
+    /// Where a join's "this room is now the user's" goes to be written
+    /// with the other joins' ([`owners`]).
+    owners: Owners,
     /// A copy of `grants.epoch`, readable without the lock.
     epoch: AtomicU64,
     /// The bans and mutes in force per (room, user), as last read.
@@ -125,8 +132,19 @@ fn denied(room: &RoomName) -> Error {
 }
 
 impl Access {
-    pub fn new(store: Store, rooms: Arc<dyn Streams>, creation: RoomCreation) -> Self {
+    /// The checks, with their batch writer ([`owners`]) on `tracker` until
+    /// `stop`.
+    pub fn new(
+        store: Store,
+        rooms: Arc<dyn Streams>,
+        creation: RoomCreation,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        let (owners, queue) = Owners::new(&store);
+        tracker.spawn(owners::run(store.clone(), queue, stop));
         Access {
+            owners,
             store,
             rooms,
             visibility: Mutex::new(Bounded::new()),
@@ -320,9 +338,7 @@ impl Access {
         if lock(&self.theirs).get(&pair).is_some() {
             return Ok(());
         }
-        self.store
-            .make_theirs(&who.user_id, room, now_micros())
-            .await?;
+        self.owners.write(pair.clone()).await?;
         lock(&self.theirs).insert(pair, ());
         Ok(())
     }

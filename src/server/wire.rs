@@ -81,6 +81,8 @@ pub(super) async fn wire(
         store.clone(),
         rooms.clone(),
         config.room_creation,
+        tracker,
+        cluster_stop.clone(),
     ));
     if let Some(parts) = &cluster {
         revocations::spawn(&parts.cluster, &access, store, tracker, cluster_stop);

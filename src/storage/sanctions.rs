@@ -226,6 +226,24 @@ impl Store {
         rows.into_iter().map(from_row).collect()
     }
 
+    /// Whether any sanction is in force at `now_micros` in `room` or in
+    /// every room, whoever it names: while none is, a check needs no read
+    /// per user.
+    pub async fn any_sanction_in_force(&self, room: &RoomName, now_micros: i64) -> Result<bool> {
+        let scopes = vec![room.as_str(), ""];
+        let scopes = &scopes;
+        let found: bool = with_conn!(self, |conn| {
+            diesel::select(diesel::dsl::exists(
+                sanctions::table
+                    .filter(sanctions::room.eq_any(scopes))
+                    .filter(in_force(now_micros)),
+            ))
+            .get_result(conn)
+            .await?
+        });
+        Ok(found)
+    }
+
     /// The bans in force at `now_micros` of any of `users` in any of
     /// `rooms` or in every room (for [`Store::denied`]).
     pub(super) async fn bans_in_force(
