@@ -22,6 +22,8 @@ import { Members, Timeline } from "./view";
 
 const ROOM_KEY = "chatd.room";
 const PAGE_SIZE = 50;
+/** Members per ListMembers page ("Show more"). */
+const MEMBERS_PAGE_SIZE = 100;
 /** A read marker is sent at most this often while messages arrive. */
 const MARK_READ_DELAY_MS = 500;
 
@@ -84,7 +86,17 @@ const timeline = new Timeline(byId("messages"), byId("timeline"), me, {
     );
   },
 });
-const members = new Members(byId("members"), byId("member-count"), me);
+const moreMembers = byId<HTMLButtonElement>("members-more");
+const members = new Members(
+  {
+    list: byId("members"),
+    count: byId("member-count"),
+    title: byId("members-title"),
+    summary: byId("members-summary"),
+    more: moreMembers,
+  },
+  me,
+);
 const rooms = new RoomList(client, byId("rooms"), byId("rooms-empty"), (room) => joinRoom(room), (e) => {
   // The list is refreshed in the background: only a refused token is worth a banner.
   if (ConnectError.from(e).code === Code.Unauthenticated) tokenRefused(ConnectError.from(e));
@@ -223,12 +235,12 @@ function joinRoom(typed: string): void {
   document.body.classList.add("in-room");
   rooms.select(room);
   const current = new RoomSession(client, room, {
-    joined(name, list, firstJoin) {
-      byId("room-name").textContent = name;
+    joined(joined, firstJoin) {
+      byId("room-name").textContent = joined.room;
       setComposer(true);
-      members.reset(list);
+      members.reset(joined.members, joined.memberCount, joined.membersTruncated);
       // Read markers come only in small rooms; the first page says where everyone is.
-      if (firstJoin && list.length <= SEEN_BY_MEMBERS) {
+      if (firstJoin && Math.max(joined.memberCount, joined.members.length) <= SEEN_BY_MEMBERS) {
         markers
           .load(client, room)
           .then(() => {
@@ -269,6 +281,33 @@ function joinRoom(typed: string): void {
   });
   session = current;
   void current.run();
+}
+
+/** "Show more" members: the next ListMembers page, merged into the list. The first pages
+ * after a truncated `joined` repeat members it listed: pages are fetched until one adds
+ * someone, or there are no more. */
+async function showMoreMembers(): Promise<void> {
+  const current = session;
+  if (!current || moreMembers.disabled) return;
+  moreMembers.disabled = true;
+  const ticket = members.startLoading();
+  try {
+    let added = 0;
+    let pageToken = members.pageToken;
+    while (added === 0 && pageToken !== null) {
+      const page = await client.listMembers({ room: current.room, pageSize: MEMBERS_PAGE_SIZE, pageToken });
+      if (session !== current) return;
+      added += members.addPage(ticket, page.members, page.nextPageToken, page.memberCount);
+      // A rejoin in the meantime started the list afresh: stop here.
+      if (members.startedSince(ticket)) return;
+      pageToken = members.pageToken;
+    }
+  } catch (e) {
+    if (session === current) showError(`More members could not be loaded. ${plainWords(e)}`, detail(e));
+  } finally {
+    members.doneLoading(ticket);
+    moreMembers.disabled = false;
+  }
 }
 
 async function send(): Promise<void> {
@@ -346,6 +385,8 @@ sendForm.addEventListener("submit", (event) => {
   event.preventDefault();
   void send();
 });
+
+moreMembers.addEventListener("click", () => void showMoreMembers());
 
 olderButton.addEventListener("click", () => {
   const room = session?.room;

@@ -4,13 +4,14 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ChatClient } from "./client";
-import type { Member, Message } from "./gen/chat/v1/chat_pb";
+import type { Joined, Member, Message } from "./gen/chat/v1/chat_pb";
 import type { Change } from "./message";
 
 /** What a room session tells the page. */
 export interface RoomEvents {
-  /** The stream (re)joined: the exact member list. `firstJoin` is true once per session. */
-  joined(room: string, members: Member[], firstJoin: boolean): void;
+  /** The stream (re)joined: the room's name, its member count and the members listed (all of
+   * them, or the first 500 when `membersTruncated`). `firstJoin` is true once per session. */
+  joined(joined: Joined, firstJoin: boolean): void;
   /** A message, in seq order with the changes, each once per stream. */
   message(message: Message): void;
   /** A change of a message (edit, deletion, reaction), in seq order, each once. */
@@ -97,7 +98,7 @@ export class RoomSession {
             case "joined": {
               const joined = event.value;
               if (this.lastSeq === undefined) this.advance(joined.lastSeq);
-              this.events.joined(joined.room, joined.members, firstJoin);
+              this.events.joined(joined, firstJoin);
               this.events.connection("live");
               firstJoin = false;
               retryMs = FIRST_RETRY_MS;

@@ -199,39 +199,169 @@ function group(item: HTMLLIElement): void {
   item.classList.toggle("continued", close);
 }
 
-/** The member list, by user id; marked stale while the stream is down. */
+/** The most members the page holds; in a bigger room it shows "Showing 5,000 of 100,000". */
+export const MEMBERS_CAP = 5_000;
+
+/** The page's elements of the member list. */
+export interface MembersView {
+  list: HTMLUListElement;
+  /** The count on the button that opens the list on narrow screens ("2 here"). */
+  count: HTMLElement;
+  /** The list's heading ("2 members"). */
+  title: HTMLElement;
+  /** "Showing 500 of 100,000" while the list lacks members. */
+  summary: HTMLElement;
+  /** "Show more": the next ListMembers page. */
+  more: HTMLButtonElement;
+}
+
+/**
+ * The member list, by user id; marked stale while the stream is down. The count is the
+ * room's (`joined` tells it, presence events move it), which in a big room is more than the
+ * list: `joined` lists at most 500, and "Show more" pages through the rest (ListMembers)
+ * up to MEMBERS_CAP. A complete list is sorted by name; one that is not stays in the order
+ * the server listed it (you first, then by user id) with each page and newcomer after it.
+ */
 export class Members {
   private readonly members = new Map<string, Member>();
+  /** How many members the room has (never fewer than are listed). */
+  private total = 0;
+  /** Whether the room may have members the list lacks. */
+  private partial = false;
+  /** Whether the list is in the server's order rather than by name (once partial, until reset). */
+  private serverOrder = false;
+  /** Where the next ListMembers page starts ("" for the first); null when there is none. */
+  private next: string | null = null;
+  /** Who left while a page was on its way (a page taken before they left must not bring them back). */
+  private readonly leftMeanwhile = new Set<string>();
+  private loading = 0;
+  private drawPending = false;
+  /** Counts resets: a page asked for before one is dropped. */
+  private generation = 0;
 
   constructor(
-    private readonly list: HTMLUListElement,
-    private readonly count: HTMLElement,
+    private readonly view: MembersView,
     private readonly me: () => string | undefined,
   ) {}
 
-  reset(members: Member[]): void {
+  /** The list `joined` gave: `total` members in all, `truncated` when the list lacks some. */
+  reset(members: Member[], total = members.length, truncated = false): void {
+    this.generation += 1;
     this.members.clear();
-    for (const member of members) this.members.set(member.userId, member);
-    this.render();
+    this.leftMeanwhile.clear();
+    this.loading = 0;
+    for (const member of members) {
+      if (this.members.size >= MEMBERS_CAP) break;
+      this.members.set(member.userId, member);
+    }
+    this.total = Math.max(total, this.members.size);
+    this.partial = truncated || this.members.size < this.total;
+    this.serverOrder = this.partial;
+    this.next = this.partial ? "" : null;
+    this.changed();
   }
 
   joined(member: Member): void {
-    this.members.set(member.userId, member);
-    this.render();
+    if (this.members.has(member.userId)) {
+      this.members.set(member.userId, member);
+    } else {
+      this.total += 1;
+      if (this.members.size < MEMBERS_CAP) this.members.set(member.userId, member);
+      else this.partial = true;
+    }
+    this.leftMeanwhile.delete(member.userId);
+    this.changed();
   }
 
   left(member: Member): void {
-    this.members.delete(member.userId);
-    this.render();
+    if (this.loading > 0) this.leftMeanwhile.add(member.userId);
+    // In a complete list, someone not listed was never counted either.
+    if (this.members.delete(member.userId) || this.partial) this.total -= 1;
+    this.changed();
+  }
+
+  /** The ListMembers page token to ask for next; null when nothing more can be shown. */
+  get pageToken(): string | null {
+    return this.partial && this.members.size < MEMBERS_CAP ? this.next : null;
+  }
+
+  /** A request for the next page is starting; the answer goes to `addPage` with the ticket. */
+  startLoading(): number {
+    this.loading += 1;
+    return this.generation;
+  }
+
+  /** Merges one ListMembers page (members already listed are skipped); how many were new.
+   * A page asked for before the last reset is dropped. */
+  addPage(ticket: number, members: Member[], nextPageToken: string, memberCount: number): number {
+    if (ticket !== this.generation) return 0;
+    let added = 0;
+    let cut = false;
+    for (const member of members) {
+      if (this.members.has(member.userId) || this.leftMeanwhile.has(member.userId)) continue;
+      if (this.members.size >= MEMBERS_CAP) {
+        cut = true;
+        break;
+      }
+      this.members.set(member.userId, member);
+      added += 1;
+    }
+    // A page the cap cut short is asked for again should room be made (by someone leaving).
+    if (!cut) this.next = nextPageToken === "" ? null : nextPageToken;
+    this.total = Math.max(memberCount, this.members.size);
+    // Through the last page and under the cap: everyone is listed (later comings and goings
+    // arrive as presence events).
+    if (this.next === null && this.members.size < MEMBERS_CAP) {
+      this.partial = false;
+      this.total = this.members.size;
+    }
+    this.changed();
+    return added;
+  }
+
+  /** Whether the list was reset since `startLoading` gave `ticket`. */
+  startedSince(ticket: number): boolean {
+    return ticket !== this.generation;
+  }
+
+  /** A request started with `startLoading` ended (answered or not). */
+  doneLoading(ticket: number): void {
+    if (ticket !== this.generation) return;
+    this.loading = Math.max(0, this.loading - 1);
+    if (this.loading === 0) this.leftMeanwhile.clear();
+  }
+
+  /** Updates the counts and the button now, and the list on the next frame (presence events
+   * come in bursts; a big list is drawn once per burst). */
+  private changed(): void {
+    this.total = Math.max(this.total, this.members.size);
+    // Everyone counted is listed (the others left): nothing more to ask for.
+    if (this.partial && this.members.size === this.total && this.members.size < MEMBERS_CAP) {
+      this.partial = false;
+    }
+    if (!this.partial) this.total = this.members.size;
+    const total = this.total.toLocaleString();
+    this.view.count.textContent = total;
+    this.view.title.textContent = `${total} ${this.total === 1 ? "member" : "members"}`;
+    const lacking = this.members.size < this.total;
+    this.view.summary.hidden = !lacking;
+    this.view.summary.textContent = lacking
+      ? `Showing ${this.members.size.toLocaleString()} of ${total}`
+      : "";
+    this.view.more.hidden = this.pageToken === null;
+    if (this.drawPending) return;
+    this.drawPending = true;
+    requestAnimationFrame(() => {
+      this.drawPending = false;
+      this.render();
+    });
   }
 
   private render(): void {
-    const sorted = [...this.members.values()].sort((a, b) =>
-      a.displayName.localeCompare(b.displayName),
-    );
-    this.count.textContent = String(sorted.length);
-    this.list.replaceChildren(
-      ...sorted.map((member) => {
+    const shown = [...this.members.values()];
+    if (!this.serverOrder) shown.sort((a, b) => a.displayName.localeCompare(b.displayName));
+    this.view.list.replaceChildren(
+      ...shown.map((member) => {
         const you = member.userId === this.me() ? " (you)" : "";
         const item = el("li", undefined, member.displayName + you);
         item.dataset.userId = member.userId;

@@ -6,11 +6,15 @@
 //
 // Needs CHATD_URL, CHATD_LOG, BOB_TOKEN and ADMIN_TOKEN (.ci/with-chatd sets them). The first user signs
 // in through the page address chatd printed (token in the fragment), the second by pasting
-// a token minted with `chatd token`. CHROMIUM overrides /usr/bin/chromium; screenshots
+// a token minted with `chatd token`. The crowd of a big room (over 500 members) signs its own
+// tokens with the secret chatd generated (its log names the file) and joins over one HTTP/2
+// connection of plain gRPC. CHROMIUM overrides /usr/bin/chromium; screenshots
 // go to SCREENSHOT_DIR (default: the system's temporary directory), never the repository.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
+import http2 from "node:http2";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -599,6 +603,156 @@ test("a muted user is told why a send is refused; a banned user's room closes wi
   await bob.click("#error-close");
   await joinRoom(bob, room);
   await bob.locator('#connection[data-state="live"]').waitFor();
+});
+
+/** A token for `userId`, signed with the secret chatd generated (the file its log names). */
+function mint(userId, name) {
+  const log = readFileSync(env("CHATD_LOG"), "utf8");
+  const file = /token secret .*?path=(\S+)/.exec(log)?.[1];
+  assert.ok(file, `chatd's log names no token secret file:\n${log}`);
+  const secret = readFileSync(file, "utf8").trim();
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub: userId, name, iat: now, exp: now + 3600 })}`;
+  return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
+}
+
+/** Users in a room, each with one JoinRoom stream over one HTTP/2 connection (plain gRPC). */
+function crowd(roomName) {
+  const session = http2.connect(env("CHATD_URL"));
+  session.on("error", () => {});
+  const streams = new Map();
+  return {
+    /** Joins `userId`; resolves once the stream's first event (`joined`) came. */
+    join(userId, name) {
+      const message = encode([[1, roomName]]);
+      const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), message]);
+      frame.writeUInt32BE(message.length, 1);
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/chat.v1.ChatService/JoinRoom",
+        "content-type": "application/grpc",
+        te: "trailers",
+        authorization: `Bearer ${mint(userId, name)}`,
+      });
+      streams.set(userId, stream);
+      return new Promise((resolve, reject) => {
+        let joined = false;
+        const failed = (why) => {
+          if (!joined) reject(new Error(`${userId} did not join: ${why}`));
+        };
+        // Everything after `joined` (the others' arrivals) is read and dropped.
+        stream.on("data", () => {
+          if (!joined) resolve();
+          joined = true;
+        });
+        stream.on("response", (headers) => {
+          if (headers["grpc-status"] && headers["grpc-status"] !== "0") failed(headers["grpc-message"]);
+        });
+        stream.on("trailers", (trailers) => failed(`${trailers["grpc-status"]} ${trailers["grpc-message"]}`));
+        stream.on("error", (error) => failed(error.message));
+        stream.on("close", () => failed("the stream closed"));
+        stream.end(frame);
+      });
+    },
+    /** Closes `userId`'s stream: they leave the room. */
+    leave(userId) {
+      streams.get(userId)?.close(http2.constants.NGHTTP2_CANCEL);
+      streams.delete(userId);
+    },
+    close() {
+      for (const stream of streams.values()) stream.close(http2.constants.NGHTTP2_CANCEL);
+      session.close();
+    },
+  };
+}
+
+test("a room of over 500: the count is the room's, the list shows 500 and \"Show more\" pages through the rest", { timeout: 180_000 }, async () => {
+  const big = `${room}-big`;
+  const people = crowd(big);
+  const id = (n) => `m${String(n).padStart(4, "0")}`;
+  const page = await openPage();
+  const phone = await openPage(PHONE);
+  try {
+    // 501 members, joining 50 at a time; with the page's user the room has 502.
+    for (let first = 1; first <= 501; first += 50) {
+      const batch = [];
+      for (let n = first; n < first + 50 && n <= 501; n++) batch.push(people.join(id(n), `Member ${n}`));
+      await Promise.all(batch);
+    }
+    await signIn(page, env("BOB_TOKEN"));
+    await joinRoom(page, big);
+    await page.locator('#connection[data-state="live"]').waitFor();
+    const title = page.locator("#members-title");
+    const summary = page.locator("#members-summary");
+    const more = page.locator("#members-more");
+    const items = page.locator("#members li");
+    await title.filter({ hasText: /^502 members$/ }).waitFor();
+    assert.equal(await page.locator("#member-count").textContent(), "502");
+    // `joined` listed at most 500: the caller first, then the others by user id.
+    await more.waitFor();
+    const listed = await items.count();
+    assert.ok(listed > 1 && listed <= 500, `${listed} members listed`);
+    assert.equal(await summary.textContent(), `Showing ${listed} of 502`);
+    assert.equal(await items.first().getAttribute("data-user-id"), "bob");
+    assert.equal(await items.first().textContent(), "Bob (you)");
+    await member(page, id(1)).waitFor();
+    assert.equal(await member(page, id(501)).count(), 0, "the last by user id is not listed yet");
+    await screenshot(page, "members-1280");
+
+    // Arrivals and departures move the count, whether or not the list shows them.
+    people.leave(id(1));
+    await member(page, id(1)).waitFor({ state: "detached" });
+    await title.filter({ hasText: /^501 members$/ }).waitFor();
+    people.leave(id(501));
+    await title.filter({ hasText: /^500 members$/ }).waitFor();
+    await people.join(id(600), "Member 600");
+    await member(page, id(600)).waitFor();
+    await title.filter({ hasText: /^501 members$/ }).waitFor();
+    assert.equal(await summary.textContent(), `Showing ${listed} of 501`);
+
+    // At 390 px the list opens over the timeline; "Show more" is at its end.
+    await signIn(phone, env("BOB_TOKEN"));
+    await joinRoom(phone, big);
+    await phone.locator('#connection[data-state="live"]').waitFor();
+    await phone.locator("#member-count", { hasText: /^501$/ }).waitFor();
+    await phone.click("#members-toggle");
+    await phone.locator("#members-more").scrollIntoViewIfNeeded();
+    const width = await phone.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(width <= PHONE.width, `nothing wider than the screen (${width}px)`);
+    await screenshot(phone, "members-390");
+
+    // A page that cannot be fetched is said in the banner; the button stays for another try.
+    await page.route("**/chat.v1.ChatService/ListMembers", (route) => route.abort());
+    await more.click();
+    await page.locator("#error", { hasText: "More members could not be loaded." }).waitFor();
+    await page.unroute("**/chat.v1.ChatService/ListMembers");
+    await page.click("#error-close");
+    assert.ok(await more.isEnabled());
+
+    // "Show more" pages from the start, skips who is listed, and goes on until a page adds
+    // someone; after the last page everyone is listed and the button goes.
+    await more.click();
+    await more.waitFor({ state: "hidden" });
+    await summary.waitFor({ state: "hidden" });
+    await page.waitForFunction(() => document.querySelectorAll("#members li").length === 501);
+    const ids = await page.$$eval("#members li", (list) => list.map((li) => li.dataset.userId));
+    assert.equal(new Set(ids).size, 501, "each member once");
+    const expected = ["bob", ...Array.from({ length: 499 }, (_, i) => id(i + 2)), id(600)];
+    assert.deepEqual([...ids].sort(), expected.sort());
+    assert.equal(await title.textContent(), "501 members");
+    assert.equal(await page.locator("#error").isVisible(), false);
+
+    // Once everyone is listed the count is the list's again.
+    people.leave(id(2));
+    await member(page, id(2)).waitFor({ state: "detached" });
+    await title.filter({ hasText: /^500 members$/ }).waitFor();
+    assert.equal(await items.count(), 500);
+  } finally {
+    people.close();
+    await page.context().close();
+    await phone.context().close();
+  }
 });
 
 test("the page asks for nothing that is not there, and no script fails", TEST, async () => {
