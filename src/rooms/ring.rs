@@ -115,6 +115,10 @@ pub(super) struct Ring {
     pub(super) events: VecDeque<Event>,
     /// The sum of [`Event::size`] over `events`.
     pub(super) bytes: usize,
+    /// The highest seq of the messages dropped so far (0: none): a stream
+    /// the ring left behind that has delivered up to it lost only
+    /// live-only events (presence, typing), which need no storage read.
+    pub(super) dropped_seq: u64,
 }
 
 impl Ring {
@@ -134,6 +138,11 @@ impl Ring {
             if let Some(old) = self.events.pop_front() {
                 self.bytes -= old.size();
                 self.start += 1;
+                if let Event::Messages(batch) = &old
+                    && let Some((seq, _)) = batch.last()
+                {
+                    self.dropped_seq = self.dropped_seq.max(*seq);
+                }
             }
         }
     }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::RoomState;
 use super::membership::{Ending, Membership};
 use super::ring::Event;
 use crate::domain::{MessageState, READ_PAGE_BYTES, ReactionCount, StoredEvent};
@@ -111,6 +112,15 @@ impl Subscription {
             return Err(Error::ShuttingDown.into());
         }
         let ring = &state.ring;
+        if self.cursor < ring.start && ring.dropped_seq < self.next_seq {
+            // Only live-only events were dropped (presence in a busy large
+            // room): the ring still holds every message owed, so no storage
+            // read; presence is re-sent first as a fresh member list.
+            self.cursor = ring.start;
+            self.presence_from = ring.end();
+            let joined = members_now(&state, &self.guard, self.next_seq);
+            self.pending.push_back(joined);
+        }
         if self.cursor < ring.start {
             tracing::debug!(room = %self.guard.room.name, missed = ring.start - self.cursor, "stream fell behind; catching up from storage");
             // Everything before the ring's end is stored by now: storage
@@ -256,19 +266,22 @@ impl Subscription {
     /// Queues the room's member list as of now (after a catch-up that
     /// missed presence events).
     fn resync(&mut self) {
-        let room = &self.guard.room.name;
-        let (joined, ring_end) = {
-            let state = self.guard.room.lock();
-            let joined = super::joined::joined(
-                &state,
-                room.as_str(),
-                self.next_seq - 1,
-                &self.guard.identity.user_id,
-            );
-            (joined, state.ring.end())
-        };
+        let state = self.guard.room.lock();
         // Presence events already in the ring are in this list.
-        self.presence_from = ring_end;
+        self.presence_from = state.ring.end();
+        let joined = members_now(&state, &self.guard, self.next_seq);
+        drop(state);
         self.pending.push_back(joined);
     }
+}
+
+/// The `joined` of the stream `member` as of `state`, for a stream whose
+/// next message is `next_seq`.
+fn members_now(state: &RoomState, member: &Membership, next_seq: u64) -> EncodedEvent {
+    super::joined::joined(
+        state,
+        member.room.name.as_str(),
+        next_seq - 1,
+        &member.identity.user_id,
+    )
 }

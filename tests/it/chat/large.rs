@@ -6,6 +6,7 @@ use chatd::proto::chat_service_client::ChatServiceClient;
 use chatd::proto::join_room_response::Event;
 use tonic::Code;
 
+use crate::helpers::metrics::{metrics_of, sample, scrape};
 use crate::helpers::*;
 
 /// Members of the room besides the late joiner.
@@ -100,6 +101,69 @@ pub async fn a_large_room_lists_500_and_pages_the_rest(backend: Backend) {
     }
     let answer = page(&mut late, 1, "").await;
     assert_eq!(answer.member_count as usize, MEMBERS + 1 - 20);
+    drop(streams);
+    server.shutdown().await.unwrap();
+}
+
+/// A reader the ring leaves behind while only presence passed (members
+/// joining a busy room) owes no message: it gets a fresh member list and
+/// goes on from the ring, with no storage read.
+pub async fn presence_past_the_ring_is_resent_without_a_storage_read(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start_with(config(
+        &db.url,
+        &["--room-buffer", "16", "--metrics-addr", "127.0.0.1:0"],
+    ))
+    .await;
+    let metrics = metrics_of(&server);
+    // A 63,500-byte window that the 16th message of 4 KB (the ring's 16
+    // slots) overfills: the server has taken them all for this reader and
+    // can send it nothing more until it reads.
+    let mut slow = server.client_with_window("slow", 63_500).await;
+    let (mut slow_stream, _) = join(&mut slow, "busy", None).await;
+    let channel = server.channel().await;
+    let client_for = |user: &str| {
+        ChatServiceClient::with_interceptor(channel.clone(), Bearer::new(&server.token(user)))
+    };
+    let mut first = client_for("first");
+    let big = "x".repeat(4000);
+    let mut owed = Vec::new();
+    for i in 0..16 {
+        owed.push(send(&mut first, "busy", &format!("{i:02} {big}")).await.seq);
+    }
+    // Then a crowd joins: presence alone pushes the messages out of the
+    // ring.
+    let mut streams = Vec::new();
+    for i in 0..40 {
+        let mut client = client_for(&format!("j{i:02}"));
+        streams.push(join(&mut client, "busy", None).await.0);
+    }
+    let sent = send(&mut first, "busy", "after the crowd").await;
+
+    let (mut resynced, mut got) = (None, Vec::new());
+    loop {
+        match next_event(&mut slow_stream).await {
+            Event::Joined(joined) => resynced = Some(joined),
+            Event::MemberJoined(_) => {}
+            Event::Message(message) if message.seq == sent.seq => break,
+            Event::Message(message) => got.push(message.seq),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, owed);
+    let resynced = resynced.expect("a fresh member list after falling behind");
+    assert_eq!(resynced.members[0].user_id, "slow");
+    assert_eq!(resynced.members.len(), 41);
+    assert_eq!(
+        (resynced.member_count, resynced.members_truncated),
+        (41, false)
+    );
+    let text = scrape(metrics).await;
+    assert_eq!(
+        sample(&text, "chatd_catchup_reads_total", &[("reason", "lag")]).unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
     drop(streams);
     server.shutdown().await.unwrap();
 }

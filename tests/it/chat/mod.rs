@@ -30,6 +30,8 @@ on_both_backends! {
     presence_is_per_user_across_devices: crate::chat::join::presence_is_per_user_across_devices,
     a_slow_subscriber_misses_nothing: crate::chat::join::a_slow_subscriber_misses_nothing,
     a_large_room_lists_500_and_pages_the_rest: crate::chat::large::a_large_room_lists_500_and_pages_the_rest,
+    presence_past_the_ring_is_resent_without_a_storage_read:
+        crate::chat::large::presence_past_the_ring_is_resent_without_a_storage_read,
     restart_keeps_history_and_continues_seq: crate::chat::history::restart_keeps_history_and_continues_seq,
     graceful_shutdown_ends_open_streams: crate::chat::server::graceful_shutdown_ends_open_streams,
     reflection_lists_services_on_v1_and_v1alpha: crate::chat::server::reflection_lists_services_on_v1_and_v1alpha,
