@@ -76,6 +76,37 @@ impl prost::Message for EncodedEvent {
     }
 }
 
+/// A JoinRoom stream's events: encoded, or the status the stream ends with.
+pub type EventStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<EncodedEvent, tonic::Status>> + Send>>;
+
+/// A JoinRoom stream's events on their way from the service to the HTTP
+/// layer that frames them (`http::EventBodyLayer`), in the response's
+/// extensions: tonic's encoder would keep, for as long as the stream
+/// lives, a buffer as large as the largest chunk it ever sent.
+#[derive(Clone)]
+pub struct EventSource(std::sync::Arc<std::sync::Mutex<Option<EventStream>>>);
+
+impl EventSource {
+    pub fn new(events: EventStream) -> Self {
+        EventSource(std::sync::Arc::new(std::sync::Mutex::new(Some(events))))
+    }
+
+    /// The events, once (later calls find nothing).
+    pub fn take(&self) -> Option<EventStream> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+impl std::fmt::Debug for EventSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSource")
+    }
+}
+
 /// What a JoinRoom stream's encoder allocates up front. tonic's default
 /// (8 KiB per stream) would be most of an idle stream's cost; the buffer
 /// grows as events need it.

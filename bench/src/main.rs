@@ -97,6 +97,9 @@ enum Scenario {
     Churn(scenarios::ChurnArgs),
     /// Users joining one room one after another: time for all, with presence.
     Joins(scenarios::JoinsArgs),
+    /// One room of N members (100 streams to a connection), then timed
+    /// joins into it: memory per member, CPU and bytes per join.
+    LargeRoom(scenarios::LargeRoomArgs),
     /// Users on one node leave (or the node is killed): time until another
     /// node's stream sees every member_left.
     PresenceKill(scenarios::PresenceKillArgs),
@@ -128,6 +131,7 @@ fn main() -> std::process::ExitCode {
                 Scenario::History(a) => scenarios::history(&ctx, a).await,
                 Scenario::Churn(a) => scenarios::churn(&ctx, a).await,
                 Scenario::Joins(a) => scenarios::joins(&ctx, a).await,
+                Scenario::LargeRoom(a) => scenarios::large_room(&ctx, a).await,
                 Scenario::PresenceKill(a) => scenarios::presence_kill(&ctx, a).await,
             }
         };

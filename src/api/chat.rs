@@ -4,10 +4,8 @@
 //! registry, the writer or storage, and converts the answer back. Errors
 //! become `tonic::Status` here and nowhere else.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -23,7 +21,7 @@ use crate::error::Error;
 use crate::limits::quota::HeldCharge;
 use crate::limits::rate::UserRate;
 use crate::proto::server::chat_service_server::ChatService;
-use crate::proto::{self, EncodedEvent};
+use crate::proto::{self, EventSource, EventStream};
 use crate::rooms::{MembersPage, Rooms};
 use crate::storage::Store;
 use crate::writer::Writer;
@@ -60,8 +58,6 @@ fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
         .cloned()
         .ok_or_else(|| Status::unauthenticated("authorization: missing bearer token"))
 }
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ChatService for ChatApi {
@@ -100,11 +96,18 @@ impl ChatService for ChatApi {
         let subscription = subscription?;
         theirs?;
         self.access.recheck(epoch, &identity, &room).await?;
-        let stream = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let events = futures_util::stream::unfold(subscription, |mut subscription| async move {
             let item = subscription.next().await?;
             Some((item, subscription))
         });
-        Ok(Response::new(Box::pin(stream)))
+        // The HTTP layer frames the events (`http::EventBodyLayer`); what
+        // tonic is given is never read, unless that layer is missing.
+        let unframed = futures_util::stream::iter([Err(Status::internal("internal error"))]);
+        let mut response = Response::new(Box::pin(unframed) as EventStream);
+        response
+            .extensions_mut()
+            .insert(EventSource::new(Box::pin(events)));
+        Ok(response)
     }
 
     async fn send_message(

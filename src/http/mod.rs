@@ -3,6 +3,7 @@
 //!
 //! - `frames.rs`: follows gRPC's 5-byte message prefixes through a body.
 //! - `body_limit.rs`: request size and body deadline.
+//! - `event_body.rs`: JoinRoom's events framed in buffers freed once sent.
 //! - `hold_until_sent.rs`: a response's bytes stay charged to its user
 //!   until sent.
 //! - `end_on_shutdown.rs`: never-ending response streams end at shutdown.
@@ -13,6 +14,7 @@
 mod body_limit;
 mod cors;
 mod end_on_shutdown;
+mod event_body;
 mod frames;
 mod grpc_metrics;
 mod hold_until_sent;
@@ -21,6 +23,7 @@ mod page;
 pub(crate) use self::body_limit::BodyLimitLayer;
 pub(crate) use self::cors::cors;
 pub(crate) use self::end_on_shutdown::EndOnShutdown;
+pub(crate) use self::event_body::EventBodyLayer;
 pub(crate) use self::grpc_metrics::GrpcMetricsLayer;
 pub(crate) use self::hold_until_sent::HoldUntilSentLayer;
 pub(crate) use self::page::{PageLayer, log_page_address};

@@ -19,7 +19,8 @@ use crate::cluster::presence::Presence;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::{
-    BodyLimitLayer, EndOnShutdown, GrpcMetricsLayer, HoldUntilSentLayer, PageLayer, cors,
+    BodyLimitLayer, EndOnShutdown, EventBodyLayer, GrpcMetricsLayer, HoldUntilSentLayer, PageLayer,
+    cors,
 };
 use crate::limits::rate::{JOINS, READS, SENDS, UserRate};
 use crate::metrics::Metrics;
@@ -69,8 +70,8 @@ pub(super) fn routes(
 }
 
 /// What every connection serves: `routes` inside, outermost first, the
-/// chat page, CORS, grpc-web, the gRPC metrics, the request body limits and
-/// the per-user response budget.
+/// chat page, CORS, grpc-web, the gRPC metrics, the request body limits,
+/// the per-user response budget and JoinRoom's framing.
 pub(super) fn http_service(
     routes: Routes,
     config: &Config,
@@ -93,6 +94,7 @@ pub(super) fn http_service(
             timeout: config.request_body_timeout,
         })
         .layer(HoldUntilSentLayer)
+        .layer(EventBodyLayer)
         .service(routes)
 }
 

@@ -9,7 +9,7 @@ use chatd::auth::Keys;
 use chatd::proto::chat_service_client::ChatServiceClient;
 use chatd::proto::join_room_response::Event;
 use chatd::proto::{
-    EditMessageRequest, JoinRoomRequest, JoinRoomResponse, ListHistoryRequest, ReactRequest,
+    self, EditMessageRequest, JoinRoomRequest, JoinRoomResponse, ListHistoryRequest, ReactRequest,
     SendMessageRequest,
 };
 use clap::Args;
@@ -33,6 +33,7 @@ mod fanout;
 mod history;
 mod idle;
 mod joins;
+mod large_room;
 mod presence_kill;
 mod send;
 
@@ -41,6 +42,7 @@ pub use fanout::{FanoutArgs, fanout};
 pub use history::{HistoryArgs, history};
 pub use idle::{IdleArgs, idle};
 pub use joins::{JoinsArgs, joins};
+pub use large_room::{LargeRoomArgs, large_room};
 pub use presence_kill::{PresenceKillArgs, presence_kill};
 pub use send::{SendArgs, send};
 
