@@ -30,6 +30,10 @@ const CHUNK_BYTES: usize = 32 * 1024;
 /// gRPC's message prefix: a flag byte (0: not compressed) and a
 /// big-endian u32 length.
 const PREFIX: usize = 5;
+/// An event at least this large goes to HTTP/2 as it is (after its prefix)
+/// rather than copied into a chunk: a `joined` or a page of a long
+/// message's worth is not copied once per stream.
+const SENT_AS_IS: usize = 4 * 1024;
 
 /// Frames the events of a response that carries an [`EventSource`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -77,6 +81,7 @@ where
                 Some(events) => response.map(|_tonic_body| {
                     Body::new(EventBody {
                         events: Some(events),
+                        as_is: None,
                         trailers: None,
                     })
                 }),
@@ -90,6 +95,8 @@ struct EventBody {
     /// `None` once the stream ended (its subscription is dropped at once,
     /// so its user leaves the room without waiting for the trailers).
     events: Option<EventStream>,
+    /// A large event whose prefix went out last: it goes next, uncopied.
+    as_is: Option<Bytes>,
     /// The trailers, once the events ended, until sent.
     trailers: Option<HeaderMap>,
 }
@@ -106,14 +113,22 @@ impl EventBody {
     }
 }
 
-fn put(chunk: &mut Option<BytesMut>, event: &EncodedEvent) {
-    let bytes = &event.0;
-    let chunk = chunk.get_or_insert_with(|| BytesMut::with_capacity(PREFIX + bytes.len()));
-    chunk.reserve(PREFIX + bytes.len());
+/// Appends `event`'s prefix to `chunk`, and the event too unless it is
+/// sent as it is (returned then).
+fn put(chunk: &mut Option<BytesMut>, event: EncodedEvent) -> Option<Bytes> {
+    let bytes = event.0;
+    let as_is = bytes.len() >= SENT_AS_IS;
+    let len = PREFIX + if as_is { 0 } else { bytes.len() };
+    let chunk = chunk.get_or_insert_with(|| BytesMut::with_capacity(len));
+    chunk.reserve(len);
     chunk.put_u8(0);
     // An event is far below 4 GiB (it fits the room's buffer).
     chunk.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
-    chunk.extend_from_slice(bytes);
+    if as_is {
+        return Some(bytes);
+    }
+    chunk.extend_from_slice(&bytes);
+    None
 }
 
 impl HttpBody for EventBody {
@@ -125,12 +140,17 @@ impl HttpBody for EventBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
+        if let Some(bytes) = this.as_is.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let mut chunk: Option<BytesMut> = None;
         while let Some(events) = this.events.as_mut() {
             match futures_util::Stream::poll_next(events.as_mut(), cx) {
                 Poll::Ready(Some(Ok(event))) => {
-                    put(&mut chunk, &event);
-                    if chunk.as_ref().is_some_and(|c| c.len() >= CHUNK_BYTES) {
+                    this.as_is = put(&mut chunk, event);
+                    if this.as_is.is_some()
+                        || chunk.as_ref().is_some_and(|c| c.len() >= CHUNK_BYTES)
+                    {
                         break;
                     }
                 }
@@ -150,7 +170,7 @@ impl HttpBody for EventBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.events.is_none() && self.trailers.is_none()
+        self.events.is_none() && self.as_is.is_none() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -171,6 +191,7 @@ mod tests {
     async fn frames(events: Vec<Result<EncodedEvent, Status>>) -> (Vec<u8>, HeaderMap) {
         let body = EventBody {
             events: Some(futures_util::stream::iter(events).boxed()),
+            as_is: None,
             trailers: None,
         };
         let collected = body.collect().await.expect("no body error");
@@ -182,6 +203,17 @@ mod tests {
     async fn events_are_framed_and_end_with_ok() {
         let (data, trailers) = frames(vec![event(b"ab"), event(b"")]).await;
         assert_eq!(data, [0, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0, 0]);
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn large_events_follow_their_prefix_uncopied() {
+        static LARGE: [u8; SENT_AS_IS] = [7; SENT_AS_IS];
+        let (data, trailers) = frames(vec![event(b"a"), event(&LARGE), event(b"b")]).await;
+        let mut want = vec![0, 0, 0, 0, 1, b'a', 0, 0, 0, 0x10, 0];
+        want.extend_from_slice(&LARGE);
+        want.extend_from_slice(&[0, 0, 0, 0, 1, b'b']);
+        assert_eq!(data, want);
         assert_eq!(trailers["grpc-status"], "0");
     }
 

@@ -21,6 +21,8 @@ const REPLAY_PAGE_MAX: u32 = 256;
 /// Bytes a stream moves from the ring to its own queue at a time (at least
 /// one event): what a stalled stream can pin after the ring dropped it.
 const TAKE_BYTES: usize = 64 * 1024;
+/// The most queue slots (32 bytes each) an emptied queue keeps.
+const PENDING_KEPT: usize = 16;
 
 /// One JoinRoom stream's reader.
 #[derive(Debug)]
@@ -80,6 +82,11 @@ impl Subscription {
             }
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
+            }
+            if self.pending.capacity() > PENDING_KEPT {
+                // A burst (a page, a crowd's presence) grew the queue: an
+                // idle stream gives that memory back.
+                self.pending = VecDeque::new();
             }
             self.page_charge = None;
             if self.catching_up {
