@@ -145,7 +145,7 @@ fn entry_len(id: &str, name: &str) -> usize {
 /// The members a `joined` for `caller` lists: the caller first (when a
 /// member), then the others in id order, within [`JOINED_MEMBERS_MAX`]
 /// and [`JOINED_MEMBERS_BYTES`].
-fn listed<'a>(state: &'a RoomState, caller: &'a str) -> Vec<(&'a str, &'a str)> {
+fn listed<'a>(state: &'a RoomState, caller: &'a str, most: usize) -> Vec<(&'a str, &'a str)> {
     let own = state
         .members
         .get(caller)
@@ -154,10 +154,10 @@ fn listed<'a>(state: &'a RoomState, caller: &'a str) -> Vec<(&'a str, &'a str)> 
         .map(|name| (caller, name));
     let others = member_list(state, None).filter(|(id, _)| *id != caller);
     let mut bytes = 0;
-    let mut list = Vec::with_capacity(JOINED_MEMBERS_MAX.min(state.member_count()));
+    let mut list = Vec::with_capacity(most.min(state.member_count()));
     for (id, name) in own.into_iter().chain(others) {
         bytes += entry_len(id, name);
-        if list.len() == JOINED_MEMBERS_MAX || bytes > JOINED_MEMBERS_BYTES {
+        if list.len() == most || bytes > JOINED_MEMBERS_BYTES {
             break;
         }
         list.push((id, name));
@@ -168,7 +168,30 @@ fn listed<'a>(state: &'a RoomState, caller: &'a str) -> Vec<(&'a str, &'a str)> 
 /// The `joined` event of `room` for `caller` as it is now: the members
 /// [`listed`], the member count and `last_seq`.
 pub(super) fn joined(state: &RoomState, room: &str, last_seq: u64, caller: &str) -> EncodedEvent {
-    let list = listed(state, caller);
+    encode(state, room, last_seq, caller, JOINED_MEMBERS_MAX)
+}
+
+/// The `joined` a stream gets again after presence passed it by (a crowd
+/// joining, the ring left behind): as [`joined`] in a room that one lists
+/// whole, else the caller alone with the count. Re-sending 500 members to
+/// each of 100,000 streams at every burst would cost gigabytes; the list
+/// is a page of ListMembers away.
+pub(super) fn resent(state: &RoomState, room: &str, last_seq: u64, caller: &str) -> EncodedEvent {
+    let most = if is_large(state) {
+        1
+    } else {
+        JOINED_MEMBERS_MAX
+    };
+    encode(state, room, last_seq, caller, most)
+}
+
+/// Whether the room has more members than one `joined` lists.
+pub(super) fn is_large(state: &RoomState) -> bool {
+    state.member_count() > JOINED_MEMBERS_MAX
+}
+
+fn encode(state: &RoomState, room: &str, last_seq: u64, caller: &str, most: usize) -> EncodedEvent {
+    let list = listed(state, caller, most);
     let count = state.member_count().max(list.len());
     let truncated = list.len() < count;
     let mut body = str_len(JOINED_ROOM, room)

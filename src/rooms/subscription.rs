@@ -21,6 +21,9 @@ const REPLAY_PAGE_MAX: u32 = 256;
 /// Bytes a stream moves from the ring to its own queue at a time (at least
 /// one event): what a stalled stream can pin after the ring dropped it.
 const TAKE_BYTES: usize = 64 * 1024;
+/// More presence events than this waiting for one stream of a large room
+/// are sent as one fresh `joined` instead ([`Subscription::presence_burst`]).
+const PRESENCE_BURST: usize = 32;
 /// The most queue slots (32 bytes each) an emptied queue keeps.
 const PENDING_KEPT: usize = 16;
 
@@ -119,11 +122,13 @@ impl Subscription {
             return Err(Error::ShuttingDown.into());
         }
         let ring = &state.ring;
-        if self.cursor < ring.start && ring.dropped_seq < self.next_seq {
-            // Only live-only events were dropped (presence in a busy large
-            // room): the ring still holds every message owed, so no storage
-            // read; presence is re-sent first as a fresh member list.
-            self.cursor = ring.start;
+        let passed_by = self.cursor < ring.start && ring.dropped_seq < self.next_seq;
+        if passed_by || (self.cursor >= ring.start && self.presence_burst(&state)) {
+            // Only live-only events were dropped (a crowd joining), or a
+            // burst of presence waits in a large room: the ring still holds
+            // every message owed, so no storage read; presence is re-sent
+            // first as a fresh member list.
+            self.cursor = self.cursor.max(ring.start);
             self.presence_from = ring.end();
             let joined = members_now(&state, &self.guard, self.next_seq);
             self.pending.push_back(joined);
@@ -178,6 +183,26 @@ impl Subscription {
         drop(state);
         self.guard.rooms.metrics.deliveries(delivered);
         Ok(progressed)
+    }
+
+    /// Whether more than [`PRESENCE_BURST`] presence events in the ring are
+    /// news to this stream in a room larger than one `joined` lists: they
+    /// are coalesced into one fresh `joined` (its count) instead.
+    fn presence_burst(&self, state: &RoomState) -> bool {
+        let ring = &state.ring;
+        let from = self.cursor.max(ring.start).max(self.presence_from);
+        if ring.end().saturating_sub(from) <= PRESENCE_BURST as u64
+            || !super::joined::is_large(state)
+        {
+            return false;
+        }
+        let skip = (from - ring.start) as usize;
+        ring.events
+            .iter()
+            .skip(skip)
+            .filter(|e| matches!(e, Event::Presence { .. }))
+            .nth(PRESENCE_BURST)
+            .is_some()
     }
 
     /// Reads the next page of messages this stream owes from storage,
@@ -282,10 +307,10 @@ impl Subscription {
     }
 }
 
-/// The `joined` of the stream `member` as of `state`, for a stream whose
-/// next message is `next_seq`.
+/// The `joined` re-sent to the stream `member` as of `state` (see
+/// `joined::resent`), for a stream whose next message is `next_seq`.
 fn members_now(state: &RoomState, member: &Membership, next_seq: u64) -> EncodedEvent {
-    super::joined::joined(
+    super::joined::resent(
         state,
         member.room.name.as_str(),
         next_seq - 1,

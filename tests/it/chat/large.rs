@@ -167,3 +167,69 @@ pub async fn presence_past_the_ring_is_resent_without_a_storage_read(backend: Ba
     drop(streams);
     server.shutdown().await.unwrap();
 }
+
+/// In a room larger than one `joined` lists, a burst of presence waiting
+/// for a stream is coalesced into one fresh `joined`: the stream itself and
+/// the count, not 500 members nor one event per arrival.
+pub async fn a_presence_burst_in_a_large_room_comes_as_one_count(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let server = TestServer::start(&db).await;
+    let channel = server.channel().await;
+    let client_for = |user: &str| {
+        ChatServiceClient::with_interceptor(channel.clone(), Bearer::new(&server.token(user)))
+    };
+    let ids: Vec<String> = (0..510).map(|i| format!("m{i:04}")).collect();
+    let mut streams = Vec::new();
+    for chunk in ids.chunks(51) {
+        let joins = chunk.iter().map(|id| {
+            let mut client = client_for(id);
+            async move { join(&mut client, "crowd", None).await.0 }
+        });
+        streams.extend(all_or_first_failure(joins).await);
+    }
+    // A reader whose window 16 messages of 4 KB fill: it reads nothing
+    // while 40 more members arrive.
+    let mut slow = server.client_with_window("slow", 63_500).await;
+    let (mut slow_stream, joined) = join(&mut slow, "crowd", None).await;
+    assert_eq!((joined.members.len(), joined.member_count), (500, 511));
+    // The members above do not read: the sender and the arrivals use
+    // connections of their own, not the one the members' backlog fills.
+    let mut sender = server.client("sender").await;
+    let arrivals_channel = server.channel().await;
+    let big = "x".repeat(4000);
+    let mut owed = Vec::new();
+    for i in 0..16 {
+        owed.push(
+            send(&mut sender, "crowd", &format!("{i:02} {big}"))
+                .await
+                .seq,
+        );
+    }
+    for i in 0..40 {
+        let token = server.token(&format!("n{i:02}"));
+        let mut client =
+            ChatServiceClient::with_interceptor(arrivals_channel.clone(), Bearer::new(&token));
+        streams.push(join(&mut client, "crowd", None).await.0);
+    }
+    let sent = send(&mut sender, "crowd", "after the crowd").await;
+
+    let (mut counts, mut got, mut arrivals) = (Vec::new(), Vec::new(), 0);
+    loop {
+        match next_event(&mut slow_stream).await {
+            Event::Joined(joined) => {
+                assert_eq!(user_ids(&joined.members), ["slow"]);
+                assert!(joined.members_truncated);
+                counts.push(joined.member_count);
+            }
+            Event::MemberJoined(_) => arrivals += 1,
+            Event::Message(message) if message.seq == sent.seq => break,
+            Event::Message(message) => got.push(message.seq),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, owed);
+    assert_eq!(counts.last().copied(), Some(551), "{counts:?}");
+    assert!(arrivals <= 32, "{arrivals} member_joined came one by one");
+    drop(streams);
+    server.shutdown().await.unwrap();
+}

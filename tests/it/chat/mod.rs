@@ -32,6 +32,8 @@ on_both_backends! {
     a_large_room_lists_500_and_pages_the_rest: crate::chat::large::a_large_room_lists_500_and_pages_the_rest,
     presence_past_the_ring_is_resent_without_a_storage_read:
         crate::chat::large::presence_past_the_ring_is_resent_without_a_storage_read,
+    a_presence_burst_in_a_large_room_comes_as_one_count:
+        crate::chat::large::a_presence_burst_in_a_large_room_comes_as_one_count,
     restart_keeps_history_and_continues_seq: crate::chat::history::restart_keeps_history_and_continues_seq,
     graceful_shutdown_ends_open_streams: crate::chat::server::graceful_shutdown_ends_open_streams,
     reflection_lists_services_on_v1_and_v1alpha: crate::chat::server::reflection_lists_services_on_v1_and_v1alpha,
