@@ -39,7 +39,8 @@
 //!   send path. It ends streams through its `Streams` trait, which the
 //!   room registry implements.
 //! - [`auth`]: who is calling: bearer tokens (HS256, or the identity
-//!   provider's keys in `jwks.rs`) and the secret file (`secret.rs`).
+//!   provider's keys in `jwks.rs`), the HS256 tokens verified recently
+//!   (`verified.rs`) and the secret file (`secret.rs`).
 //! - `metrics/`: Prometheus metrics (`CHAT_METRICS_ADDR`): the registry
 //!   and the `/metrics` listener; it renders readings handed to it (pool,
 //!   NATS state) and imports neither storage nor cluster.

@@ -30,8 +30,10 @@ use crate::error::{Error, Result};
 
 pub(crate) mod jwks;
 mod secret;
+mod verified;
 
 use self::jwks::Jwks;
+use self::verified::{Verified, VerifiedTokens};
 
 pub use secret::{SECRET_FILE, load_secret};
 pub(crate) use secret::{SecretSource, load_or_generate_secret};
@@ -71,6 +73,19 @@ struct Received {
     /// (absent, false, "true", 1) does not.
     #[serde(default)]
     admin: Option<serde_json::Value>,
+    /// Checked by jsonwebtoken; read here to know how long a verified
+    /// token may be kept (a value that is not a whole number of seconds is
+    /// not kept).
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
+    #[serde(default)]
+    nbf: Option<serde_json::Value>,
+}
+
+/// A numeric claim as whole seconds: `Ok(None)` when absent, `Err` when
+/// present in another form.
+fn seconds(claim: Option<&serde_json::Value>) -> std::result::Result<Option<u64>, ()> {
+    claim.map(|v| v.as_u64().ok_or(())).transpose()
 }
 
 /// What a token must carry besides a good signature.
@@ -95,6 +110,8 @@ pub struct Keys {
     policy: TokenPolicy,
     /// The identity provider's keys (`CHAT_JWT_JWKS`).
     jwks: Option<Arc<Jwks>>,
+    /// HS256 tokens verified recently (`verified.rs`), shared by clones.
+    verified: Arc<VerifiedTokens>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -137,6 +154,7 @@ impl Keys {
             validation,
             policy,
             jwks: None,
+            verified: Arc::default(),
         }
     }
 
@@ -146,8 +164,13 @@ impl Keys {
         self
     }
 
-    /// Verifies a token and returns who it names.
+    /// Verifies a token and returns who it names. An HS256 token that
+    /// verified recently and has not expired is not verified again.
     pub fn verify(&self, token: &str) -> Result<Identity> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(identity) = self.verified.get(token, now) {
+            return Ok(identity);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
             Error::Unauthenticated(match e.kind() {
                 jsonwebtoken::errors::ErrorKind::Json(_) => {
@@ -158,7 +181,8 @@ impl Keys {
                 kind => refusal(kind),
             })
         })?;
-        let decoded = if header.alg == Algorithm::HS256 {
+        let hs256 = header.alg == Algorithm::HS256;
+        let decoded = if hs256 {
             jsonwebtoken::decode::<Received>(token, &self.decoding, &self.validation)
         } else {
             let key = self.provider_key(&header)?;
@@ -166,10 +190,21 @@ impl Keys {
             validation.algorithms = vec![key.algorithm];
             jsonwebtoken::decode::<Received>(token, &key.key, &validation)
         };
-        let data = decoded.map_err(|e| Error::Unauthenticated(refusal(e.kind())))?;
-        let mut identity =
-            identity_from_claims(data.claims.sub.as_deref(), data.claims.name.as_deref())?;
-        identity.admin = data.claims.admin == Some(serde_json::Value::Bool(true));
+        let claims = decoded
+            .map_err(|e| Error::Unauthenticated(refusal(e.kind())))?
+            .claims;
+        let mut identity = identity_from_claims(claims.sub.as_deref(), claims.name.as_deref())?;
+        identity.admin = claims.admin == Some(serde_json::Value::Bool(true));
+        if hs256
+            && let (Ok(exp), Ok(nbf)) = (seconds(claims.exp.as_ref()), seconds(claims.nbf.as_ref()))
+        {
+            let verified = Verified {
+                identity: identity.clone(),
+                exp,
+                nbf,
+            };
+            self.verified.insert(token, verified);
+        }
         Ok(identity)
     }
 
