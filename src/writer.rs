@@ -310,6 +310,10 @@ struct Done {
 enum Outcome {
     Sends {
         replies: Vec<oneshot::Sender<Result<StoredMessage>>>,
+        /// Who sent each message, in batch order: their typing ends and
+        /// their read marker moves (kept from the requests, so that no
+        /// identity is rebuilt from the stored strings).
+        senders: Vec<Identity>,
         stored: Result<Vec<Appended>>,
     },
     Change {
@@ -326,7 +330,12 @@ async fn store_batch(store: Store, batch: Batch) -> Done {
         Batch::Sends(sends) => {
             let (messages, replies): (Vec<NewMessage>, Vec<_>) = sends.into_iter().unzip();
             let stored = store.append(&messages, now_micros()).await;
-            Outcome::Sends { replies, stored }
+            let senders = messages.into_iter().map(|m| m.sender).collect();
+            Outcome::Sends {
+                replies,
+                senders,
+                stored,
+            }
         }
         Batch::Change(change, reply) => {
             let changed = Box::new(store.change(&change, now_micros()).await);
@@ -370,7 +379,11 @@ fn deliver<T: Durable>(events: &[&T], rooms: &Rooms, bus: Option<&Publisher>) {
 /// storage's) goes back to its caller as it is.
 fn finish(done: Done, rooms: &Rooms, bus: Option<&Publisher>) {
     match done.outcome {
-        Outcome::Sends { replies, stored } => match stored {
+        Outcome::Sends {
+            replies,
+            senders,
+            stored,
+        } => match stored {
             Ok(appended) => {
                 let fresh: Vec<&StoredMessage> = appended
                     .iter()
@@ -381,16 +394,13 @@ fn finish(done: Done, rooms: &Rooms, bus: Option<&Publisher>) {
                     .metrics()
                     .batch_stored(appended.len(), fresh.len(), done.took);
                 deliver(&fresh, rooms, bus);
-                for m in &fresh {
+                for (a, sender) in appended.iter().zip(&senders) {
                     // A message ends its sender's typing and moves their
                     // read marker.
-                    let sender = Identity {
-                        user_id: m.sender_id.as_str().into(),
-                        display_name: m.sender_name.as_str().into(),
-                        admin: false,
-                    };
-                    rooms.end_typing(&m.room, &sender.user_id);
-                    rooms.read_marker(&m.room, &sender, m.seq);
+                    if a.fresh {
+                        rooms.end_typing(&a.message.room, &sender.user_id);
+                        rooms.read_marker(&a.message.room, sender, a.message.seq);
+                    }
                 }
                 for (reply, a) in replies.into_iter().zip(appended) {
                     // The sender may have gone; the message is stored anyway.
