@@ -11,7 +11,8 @@
 //!   proto to domain and back, behind the token check (`authenticate.rs`).
 //! - `http/`: what sits between hyper and tonic: the one reader of gRPC
 //!   framing (`frames.rs`), the request body limits (`body_limit.rs`),
-//!   unsent bytes held until sent (`hold_until_sent.rs`), streams ended at
+//!   unsent bytes held until sent (`hold_until_sent.rs`), JoinRoom's
+//!   events framed in buffers freed once sent (`event_body.rs`), streams ended at
 //!   shutdown (`end_on_shutdown.rs`), the gRPC metrics layer
 //!   (`grpc_metrics.rs`), the chat page (`page.rs`) and CORS (`cors.rs`).
 //! - `net/`: connections: accepting (slots, the per-IP limit), the
@@ -35,7 +36,8 @@
 //! - `access/`: may this caller do this here? `mod.rs`: private rooms,
 //!   grants and their revocation, admin tokens; `sanctions.rs`: bans and
 //!   mutes (the checks, their cache, AdminService's calls); `cache.rs`: the
-//!   bounded two-generation map behind every access cache. Cached on the
+//!   bounded two-generation map behind every access cache; `owners.rs`:
+//!   public rooms joined become the users', written in batches. Cached on the
 //!   send path. It ends streams through its `Streams` trait, which the
 //!   room registry implements.
 //! - [`auth`]: who is calling: bearer tokens (HS256, or the identity
