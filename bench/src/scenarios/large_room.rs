@@ -226,6 +226,17 @@ pub async fn large_room(ctx: &Context, a: LargeRoomArgs) -> Result<Report> {
         late.push(stream);
     }
     let elapsed = start.elapsed();
+    // What a join costs includes telling the members: wait (up to the
+    // longest presence interval and a margin) until every member has had
+    // news of the joins, so that round is inside the measurement.
+    let members_now = (a.members - failed as usize) as u64;
+    let told_by = Instant::now() + Duration::from_secs(12);
+    while seen.events.load(Ordering::Relaxed) - events_before < members_now
+        && Instant::now() < told_by
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let told_in = start.elapsed();
     let usage = ctx.usage(before);
     let events = seen.events.load(Ordering::Relaxed) - events_before;
     let (listed, listed_count) = list_all(ctx, &room).await?;
@@ -244,6 +255,10 @@ pub async fn large_room(ctx: &Context, a: LargeRoomArgs) -> Result<Report> {
         .figure("joined bytes on the wire (max)", wire_max as f64)
         .figure("joined bytes on the wire (mean)", wire_sum as f64 / n)
         .figure("events to the members per timed join", events as f64 / n)
+        .figure(
+            "seconds until the members had news of the joins",
+            told_in.as_secs_f64(),
+        )
         .figure(
             "member lists re-sent to members (whole run)",
             seen.resyncs.load(Ordering::Relaxed) as f64,
@@ -273,6 +288,10 @@ pub async fn large_room(ctx: &Context, a: LargeRoomArgs) -> Result<Report> {
         eprintln!("large-room: first failed join: {e}");
     }
     report.check("no join failed while filling", failed == 0);
+    report.check(
+        "every member had news of the timed joins",
+        events >= members_now,
+    );
     report.check(
         "every timed joined: itself first, 500 listed, the right count",
         wrong_lists == 0,
