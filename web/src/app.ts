@@ -238,7 +238,13 @@ function joinRoom(typed: string): void {
     joined(joined, firstJoin) {
       byId("room-name").textContent = joined.room;
       setComposer(true);
-      members.reset(joined.members, joined.memberCount, joined.membersTruncated);
+      // In a room of over 500, a burst of arrivals comes as a joined with the caller alone
+      // and the count: the list on screen stays.
+      if (!firstJoin && joined.membersTruncated && joined.members.length <= 1) {
+        members.recount(joined.memberCount);
+      } else {
+        members.reset(joined.members, joined.memberCount, joined.membersTruncated);
+      }
       // Read markers come only in small rooms; the first page says where everyone is.
       if (firstJoin && Math.max(joined.memberCount, joined.members.length) <= SEEN_BY_MEMBERS) {
         markers

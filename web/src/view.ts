@@ -244,6 +244,16 @@ export class Members {
     private readonly me: () => string | undefined,
   ) {}
 
+  /** A large room's news in brief (a crowd came or went: chatd sends the count alone): the
+   * list shown stays, the count moves. */
+  recount(total: number): void {
+    this.total = Math.max(total, this.members.size);
+    this.partial = true;
+    this.serverOrder = true;
+    if (this.next === null) this.next = "";
+    this.changed();
+  }
+
   /** The list `joined` gave: `total` members in all, `truncated` when the list lacks some. */
   reset(members: Member[], total = members.length, truncated = false): void {
     this.generation += 1;
