@@ -7,7 +7,7 @@
 # it may create databases.
 #
 #   git worktree add /tmp/before 1ec4e12 && (cd /tmp/before && cargo build --release)
-#   BEFORE=/tmp/before/target/release/chatd bash scripts/bench-issue20.sh [send|fanout|large|rest]...
+#   BEFORE=/tmp/before/target/release/chatd bash scripts/bench-issue20.sh [send|fanout|large|cluster|rest]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,7 +54,7 @@ both() { # both NAME ARGS...: the same run on BEFORE, then on AFTER
 }
 
 [ -x ./target/release/chatd-bench ] || cargo build --release --workspace --bins
-steps=${*:-send fanout large rest}
+steps=${*:-send fanout large cluster rest}
 for step in $steps; do case $step in
 send)
   # Goal 1: persisted sends, 64 in flight over 100 rooms, limits off; two rounds, alternating.
@@ -82,6 +82,26 @@ large)
   start_chatd "$AFTER" i20_large_after10
   bench after-large-10000 i20_large_after10 large-room --members 10000 --joins 200
   stop "$CHATD" ;;
+cluster)
+  # Goal 4, cluster fan-out: two nodes on one database and the NATS at $NATS_URL, subscribers
+  # and senders round-robin over both.
+  NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
+  for side in before after; do
+    bin=$BEFORE; [ $side = after ] && bin=$AFTER
+    db=i20_cluster_$side; fresh_db $db
+    key=$("$bin" cluster-key); name=i20-$side-$$; nodes=()
+    for addr in 127.0.0.1:50093 127.0.0.1:50094; do
+      env CHAT_USER_SEND_RATE=0 CHAT_USER_JOIN_RATE=0 CHAT_USER_READ_RATE=0 CHAT_USER_MAX_STREAMS=1000000 \
+        CHAT_JWT_SECRET=$SECRET CHAT_ADDR=$addr DATABASE_URL=$PG_BASE/$db CHAT_DATA_DIR="$(mktemp -d)" \
+        CHAT_CLUSTER_KEY=$key RUST_LOG=warn "$bin" --nats-url "$NATS_URL" --cluster-name "$name" & nodes+=($!); pids+=($!)
+      wait_port $addr
+    done
+    echo "== $side-cluster-fanout" >&2
+    ./target/release/chatd-bench --addr http://127.0.0.1:50093,http://127.0.0.1:50094 --secret $SECRET \
+      --server-pid "${nodes[0]}" --server-pid "${nodes[1]}" --label "$side" --json \
+      fanout --subscribers 1000 --senders 16 --messages 62 > "$OUT/$side-cluster-fanout.json" || true
+    for p in "${nodes[@]}"; do stop "$p"; done
+  done ;;
 rest)
   # Goal 4: no regression elsewhere.
   both joins joins --clients 1000
