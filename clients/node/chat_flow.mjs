@@ -122,7 +122,10 @@ async function main() {
   assert.deepEqual(ids(aJoined.members), ["alice"]);
   assert.equal(aJoined.last_seq, 0);
   let b = bob.join(room);
-  assert.deepEqual(ids((await b.next("joined")).members), ["bob", "alice"]);
+  // The caller first, then the others; the count is the room's.
+  const bJoined = await b.next("joined");
+  assert.deepEqual(bJoined.members.map((m) => m.user_id), ["bob", "alice"]);
+  assert.equal(bJoined.member_count, 2);
   assert.equal((await a.next("member_joined")).member.display_name, "Bob");
 
   // Send and receive live, both ways.

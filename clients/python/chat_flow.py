@@ -103,7 +103,9 @@ async def flow(pb, pb_grpc) -> None:
     joined = await a.next("joined")
     check(ids(joined.members) == ["alice"] and joined.last_seq == 0, f"alice joined: {joined}")
     b = join(bob)
-    check(ids((await b.next("joined")).members) == ["bob", "alice"], "bob sees alice")
+    bob_joined = await b.next("joined")
+    listed = [m.user_id for m in bob_joined.members]
+    check(listed == ["bob", "alice"] and bob_joined.member_count == 2, f"bob sees alice: {bob_joined}")
     check((await a.next("member_joined")).member.display_name == "Bob", "alice sees bob arrive")
 
     # Send and receive live, both ways.
