@@ -49,26 +49,6 @@ mod skim {
     }
 }
 
-/// Opens a member's stream, reading only enough of each event to count.
-async fn join_skim(
-    channel: Channel,
-    meta: Meta,
-    room: String,
-) -> Result<tonic::Streaming<skim::Response>> {
-    let mut grpc = tonic::client::Grpc::new(InterceptedService::new(channel, meta));
-    grpc.ready().await.map_err(|e| format!("connection: {e}"))?;
-    let path = http::uri::PathAndQuery::from_static("/chat.v1.ChatService/JoinRoom");
-    let codec = tonic_prost::ProstCodec::<JoinRoomRequest, skim::Response>::default();
-    let request = Request::new(JoinRoomRequest {
-        room,
-        resume_after_seq: None,
-    });
-    grpc.server_streaming(request, path, codec)
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|e| format!("join: {e}"))
-}
-
 /// What the members' drains saw.
 #[derive(Default)]
 struct Seen {
@@ -110,7 +90,7 @@ async fn fill(
         let (room, gate, opened) = (room.to_string(), gate.clone(), opened.clone());
         opening.spawn(async move {
             let _permit = gate.acquire().await;
-            let stream = join_skim(channel, meta, room).await;
+            let stream = join_as::<skim::Response>(channel, meta, room).await;
             opened.fetch_add(u64::from(stream.is_ok()), Ordering::Relaxed);
             stream
         });

@@ -295,10 +295,20 @@ async fn join_lite(
     meta: Meta,
     room: String,
 ) -> Result<tonic::Streaming<lite::Response>> {
+    join_as(channel, meta, room).await
+}
+
+/// Opens a JoinRoom stream whose events are decoded as `T` (a message
+/// with only the fields a scenario reads; prost skips the others).
+async fn join_as<T: prost::Message + Default + Send + 'static>(
+    channel: Channel,
+    meta: Meta,
+    room: String,
+) -> Result<tonic::Streaming<T>> {
     let mut grpc = tonic::client::Grpc::new(InterceptedService::new(channel, meta));
     grpc.ready().await.map_err(|e| format!("connection: {e}"))?;
     let path = http::uri::PathAndQuery::from_static("/chat.v1.ChatService/JoinRoom");
-    let codec = tonic_prost::ProstCodec::<JoinRoomRequest, lite::Response>::default();
+    let codec = tonic_prost::ProstCodec::<JoinRoomRequest, T>::default();
     let request = Request::new(JoinRoomRequest {
         room,
         resume_after_seq: None,
