@@ -81,7 +81,7 @@ pub type EventStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<EncodedEvent, tonic::Status>> + Send>>;
 
 /// A JoinRoom stream's events on their way from the service to the HTTP
-/// layer that frames them (`http::EventBodyLayer`), in the response's
+/// layer that frames them (`http::HoldUntilSentLayer`), in the response's
 /// extensions: tonic's encoder would keep, for as long as the stream
 /// lives, a buffer as large as the largest chunk it ever sent.
 #[derive(Clone)]

@@ -100,7 +100,7 @@ impl ChatService for ChatApi {
             let item = subscription.next().await?;
             Some((item, subscription))
         });
-        // The HTTP layer frames the events (`http::EventBodyLayer`); what
+        // The HTTP layer frames the events (`http::HoldUntilSentLayer`); what
         // tonic is given is never read, unless that layer is missing.
         let unframed = futures_util::stream::iter([Err(Status::internal("internal error"))]);
         let mut response = Response::new(Box::pin(unframed) as EventStream);

@@ -10,8 +10,9 @@
 //! tonic sends (`grpc-status` 0, or the error's status and message).
 //!
 //! The service hands its events over as an [`EventSource`] in the
-//! response's extensions; [`EventBodyLayer`] swaps them in for tonic's
-//! body.
+//! response's extensions; [`frame_events`] (called by the layer of
+//! `hold_until_sent.rs`, which every response passes) swaps them in for
+//! tonic's body.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,58 +36,22 @@ const PREFIX: usize = 5;
 /// message's worth is not copied once per stream.
 const SENT_AS_IS: usize = 4 * 1024;
 
-/// Frames the events of a response that carries an [`EventSource`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EventBodyLayer;
-
-impl<S> tower::Layer<S> for EventBodyLayer {
-    type Service = EventBodies<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        EventBodies { inner }
-    }
-}
-
-/// See [`EventBodyLayer`].
-#[derive(Debug, Clone)]
-pub struct EventBodies<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for EventBodies<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = Pin<
-        Box<dyn std::future::Future<Output = std::result::Result<Self::Response, S::Error>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = response.await?;
-            let events = response
-                .extensions_mut()
-                .remove::<EventSource>()
-                .and_then(|source| source.take());
-            Ok(match events {
-                None => response,
-                Some(events) => response.map(|_tonic_body| {
-                    Body::new(EventBody {
-                        events: Some(events),
-                        as_is: None,
-                        trailers: None,
-                    })
-                }),
+/// `response` with its events framed, when it carries an [`EventSource`]
+/// (JoinRoom); as it is otherwise.
+pub(super) fn frame_events(mut response: http::Response<Body>) -> http::Response<Body> {
+    let events = response
+        .extensions_mut()
+        .remove::<EventSource>()
+        .and_then(|source| source.take());
+    match events {
+        None => response,
+        Some(events) => response.map(|_tonic_body| {
+            Body::new(EventBody {
+                events: Some(events),
+                as_is: None,
+                trailers: None,
             })
-        })
+        }),
     }
 }
 

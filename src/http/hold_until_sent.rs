@@ -1,6 +1,8 @@
 //! Unsent response bytes stay charged to their user until hyper has handed
 //! them on: [`HoldUntilSentLayer`] moves a response's [`HeldCharge`] from
-//! its extensions into its body, which gives it back when dropped.
+//! its extensions into its body, which gives it back when dropped. The same
+//! layer frames JoinRoom's events (`event_body.rs`): both take what the
+//! service left in the response's extensions.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -48,7 +50,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let response = self.inner.call(request);
         Box::pin(async move {
-            let mut response = response.await?;
+            let mut response = super::event_body::frame_events(response.await?);
             Ok(match response.extensions_mut().remove::<HeldCharge>() {
                 None => response,
                 Some(charge) => response.map(|inner| {

@@ -23,7 +23,6 @@ mod page;
 pub(crate) use self::body_limit::BodyLimitLayer;
 pub(crate) use self::cors::cors;
 pub(crate) use self::end_on_shutdown::EndOnShutdown;
-pub(crate) use self::event_body::EventBodyLayer;
 pub(crate) use self::grpc_metrics::GrpcMetricsLayer;
 pub(crate) use self::hold_until_sent::HoldUntilSentLayer;
 pub(crate) use self::page::{PageLayer, log_page_address};

@@ -19,8 +19,7 @@ use crate::cluster::presence::Presence;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http::{
-    BodyLimitLayer, EndOnShutdown, EventBodyLayer, GrpcMetricsLayer, HoldUntilSentLayer, PageLayer,
-    cors,
+    BodyLimitLayer, EndOnShutdown, GrpcMetricsLayer, HoldUntilSentLayer, PageLayer, cors,
 };
 use crate::limits::rate::{JOINS, READS, SENDS, UserRate};
 use crate::metrics::Metrics;
@@ -71,7 +70,7 @@ pub(super) fn routes(
 
 /// What every connection serves: `routes` inside, outermost first, the
 /// chat page, CORS, grpc-web, the gRPC metrics, the request body limits,
-/// the per-user response budget and JoinRoom's framing.
+/// the per-user response budget (and JoinRoom's framing).
 pub(super) fn http_service(
     routes: Routes,
     config: &Config,
@@ -94,7 +93,6 @@ pub(super) fn http_service(
             timeout: config.request_body_timeout,
         })
         .layer(HoldUntilSentLayer)
-        .layer(EventBodyLayer)
         .service(routes)
 }
 
