@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::models::{ChangeRow, MessageRow, NewChangeRow};
+use super::models::{ChangeRow, MessageRow, NewChangeRow, stored_events};
 use super::outbox::{NewOutboxRow, enqueue};
 use super::schema::{message_events, messages, reactions, rooms};
 use super::{Backend, Store, fitting, to_i64};
@@ -519,22 +519,4 @@ impl Store {
         });
         stored_events(messages, changes)
     }
-}
-
-/// Message rows and change rows as events, in seq order.
-pub(super) fn stored_events(
-    messages: Vec<MessageRow>,
-    changes: Vec<ChangeRow>,
-) -> Result<Vec<StoredEvent>> {
-    let mut events = messages
-        .into_iter()
-        .map(|row| StoredMessage::try_from(row).map(StoredEvent::Message))
-        .chain(
-            changes
-                .into_iter()
-                .map(|row| StoredChange::try_from(row).map(StoredEvent::Change)),
-        )
-        .collect::<Result<Vec<StoredEvent>>>()?;
-    events.sort_unstable_by_key(StoredEvent::seq);
-    Ok(events)
 }

@@ -41,21 +41,6 @@ macro_rules! announce {
     };
 }
 
-/// Moves the access revision on, inside the caller's transaction on
-/// `$conn` (a future): a node that missed a revocation or a sanction
-/// notice re-checks its streams and caches when it sees it move.
-macro_rules! bump_access_revision {
-    ($conn:ident) => {
-        diesel::update($crate::storage::schema::access_revision::table)
-            .set(
-                $crate::storage::schema::access_revision::revision
-                    .eq($crate::storage::schema::access_revision::revision + 1),
-            )
-            .execute($conn)
-    };
-}
-pub(super) use bump_access_revision;
-
 /// What CreateRoom found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {

@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 
 use super::schema::{message_events, messages};
-use crate::domain::{ChangeWhat, ContentKind, RoomName, StoredChange, StoredMessage};
+use crate::domain::{ChangeWhat, ContentKind, RoomName, StoredChange, StoredEvent, StoredMessage};
 use crate::error::{Error, Result};
 
 /// A stored message as read back.
@@ -180,4 +180,22 @@ impl<'a> NewChangeRow<'a> {
             at_micros: change.at_micros,
         }
     }
+}
+
+/// Message rows and change rows as events, in seq order.
+pub(super) fn stored_events(
+    messages: Vec<MessageRow>,
+    changes: Vec<ChangeRow>,
+) -> Result<Vec<StoredEvent>> {
+    let mut events = messages
+        .into_iter()
+        .map(|row| StoredMessage::try_from(row).map(StoredEvent::Message))
+        .chain(
+            changes
+                .into_iter()
+                .map(|row| StoredChange::try_from(row).map(StoredEvent::Change)),
+        )
+        .collect::<Result<Vec<StoredEvent>>>()?;
+    events.sort_unstable_by_key(StoredEvent::seq);
+    Ok(events)
 }

@@ -23,8 +23,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text};
 use diesel_async::RunQueryDsl;
 
-use super::changes::stored_events;
-use super::models::{ChangeRow, MessageRow};
+use super::models::{ChangeRow, MessageRow, stored_events};
 use super::schema::{message_events, messages, webhook_outbox};
 use super::{Backend, Store};
 use crate::domain::{RoomName, StoredEvent, now_micros};

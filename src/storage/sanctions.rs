@@ -10,7 +10,6 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::grants::bump_access_revision;
 use super::outbox::{NewOutboxRow, enqueue};
 use super::schema::sanctions;
 use super::{Backend, Store};
