@@ -126,20 +126,10 @@ async fn timed_join(
 )> {
     let mut client = ctx.client(channel, &format!("late-{i:04}"))?;
     let at = now_us();
-    let mut stream = client
-        .join_room(JoinRoomRequest {
-            room: room.to_string(),
-            resume_after_seq: None,
-        })
-        .await
-        .map_err(|e| format!("late join {i}: {e}"))?
-        .into_inner();
-    let first = stream
-        .message()
-        .await
-        .map_err(|e| format!("late join {i}: {e}"))?
-        .ok_or_else(|| format!("late join {i}: the stream ended"))?;
+    let (stream, first) = join_stream(&mut client, room, &format!("late join {i}")).await?;
     let took = now_us().saturating_sub(at).max(1);
+    // The response as it came: its size is the event's on the wire.
+    let first = JoinRoomResponse { event: first };
     let wire = first.encoded_len() + 5;
     match first.event {
         Some(Event::Joined(joined)) => Ok((took, joined, wire, stream)),
